@@ -1,0 +1,1 @@
+"""``recctl``: the command line for training, indexing, serving and querying movierec."""
