@@ -36,9 +36,7 @@ class CSR:
         return rows, self.indices
 
     @classmethod
-    def from_pairs(
-        cls, rows: npt.ArrayLike, cols: npt.ArrayLike, n_rows: int, n_cols: int
-    ) -> CSR:
+    def from_pairs(cls, rows: npt.ArrayLike, cols: npt.ArrayLike, n_rows: int, n_cols: int) -> CSR:
         """Build from (row, col) pairs; duplicates collapse and each row comes out sorted."""
         r = np.asarray(rows, dtype=np.int64)
         c = np.asarray(cols, dtype=np.int64)

@@ -1,0 +1,178 @@
+"""The model bundle round-trips and refuses anything missing, truncated or tampered with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from movierec.bundle import (
+    CSR,
+    ItemMetadata,
+    ModelBundle,
+    VersionedStore,
+    read_model_bundle,
+    staged_directory,
+    write_model_bundle,
+)
+from movierec.errors import BundleError
+
+
+def _bundle(n_users: int = 5, n_items: int = 7, dim: int = 3, seed: int = 0) -> ModelBundle:
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n_users, 20)
+    cols = rng.integers(0, n_items, 20)
+    seen = CSR.from_pairs(rows, cols, n_users, n_items)
+    train = CSR.from_pairs(rows[:12], cols[:12], n_users, n_items)
+    valid = CSR.from_pairs(rows[:3], cols[:3], n_users, n_items)
+    test = CSR.from_pairs(rows[12:], cols[12:], n_users, n_items)
+    return ModelBundle(
+        user_vectors=rng.standard_normal((n_users, dim)).astype(np.float32),
+        item_vectors=rng.standard_normal((n_items, dim)).astype(np.float32),
+        user_ids=np.arange(1, n_users + 1, dtype=np.int64) * 10,
+        item_ids=np.arange(1, n_items + 1, dtype=np.int64) * 100,
+        items=ItemMetadata(
+            titles=[f"Film {i} — café" for i in range(n_items)],
+            years=[1990 + i if i % 2 else None for i in range(n_items)],
+            genres=[["Drama", "Comedy"][: i % 3] for i in range(n_items)],
+        ),
+        seen=seen,
+        train=train,
+        valid=valid,
+        test=test,
+        config={"model": "lightgcn", "dim": dim},
+        metrics={"recall@20": 0.5},
+        dataset={"name": "tiny", "sha256": "ab" * 32},
+    )
+
+
+def test_round_trip_preserves_every_field(tmp_path: Path) -> None:
+    original = _bundle()
+    write_model_bundle(original, tmp_path / "b")
+    loaded = read_model_bundle(tmp_path / "b")
+    np.testing.assert_array_equal(loaded.user_vectors, original.user_vectors)
+    np.testing.assert_array_equal(loaded.item_vectors, original.item_vectors)
+    np.testing.assert_array_equal(loaded.user_ids, original.user_ids)
+    np.testing.assert_array_equal(loaded.item_ids, original.item_ids)
+    for name in ("seen", "train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(loaded, name).indptr, getattr(original, name).indptr)
+        np.testing.assert_array_equal(getattr(loaded, name).indices, getattr(original, name).indices)
+    assert loaded.items == original.items
+    assert loaded.config == original.config
+    assert loaded.metrics == original.metrics
+    assert loaded.dataset == original.dataset
+    assert loaded.manifest is not None and loaded.manifest.meta["n_items"] == original.n_items
+
+
+def test_attachments_are_checksummed(tmp_path: Path) -> None:
+    png = tmp_path / "curve.png"
+    png.write_bytes(b"\x89PNG fake")
+    write_model_bundle(_bundle(), tmp_path / "b", attachments={"training_curve.png": png})
+    (tmp_path / "b" / "training_curve.png").write_bytes(b"\x89PNG other")
+    with pytest.raises(BundleError, match=r"training_curve\.png"):
+        read_model_bundle(tmp_path / "b")
+
+
+@pytest.mark.parametrize("victim", ["item_vectors.npy", "seen_indices.npy", "items.json"])
+def test_missing_file_is_named(tmp_path: Path, victim: str) -> None:
+    write_model_bundle(_bundle(), tmp_path / "b")
+    (tmp_path / "b" / victim).unlink()
+    with pytest.raises(BundleError, match=victim):
+        read_model_bundle(tmp_path / "b")
+
+
+def test_truncated_file_is_named(tmp_path: Path) -> None:
+    write_model_bundle(_bundle(), tmp_path / "b")
+    path = tmp_path / "b" / "user_vectors.npy"
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(BundleError, match=r"user_vectors\.npy.*truncated"):
+        read_model_bundle(tmp_path / "b")
+
+
+def test_same_size_tampering_is_caught(tmp_path: Path) -> None:
+    write_model_bundle(_bundle(), tmp_path / "b")
+    path = tmp_path / "b" / "item_vectors.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"item_vectors\.npy.*checksum"):
+        read_model_bundle(tmp_path / "b")
+
+
+def test_manifest_missing_or_wrong_kind(tmp_path: Path) -> None:
+    write_model_bundle(_bundle(), tmp_path / "b")
+    manifest = tmp_path / "b" / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["kind"] = "index"
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="expected 'model'"):
+        read_model_bundle(tmp_path / "b")
+    manifest.unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        read_model_bundle(tmp_path / "b")
+
+
+def test_future_format_version_is_refused(tmp_path: Path) -> None:
+    write_model_bundle(_bundle(), tmp_path / "b")
+    manifest = tmp_path / "b" / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["format_version"] = 99
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="format version 99"):
+        read_model_bundle(tmp_path / "b")
+
+
+def test_inconsistent_bundle_is_refused_at_write(tmp_path: Path) -> None:
+    bad = _bundle()
+    bad = ModelBundle(**{**bad.__dict__, "item_ids": bad.item_ids[:-1]})
+    with pytest.raises(BundleError, match="item_vectors rows != item_ids"):
+        write_model_bundle(bad, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_existing_bundle_is_kept_without_force(tmp_path: Path) -> None:
+    write_model_bundle(_bundle(seed=1), tmp_path / "b")
+    before = (tmp_path / "b" / "manifest.json").read_bytes()
+    with pytest.raises(BundleError, match="already exists"):
+        write_model_bundle(_bundle(seed=2), tmp_path / "b")
+    assert (tmp_path / "b" / "manifest.json").read_bytes() == before
+    write_model_bundle(_bundle(seed=2), tmp_path / "b", force=True)
+    np.testing.assert_array_equal(read_model_bundle(tmp_path / "b").user_vectors, _bundle(seed=2).user_vectors)
+
+
+def test_interrupted_write_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), staged_directory(tmp_path / "b") as stage:
+        (stage / "partial.npy").write_bytes(b"x")
+        raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_csr_from_pairs_dedups_and_sorts() -> None:
+    csr = CSR.from_pairs([2, 0, 2, 2], [3, 1, 0, 3], n_rows=3, n_cols=4)
+    assert csr.row(0).tolist() == [1]
+    assert csr.row(1).tolist() == []
+    assert csr.row(2).tolist() == [0, 3]
+    assert csr.validate() is None
+    with pytest.raises(ValueError, match="outside"):
+        CSR.from_pairs([0], [4], n_rows=1, n_cols=4)
+
+
+def test_store_versions_and_atomic_pointer(tmp_path: Path) -> None:
+    store = VersionedStore(tmp_path)
+    assert store.versions() == [] and store.current() is None
+    assert store.next_version() == "v0001"
+    (tmp_path / "v0001").mkdir()
+    (tmp_path / "v0010").mkdir()
+    (tmp_path / ".v0011.staging-x").mkdir()
+    assert store.versions() == ["v0001", "v0010"]
+    assert store.next_version() == "v0011"
+    store.set_current("v0010")
+    assert store.current() == tmp_path / "v0010"
+    with pytest.raises(BundleError, match="does not exist"):
+        store.set_current("v0002")
+    assert store.current_version() == "v0010"
+    (tmp_path / "CURRENT").write_text("v0042\n")
+    with pytest.raises(BundleError, match="v0042"):
+        store.current()
