@@ -1,0 +1,39 @@
+"""FAISS index bundles and exact top-K serving with seen-item exclusion.
+
+An index store is a directory of immutable versions and a ``CURRENT`` pointer
+(:class:`movierec.bundle.VersionedStore`)::
+
+    ROOT/
+      CURRENT              one line, e.g. "v0003", replaced atomically
+      .build.lock          serialises builds into this store
+      v0003/
+        manifest.json      kind "index": SHA-256 + size of every file below (model/ included),
+                           meta.index {kind flat|hnsw, params, metric, faiss_version},
+                           dim, n_items, n_users,
+                           meta.source_model {path, manifest_sha256, created_at, dataset}
+        index.faiss        faiss.write_index of IndexFlatIP or IndexHNSWFlat (inner product),
+                           vector i = item row i
+        model/             a verified copy of the model bundle it was built from (its own
+                           manifest.json is pinned by source_model.manifest_sha256)
+
+so a version is self-contained: deleting or retraining the source model never
+changes what a version serves. :func:`open_index` verifies both manifests and
+that the FAISS vectors equal the model's; any corruption is a
+:class:`~movierec.errors.BundleError` naming the file.
+
+Exactness (design §2) and the ranking rule are documented in
+:mod:`movierec.index.topk`.
+"""
+
+from movierec.index.build import build_index, newest_model_bundle, rebuild_index
+from movierec.index.serving import ServingIndex, open_index
+from movierec.index.topk import Recommendation
+
+__all__ = [
+    "Recommendation",
+    "ServingIndex",
+    "build_index",
+    "newest_model_bundle",
+    "open_index",
+    "rebuild_index",
+]
