@@ -131,8 +131,7 @@ def timestamp_column(table: RawTable, column: str | int) -> npt.NDArray[np.int64
             line=int(table.lines[bad]),
         )
     seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    as_int: npt.NDArray[np.int64] = seconds.to_numpy(dtype=np.int64)
-    return as_int
+    return np.asarray(seconds.to_numpy(), dtype=np.int64)
 
 
 def rating_column(table: RawTable, column: str | int) -> npt.NDArray[np.float32]:
