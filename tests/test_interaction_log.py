@@ -1,0 +1,259 @@
+"""The live interaction log: durable before acknowledged, replayed exactly, cheap to read."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from movierec.server.interaction_log import (
+    LOG_FILE_NAME,
+    InteractionLog,
+    InteractionLogError,
+    InvalidInteractions,
+)
+
+# The child appends one single-item event per call forever and prints each offset only after
+# record() returned (= acknowledged); the parent SIGKILLs it mid-stream.
+_WRITER = """
+import sys
+from pathlib import Path
+from movierec.server.interaction_log import InteractionLog
+log = InteractionLog(Path(sys.argv[1]))
+n = 0
+while True:
+    n += 1
+    offset = log.record(user_id=7, item_ids=[n], ratings=[5.0], times=[1_000_000 + n])
+    print(offset, n, flush=True)
+"""
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / LOG_FILE_NAME
+
+
+def test_recorded_items_are_seen_at_once_sorted_and_deduplicated(log_path: Path) -> None:
+    with InteractionLog(log_path) as log:
+        assert log.extra_seen(42).size == 0
+        first = log.record(42, [30, 10])
+        second = log.record(42, [20, 10])
+        assert second > first
+        assert log.extra_seen(42).tolist() == [10, 20, 30]
+        assert log.extra_seen(43).size == 0
+        assert log.last_offset == second
+
+
+def test_hot_path_arrays_cannot_be_mutated_by_a_reader(log_path: Path) -> None:
+    with InteractionLog(log_path) as log:
+        log.record(1, [5])
+        with pytest.raises(ValueError):
+            log.extra_seen(1)[0] = 99
+        assert not log.extra_seen(2).flags.writeable  # the shared empty answer too
+
+
+def test_replay_after_reopen_equals_what_was_written(log_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    expected: dict[int, set[int]] = {}
+    with InteractionLog(log_path) as log:
+        for _ in range(200):
+            user = int(rng.integers(1, 20))
+            items = rng.integers(1, 500, size=int(rng.integers(1, 6))).tolist()
+            log.record(user, items)
+            expected.setdefault(user, set()).update(items)
+        written = log.export()
+        last = log.last_offset
+    with InteractionLog(log_path) as reopened:
+        for user, items in expected.items():
+            assert reopened.extra_seen(user).tolist() == sorted(items)
+        assert reopened.last_offset == last
+        replayed = reopened.export()
+    for name in ("offsets", "user_ids", "item_ids", "times"):
+        np.testing.assert_array_equal(getattr(replayed, name), getattr(written, name))
+    np.testing.assert_array_equal(replayed.ratings, written.ratings)  # NaN == NaN here
+
+
+def test_export_keeps_every_field_and_missing_ratings_are_nan(log_path: Path) -> None:
+    with InteractionLog(log_path) as log:
+        log.record(3, [100, 200], ratings=[4.5, None], times=[1_600_000_000, 1_600_000_001])
+        log.record(4, [300])
+        events = log.export()
+        assert events.user_ids.tolist() == [3, 3, 4]
+        assert events.item_ids.tolist() == [100, 200, 300]
+        assert events.ratings[0] == 4.5 and np.isnan(events.ratings[1]) and np.isnan(events.ratings[2])
+        assert events.times[:2].tolist() == [1_600_000_000, 1_600_000_001]
+        assert events.times[2] > 1_600_000_001  # no time given: the server's clock
+        assert events.offsets.tolist() == sorted(set(events.offsets.tolist()))
+        assert log.export(after=int(events.offsets[1])).item_ids.tolist() == [300]
+
+
+def test_liked_follows_the_latest_rating_of_each_item(log_path: Path) -> None:
+    with InteractionLog(log_path, like_threshold=4.0) as log:
+        log.record(9, [1, 2, 3, 4], ratings=[5.0, 2.0, None, 4.0])
+        assert log.liked(9).tolist() == [1, 3, 4]
+        log.record(9, [1, 2], ratings=[1.0, 4.5])  # re-rated: 1 falls out, 2 comes in
+        assert log.liked(9).tolist() == [2, 3, 4]
+        assert log.extra_seen(9).tolist() == [1, 2, 3, 4]
+    with InteractionLog(log_path, like_threshold=4.0) as reopened:
+        assert reopened.liked(9).tolist() == [2, 3, 4]
+
+
+def test_compaction_exports_then_truncates_and_offsets_are_never_reused(log_path: Path) -> None:
+    with InteractionLog(log_path) as log:
+        log.record(1, [10, 11])
+        log.record(2, [20])
+        merged_through = log.export().last_offset
+        log.record(1, [12])
+        assert log.truncate_through(merged_through) == 3
+        remaining = log.export()
+        assert remaining.item_ids.tolist() == [12]
+        assert log.extra_seen(1).tolist() == [12]  # the rest now lives in the bundle's seen sets
+        assert log.extra_seen(2).size == 0
+        newest = log.record(3, [30])
+        assert newest > int(remaining.offsets[-1])
+    with InteractionLog(log_path, replay_after=newest - 1) as reopened:
+        assert reopened.extra_seen(1).size == 0  # offset of item 12 <= replay_after: in the bundle already
+        assert reopened.extra_seen(3).tolist() == [30]
+        assert reopened.last_offset == newest
+
+
+def test_a_closed_log_reopens_with_an_empty_log_after_full_truncation(log_path: Path) -> None:
+    with InteractionLog(log_path) as log:
+        last = log.record(1, [1])
+        log.truncate_through(last)
+    with InteractionLog(log_path) as reopened:
+        assert reopened.export().last_offset == 0
+        assert reopened.last_offset == last  # the offset counter survives deletion
+        assert reopened.record(1, [2]) == last + 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ({"user_id": 1, "item_ids": []}, "empty"),
+        ({"user_id": True, "item_ids": [1]}, "user_id"),
+        ({"user_id": 2**63, "item_ids": [1]}, "user_id"),
+        ({"user_id": 1, "item_ids": [1.5]}, "64-bit"),
+        ({"user_id": 1, "item_ids": [2**64 - 1]}, "64-bit"),
+        ({"user_id": 1, "item_ids": [1, 2], "ratings": [4.0]}, "1 ratings for 2"),
+        ({"user_id": 1, "item_ids": [1], "ratings": [float("nan")]}, "finite"),
+        ({"user_id": 1, "item_ids": [1], "ratings": ["5"]}, "finite"),
+        ({"user_id": 1, "item_ids": [1], "times": [1, 2]}, "2 times for 1"),
+        ({"user_id": 1, "item_ids": [1], "times": [-5]}, ">= 0"),
+        ({"user_id": 1, "item_ids": list(range(11))}, "limit is 10"),
+    ],
+)
+def test_bad_calls_are_refused_and_store_nothing(log_path: Path, call: dict[str, object], message: str) -> None:
+    with InteractionLog(log_path, max_items_per_call=10) as log:
+        with pytest.raises(InvalidInteractions, match=message):
+            log.record(**call)  # type: ignore[arg-type]
+        assert len(log.export()) == 0
+        assert log.extra_seen(1).size == 0
+
+
+def test_concurrent_writers_lose_nothing_and_get_distinct_offsets(log_path: Path) -> None:
+    n_threads, per_thread = 8, 40
+    offsets: list[list[int]] = [[] for _ in range(n_threads)]
+    with InteractionLog(log_path) as log:
+
+        def write(t: int) -> None:
+            for j in range(per_thread):
+                offsets[t].append(log.record(user_id=t % 3, item_ids=[t * 1000 + j]))
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(n_threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        all_offsets = [o for per in offsets for o in per]
+        assert len(set(all_offsets)) == n_threads * per_thread
+        for per in offsets:
+            assert per == sorted(per)  # one thread's calls are ordered
+        for user in range(3):
+            expected = sorted(t * 1000 + j for t in range(n_threads) if t % 3 == user for j in range(per_thread))
+            assert log.extra_seen(user).tolist() == expected
+    with InteractionLog(log_path) as reopened:
+        assert len(reopened.export()) == n_threads * per_thread
+
+
+def _kill_writer_after(log_path: Path, acknowledged: int) -> list[tuple[int, int]]:
+    """Start the writer, read ``acknowledged`` acks, SIGKILL it at once; return the (offset, item) acks."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(log_path)], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    assert child.stdout is not None
+    acks: list[tuple[int, int]] = []
+    try:
+        for line in child.stdout:
+            offset, item = line.split()
+            acks.append((int(offset), int(item)))
+            if len(acks) == acknowledged:
+                child.send_signal(signal.SIGKILL)
+                break
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert len(acks) == acknowledged
+    return acks
+
+
+def test_kill_9_loses_no_acknowledged_event(log_path: Path) -> None:
+    acks = _kill_writer_after(log_path, acknowledged=60)
+    with InteractionLog(log_path) as reopened:
+        stored = dict(zip(reopened.export().offsets.tolist(), reopened.export().item_ids.tolist(), strict=True))
+        for offset, item in acks:
+            assert stored.get(offset) == item
+        assert set(range(1, 61)) <= set(reopened.extra_seen(7).tolist())
+        assert reopened.record(7, [0]) > acks[-1][0]  # appending resumes after the crash
+
+
+def _copy_crashed_log(log_path: Path, folder: Path) -> Path:
+    """Copy a log and its WAL as a crash left them (opening the copy checkpoints it, not the original)."""
+    folder.mkdir()
+    copy = folder / LOG_FILE_NAME
+    shutil.copyfile(log_path, copy)
+    shutil.copyfile(f"{log_path}-wal", f"{copy}-wal")
+    return copy
+
+
+def test_a_torn_wal_tail_drops_only_the_torn_transaction(log_path: Path, tmp_path: Path) -> None:
+    acks = _kill_writer_after(log_path, acknowledged=30)
+    assert Path(f"{log_path}-wal").stat().st_size > 0, "the killed writer should leave its WAL un-checkpointed"
+    intact = _copy_crashed_log(log_path, tmp_path / "intact")
+    torn = _copy_crashed_log(log_path, tmp_path / "torn")
+    with open(f"{torn}-wal", "r+b") as handle:  # tear the newest frame, as a power cut mid-write would
+        handle.truncate(Path(f"{torn}-wal").stat().st_size - 100)
+    with InteractionLog(intact) as log:
+        committed = log.export().item_ids.tolist()
+    assert committed[: len(acks)] == [item for _, item in acks]
+    with InteractionLog(torn) as log:
+        assert log.export().item_ids.tolist() == committed[:-1]
+        assert log.extra_seen(7).tolist() == sorted(committed[:-1])
+
+
+def test_a_file_that_is_not_a_log_is_refused_with_its_path(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(InteractionLogError, match=str(garbage)):
+        InteractionLog(garbage)
+    assert garbage.read_bytes() == b"this is not sqlite" * 100  # nothing stored is touched
+
+
+def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite3"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    with pytest.raises(InteractionLogError, match="not an interaction log"):
+        InteractionLog(other)
+
+
+def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InteractionLogError, match="folder does not exist"):
+        InteractionLog(tmp_path / "nowhere" / LOG_FILE_NAME)
