@@ -115,7 +115,7 @@ def _optional(folder: Path, name: str) -> Path | None:
 def _dataset(
     name: str, fmt: str, ratings_file: Path, raw: bytes, table: RawTable, cols: TableColumns, movies: Movies | None
 ) -> Dataset:
-    ratings = ratings_from_table(table, cols.user, cols.item, cols.rating, cols.timestamp)
+    ratings = ratings_from_table(table, cols.user, cols.item, cols.rating, cols.timestamp, allow_dates=fmt == "table")
     return Dataset(
         name=name,
         format=fmt,

@@ -69,6 +69,8 @@ def read_table(raw: bytes, path: Path, *, sep: str, header: bool, separator_labe
             sep=sep,
             header=0 if header else None,
             skip_blank_lines=False,
+            keep_default_na=False,  # only an empty field is missing; the text "NaN" is refused as non-numeric
+            na_values=[""],
             engine="c",
             quotechar='"',
         )
@@ -116,10 +118,13 @@ def integer_column(table: RawTable, column: str | int, what: str) -> npt.NDArray
     return values.astype(np.int64)
 
 
-def timestamp_column(table: RawTable, column: str | int) -> npt.NDArray[np.int64]:
-    """Unix seconds: whole numbers as they are, or date/time text (``2003-02-01 12:00``) converted (UTC)."""
+def timestamp_column(table: RawTable, column: str | int, *, allow_dates: bool) -> npt.NDArray[np.int64]:
+    """Unix seconds: whole numbers as they are; with ``allow_dates``, date/time text is converted (UTC).
+
+    MovieLens files always hold integer seconds, so only generic tables accept dates.
+    """
     series = table.frame[column]
-    if pd.api.types.is_numeric_dtype(series.dtype):
+    if not allow_dates or pd.api.types.is_numeric_dtype(series.dtype):
         return integer_column(table, column, "timestamp")
     parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
     missing = parsed.isna().to_numpy()
@@ -155,7 +160,7 @@ def _numeric(table: RawTable, column: str | int, what: str) -> npt.NDArray[Any]:
         if values.dtype.kind == "f" and np.isnan(values).any():
             bad = int(np.argmax(np.isnan(values)))
             raise DataError(
-                f"{what} is missing or not a number, got {_shown(table, column, bad)}",
+                f"{what} is missing (an empty field)",
                 path=table.path,
                 line=int(table.lines[bad]),
             )
@@ -173,7 +178,13 @@ def _shown(table: RawTable, column: str | int, row: int) -> str:
 
 
 def ratings_from_table(
-    table: RawTable, user: str | int, item: str | int, rating: str | int, timestamp: str | int | None
+    table: RawTable,
+    user: str | int,
+    item: str | int,
+    rating: str | int,
+    timestamp: str | int | None,
+    *,
+    allow_dates: bool = False,
 ) -> Ratings:
     """Validated :class:`Ratings` from the named columns; duplicates (user, item) are refused."""
     users = integer_column(table, user, "user id")
@@ -181,7 +192,7 @@ def ratings_from_table(
     ratings = rating_column(table, rating)
     # A table without a time column gets all-zero timestamps (Dataset.has_timestamps records it).
     zeros = np.zeros(len(users), dtype=np.int64)
-    timestamps = zeros if timestamp is None else timestamp_column(table, timestamp)
+    timestamps = zeros if timestamp is None else timestamp_column(table, timestamp, allow_dates=allow_dates)
     refuse_duplicates(users, items, table.lines, table.path)
     return Ratings(users=users, items=items, ratings=ratings, timestamps=timestamps)
 
