@@ -1,0 +1,142 @@
+"""``recctl index build | rebuild | info``: versioned FAISS index bundles and the CURRENT pointer."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from movierec.clients.cli.output import print_json, print_table
+
+from movierec.errors import MovierecError
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("index", help="build and inspect FAISS index versions")
+    actions = parser.add_subparsers(dest="index_command", metavar="ACTION")
+    actions.required = True
+
+    build = actions.add_parser("build", help="index one model bundle into a new version")
+    build.add_argument("--model", type=Path, required=True, metavar="BUNDLE", help="model bundle directory")
+    build.add_argument("--out", type=Path, required=True, metavar="ROOT", help="index store (created if missing)")
+    _add_kind_options(build, default_kind="flat")
+    build.add_argument("--no-switch", action="store_true", help="do not move CURRENT to the new version")
+    build.add_argument("--json", action="store_true", help="machine-readable output")
+    build.set_defaults(func=_build)
+
+    rebuild = actions.add_parser("rebuild", help="index the newest model bundle under --models and switch CURRENT")
+    rebuild.add_argument("--models", type=Path, required=True, metavar="ROOT", help="directory of model bundles")
+    rebuild.add_argument("--out", type=Path, required=True, metavar="ROOT", help="index store")
+    _add_kind_options(rebuild, default_kind=None)
+    rebuild.add_argument("--no-switch", action="store_true", help="do not move CURRENT to the new version")
+    rebuild.add_argument("--json", action="store_true", help="machine-readable output")
+    rebuild.set_defaults(func=_rebuild)
+
+    info = actions.add_parser("info", help="list versions, the current one and what each holds")
+    info.add_argument("--index", type=Path, required=True, metavar="ROOT", help="index store")
+    info.add_argument("--no-verify", action="store_true", help="skip re-checking file checksums (faster)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_info)
+
+
+def _add_kind_options(parser: argparse.ArgumentParser, default_kind: str | None) -> None:
+    kind_help = "flat (exact, default) or hnsw (approximate, for large catalogs)"
+    if default_kind is None:
+        kind_help = "flat or hnsw (default: the kind of the current version, else flat)"
+    parser.add_argument("--kind", choices=("flat", "hnsw"), default=default_kind, help=kind_help)
+    parser.add_argument("--hnsw-m", type=int, metavar="M", help="HNSW graph degree (default 32)")
+    parser.add_argument("--ef-search", type=int, metavar="N", help="HNSW query beam width (default 128)")
+    parser.add_argument("--ef-construction", type=int, metavar="N", help="HNSW build beam width (default 200)")
+
+
+def _hnsw_options(args: argparse.Namespace) -> dict[str, int]:
+    given = {"m": args.hnsw_m, "ef_search": args.ef_search, "ef_construction": args.ef_construction}
+    options = {name: value for name, value in given.items() if value is not None}
+    if options and args.kind == "flat":
+        raise MovierecError("--hnsw-m/--ef-search/--ef-construction need --kind hnsw")
+    return options
+
+
+def _build(args: argparse.Namespace) -> int:
+    from movierec.index import build_index
+
+    path = _guarded(
+        lambda: build_index(
+            args.model,
+            args.out,
+            kind=args.kind,
+            make_current=not args.no_switch,
+            progress=not args.json,
+            **_hnsw_options(args),
+        )
+    )
+    return _report_built(path, args)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from movierec.index import rebuild_index
+
+    path = _guarded(
+        lambda: rebuild_index(
+            args.models,
+            args.out,
+            kind=args.kind,
+            make_current=not args.no_switch,
+            progress=not args.json,
+            **_hnsw_options(args),
+        )
+    )
+    return _report_built(path, args)
+
+
+def _guarded(build: Any) -> Path:
+    """Turn parameter errors (ValueError from the index layer) into one-line CLI errors."""
+    try:
+        path: Path = build()
+    except ValueError as exc:
+        raise MovierecError(str(exc)) from None
+    return path
+
+
+def _report_built(path: Path, args: argparse.Namespace) -> int:
+    from movierec.index.info import describe_version
+
+    info = describe_version(path, current=not args.no_switch, verify=False)
+    if args.json:
+        print_json(info.to_json())
+    else:
+        switched = "CURRENT now points at it" if not args.no_switch else "CURRENT unchanged (--no-switch)"
+        print(f"built {path} ({info.kind}, {info.n_items} items, dim {info.dim}); {switched}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from movierec.index.info import describe_store
+
+    store = describe_store(args.index, verify=not args.no_verify)
+    if args.json:
+        print_json(store.to_json())
+        return 0
+    print(f"index store {store.root}: current = {store.current or '(none)'}")
+    if store.current_problem:
+        print(f"CURRENT pointer problem: {store.current_problem}")
+    rows = [
+        [
+            ("* " if v.current else "  ") + v.version,
+            v.kind or "-",
+            v.dim if v.dim is not None else "-",
+            v.n_items if v.n_items is not None else "-",
+            v.n_users if v.n_users is not None else "-",
+            v.created_at or "-",
+            v.source_model or "-",
+            _metrics_summary(v.metrics) if v.ok else f"CORRUPT: {v.problem}",
+        ]
+        for v in store.versions
+    ]
+    print_table(["version", "kind", "dim", "items", "users", "created", "source model", "metrics / status"], rows)
+    return 0
+
+
+def _metrics_summary(metrics: dict[str, Any]) -> str:
+    scalars = [f"{name}={value:.4f}" for name, value in sorted(metrics.items()) if isinstance(value, int | float)]
+    return " ".join(scalars[:4]) or "-"

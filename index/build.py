@@ -1,0 +1,163 @@
+"""Build index versions from model bundles: verified input, atomic output, then (optionally) switch CURRENT.
+
+A build never touches an existing version: it stages ``vNNNN`` beside the
+others and renames it into place only when complete, under a lock file so two
+concurrent builds cannot claim the same number. CURRENT moves only after that,
+with an atomic rename (:class:`movierec.bundle.VersionedStore`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import faiss
+from movierec.index.faiss_index import KINDS, HnswParams, create_index, write_index
+from movierec.index.layout import BUILD_LOCK, FAISS_FILE, INDEX_KIND, MODEL_DIR
+from movierec.index.serving import resolve_version_dir
+from tqdm import tqdm
+
+from movierec.bundle import MANIFEST_NAME, VersionedStore, read_manifest, sha256_file, staged_directory, write_manifest
+from movierec.bundle.model import MODEL_KIND, read_model_bundle
+from movierec.errors import BundleError
+
+
+@contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """Serialise builds into one store (version numbering and CURRENT moves)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / BUILD_LOCK, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _index_params(kind: str, options: dict[str, Any]) -> HnswParams:
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r} (choose from {', '.join(KINDS)})")
+    if kind == "flat" and options:
+        raise ValueError(f"a flat index takes no parameters (got {', '.join(sorted(options))})")
+    return HnswParams.from_options(options)
+
+
+def build_index(
+    model_dir: Path,
+    index_root: Path,
+    *,
+    kind: str = "flat",
+    make_current: bool = True,
+    progress: bool = False,
+    **hnsw_params: Any,
+) -> Path:
+    """Write ``index_root/vNNNN`` from the model bundle at ``model_dir``; return the new version's path.
+
+    The model bundle is copied into the version and verified *as copied*, so
+    what is indexed and shipped is exactly what was checked. ``hnsw_params``
+    (``m``, ``ef_construction``, ``ef_search``, ``max_fetch``) apply to
+    ``kind="hnsw"`` only.
+    """
+    params = _index_params(kind, hnsw_params)
+    model_dir = Path(model_dir)
+    read_manifest(model_dir, MODEL_KIND, verify=False)  # fail fast, before any work, on a non-bundle
+    index_root = Path(index_root)
+    with _build_lock(index_root):
+        store = VersionedStore(index_root)
+        version = store.next_version()
+        final = store.path(version)
+        with staged_directory(final) as stage:
+            _write_version(model_dir, stage, kind, params, progress)
+        if make_current:
+            store.set_current(version)
+    return final
+
+
+def _write_version(model_dir: Path, stage: Path, kind: str, params: HnswParams, progress: bool) -> None:
+    steps = tqdm(total=4, desc="index build", unit="step", disable=not progress, leave=False)
+    steps.set_postfix_str("copy + verify model")
+    shutil.copytree(model_dir, stage / MODEL_DIR)
+    try:
+        model = read_model_bundle(stage / MODEL_DIR, verify=True)
+    except BundleError as exc:
+        raise BundleError(str(exc).replace(str(stage / MODEL_DIR), str(model_dir))) from None
+    steps.update()
+    steps.set_postfix_str(f"add {model.n_items} vectors ({kind})")
+    with tqdm(total=model.n_items, desc="add vectors", unit="item", disable=not progress, leave=False) as bar:
+        index = create_index(kind, model.item_vectors, params, on_progress=bar.update)
+    steps.update()
+    steps.set_postfix_str("write index")
+    write_index(index, stage / FAISS_FILE)
+    steps.update()
+    steps.set_postfix_str("checksum")
+    assert model.manifest is not None  # read_model_bundle always attaches it
+    meta = {
+        "index": {
+            "kind": kind,
+            "params": params.to_json() if kind == "hnsw" else {},
+            "metric": "inner_product",
+            "faiss_version": faiss.__version__,
+        },
+        "dim": model.dim,
+        "n_items": model.n_items,
+        "n_users": model.n_users,
+        "source_model": {
+            "path": str(model_dir.resolve()),
+            "manifest_sha256": sha256_file(stage / MODEL_DIR / MANIFEST_NAME),
+            "created_at": model.manifest.created_at,
+            "dataset": model.dataset,
+        },
+    }
+    write_manifest(stage, INDEX_KIND, meta)
+    steps.update()
+    steps.close()
+
+
+def newest_model_bundle(models_root: Path) -> Path:
+    """The model bundle under ``models_root`` with the latest manifest ``created_at`` (or the root itself).
+
+    A directory with a manifest that cannot be read is an error, not skipped:
+    silently indexing an older model would hide the broken newer one.
+    """
+    models_root = Path(models_root)
+    if (models_root / MANIFEST_NAME).is_file():
+        return models_root
+    if not models_root.is_dir():
+        raise BundleError("no such models directory", path=models_root)
+    found: list[tuple[str, Path]] = []
+    for child in sorted(models_root.iterdir()):
+        if child.is_dir() and not child.name.startswith(".") and (child / MANIFEST_NAME).is_file():
+            found.append((read_manifest(child, MODEL_KIND, verify=False).created_at, child))
+    if not found:
+        raise BundleError("no model bundle found here", path=models_root)
+    return max(found)[1]
+
+
+def rebuild_index(
+    models_root: Path,
+    index_root: Path,
+    *,
+    kind: str | None = None,
+    make_current: bool = True,
+    progress: bool = False,
+    **hnsw_params: Any,
+) -> Path:
+    """Build a new version from the newest model bundle; by default with the current version's kind/params."""
+    model_dir = newest_model_bundle(models_root)
+    if kind is None:
+        kind, hnsw_params = _current_settings(Path(index_root), hnsw_params)
+    return build_index(model_dir, index_root, kind=kind, make_current=make_current, progress=progress, **hnsw_params)
+
+
+def _current_settings(index_root: Path, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The kind and parameters of the current version (flat when there is none), with ``overrides`` on top."""
+    if VersionedStore(index_root).current_version() is None:
+        return ("hnsw" if overrides else "flat"), overrides
+    manifest = read_manifest(resolve_version_dir(index_root), INDEX_KIND, verify=False)
+    kind = str(manifest.meta["index"]["kind"])
+    params = dict(manifest.meta["index"]["params"]) if kind == "hnsw" else {}
+    return kind, {**params, **overrides}

@@ -1,0 +1,159 @@
+"""FAISS index construction, persistence and the HNSW search path.
+
+Two kinds:
+
+``flat``  ``IndexFlatIP``: every item scored, exact. Serving scores with the
+          same matrix product in numpy (see :mod:`movierec.index.topk` for why).
+``hnsw``  ``IndexHNSWFlat`` over inner product, for catalogs too large to scan:
+          approximate candidates, re-ranked exactly, never an excluded item and
+          always ``min(k, allowed)`` results (a query whose candidates run short
+          after exclusion falls back to the exact scan).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+from movierec.index.topk import ExactSearcher, Recommendation, rank_candidates
+
+from movierec.errors import BundleError
+
+KINDS = ("flat", "hnsw")
+ADD_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    """``m``: graph degree; ``ef_construction``/``ef_search``: beam widths at build and query time.
+
+    ``max_fetch``: the most candidates one HNSW query may ask for (k plus that
+    query's exclusions); a query needing more is answered by the exact scan,
+    which at that point costs about the same and is never wrong.
+    """
+
+    m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+    max_fetch: int = 1024
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> HnswParams:
+        unknown = set(options) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown HNSW parameter(s): {', '.join(sorted(unknown))}")
+        params = cls(**{name: int(value) for name, value in options.items()})
+        if min(params.m, params.ef_construction, params.ef_search, params.max_fetch) <= 0:
+            raise ValueError("HNSW parameters must be positive")
+        return params
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "max_fetch": self.max_fetch,
+        }
+
+
+def create_index(
+    kind: str,
+    item_vectors: npt.NDArray[np.float32],
+    hnsw: HnswParams,
+    on_progress: Callable[[int], None] = lambda _n: None,
+) -> faiss.Index:
+    """Build an inner-product index over ``item_vectors``; ``on_progress(n)`` after each chunk of n added."""
+    index = _empty_index(kind, int(item_vectors.shape[1]), hnsw)
+    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    for start in range(0, vectors.shape[0], ADD_CHUNK):
+        chunk = vectors[start : start + ADD_CHUNK]
+        index.add(chunk)
+        on_progress(int(chunk.shape[0]))
+    return index
+
+
+def _empty_index(kind: str, dim: int, hnsw: HnswParams) -> faiss.Index:
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        graph = faiss.IndexHNSWFlat(dim, hnsw.m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = hnsw.ef_construction
+        graph.hnsw.efSearch = hnsw.ef_search
+        return graph
+    raise ValueError(f"unknown index kind {kind!r} (choose from {', '.join(KINDS)})")
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    faiss.write_index(index, str(path))
+
+
+def read_index(path: Path, item_vectors: npt.NDArray[np.float32]) -> faiss.Index:
+    """Load ``path`` and check it indexes exactly ``item_vectors`` (same count, dim and values)."""
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
+        raise BundleError(f"not a readable FAISS index ({first_line})", path=path) from None
+    n_items, dim = item_vectors.shape
+    if index.ntotal != n_items or index.d != dim:
+        raise BundleError(
+            f"index holds {index.ntotal} vectors of dim {index.d}, the model has {n_items} of dim {dim}", path=path
+        )
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise BundleError("index does not use the inner-product metric", path=path)
+    if n_items and not np.array_equal(index.reconstruct_n(0, n_items), item_vectors):
+        raise BundleError("index vectors differ from the model's item vectors", path=path)
+    return index
+
+
+class HnswSearcher:
+    """Approximate candidates from HNSW, exact re-ranking and exclusion, exact fallback when short."""
+
+    def __init__(self, index: faiss.IndexHNSWFlat, exact: ExactSearcher, params: HnswParams) -> None:
+        self.index = index
+        self.exact = exact
+        self.params = params
+
+    def search(
+        self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
+    ) -> list[Recommendation]:
+        n_items = self.exact.n_items
+        answers: list[Recommendation | None] = [None] * queries.shape[0]
+        wanted = [min(k, n_items - np.unique(e).size) for e in excluded]
+        fetch = [min(n_items, k + e.size) for e in excluded]
+        graph = [q for q in range(queries.shape[0]) if wanted[q] > 0 and fetch[q] <= self.params.max_fetch]
+        if graph:
+            width = max(fetch[q] for q in graph)
+            # Per-call parameters (not index.hnsw.efSearch) so concurrent searches never race; faiss's
+            # bundled type stubs omit this class.
+            params = faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, width))  # type: ignore[attr-defined]
+            _distances, labels = self.index.search(queries[graph], width, params=params)
+            for position, q in enumerate(graph):
+                answers[q] = self._rerank(queries[q], labels[position], excluded[q], wanted[q])
+        fallback = [q for q in range(queries.shape[0]) if answers[q] is None]
+        if fallback:
+            exact = self.exact.search(queries[fallback], k, [excluded[q] for q in fallback])
+            for q, answer in zip(fallback, exact, strict=True):
+                answers[q] = answer
+        return [a for a in answers if a is not None]
+
+    def _rerank(
+        self,
+        query: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.int64],
+        excluded: npt.NDArray[np.int64],
+        wanted: int,
+    ) -> Recommendation | None:
+        """Exact scores for the graph's candidates minus exclusions; None when fewer than ``wanted`` remain."""
+        candidates = np.unique(labels[labels >= 0])
+        candidates = candidates[~np.isin(candidates, excluded)]
+        if candidates.size < wanted:
+            return None
+        scores = self.exact.item_vectors[candidates] @ query
+        scores[np.isnan(scores)] = -np.inf
+        return rank_candidates(candidates, scores, wanted)

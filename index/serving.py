@@ -1,0 +1,181 @@
+"""A verified, loaded index bundle and the queries the server asks of it.
+
+A :class:`ServingIndex` is immutable once opened: the server answers every
+request from one instance and hot-swaps by replacing its reference with a newly
+opened one, so no request ever mixes two versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
+from movierec.index.layout import FAISS_FILE, INDEX_KIND, MODEL_DIR
+from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
+
+from movierec.bundle import MANIFEST_NAME, Manifest, ModelBundle, VersionedStore, read_manifest, sha256_file
+from movierec.bundle.model import read_model_bundle
+from movierec.errors import BundleError
+
+WARM_UP_QUERIES = 64
+
+
+class Searcher(Protocol):
+    def search(
+        self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
+    ) -> list[Recommendation]: ...
+
+
+class ServingIndex:
+    """A verified, loaded index bundle: FAISS index + the model bundle it was built from.
+
+    Batch-first like ``implicit``: :meth:`recommend` takes many user rows and
+    answers them with one scoring pass. Every answer obeys the ranking rule of
+    :mod:`movierec.index.topk` and never contains a seen or excluded item.
+    """
+
+    def __init__(
+        self, version: str, path: Path, model: ModelBundle, manifest: Manifest, faiss_index: faiss.Index
+    ) -> None:
+        self.version = version
+        self.path = path
+        self.model = model
+        self.manifest = manifest
+        self.faiss_index = faiss_index
+        self.kind: str = str(manifest.meta["index"]["kind"])
+        self._exact = ExactSearcher(model.item_vectors)
+        self._searcher: Searcher = self._exact
+        if self.kind == "flat" and not isinstance(faiss_index, faiss.IndexFlatIP):
+            raise BundleError(f"manifest says flat but the file holds {type(faiss_index).__name__}", path=path)
+        if self.kind == "hnsw":
+            if not isinstance(faiss_index, faiss.IndexHNSWFlat):
+                raise BundleError(f"manifest says hnsw but the file holds {type(faiss_index).__name__}", path=path)
+            params = HnswParams.from_options(dict(manifest.meta["index"]["params"]))
+            self._searcher = HnswSearcher(faiss_index, self._exact, params)
+
+    @property
+    def n_items(self) -> int:
+        return self.model.n_items
+
+    @property
+    def n_users(self) -> int:
+        return self.model.n_users
+
+    def user_row(self, user_id: int) -> int | None:
+        """The internal row of dataset user ``user_id``, or None if the model never saw that user."""
+        ids = self.model.user_ids
+        row = int(np.searchsorted(ids, user_id))
+        return row if row < ids.shape[0] and int(ids[row]) == user_id else None
+
+    def item_rows(self, item_ids: Sequence[int] | npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
+        """Internal rows of the known ``item_ids``, in the given order; unknown ids are dropped."""
+        wanted = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+        ids = self.model.item_ids
+        rows: npt.NDArray[np.int64] = np.searchsorted(ids, wanted)
+        known = rows < ids.shape[0]
+        known[known] = ids[rows[known]] == wanted[known]
+        found: npt.NDArray[np.int32] = rows[known].astype(np.int32)
+        return found
+
+    def seen_rows(self, user_row: int) -> npt.NDArray[np.int32]:
+        """Every item the user rated in the data the model was trained from."""
+        self._check_user_row(user_row)
+        return self.model.seen.row(user_row).astype(np.int32, copy=False)
+
+    def recommend(
+        self, user_rows: Sequence[int], k: int, extra_exclude: Sequence[npt.NDArray[np.int32]] | None = None
+    ) -> list[Recommendation]:
+        """Top-``k`` for each known user row, excluding their seen items and ``extra_exclude[i]``."""
+        check_k(k)
+        rows = [self._check_user_row(r) for r in user_rows]
+        if extra_exclude is not None and len(extra_exclude) != len(rows):
+            raise ValueError(f"extra_exclude has {len(extra_exclude)} lists for {len(rows)} users")
+        excluded = []
+        for position, row in enumerate(rows):
+            seen = self.model.seen.row(row).astype(np.int64)
+            extra = as_exclusion(extra_exclude[position], self.n_items) if extra_exclude is not None else None
+            excluded.append(seen if extra is None or extra.size == 0 else np.concatenate([seen, extra]))
+        queries = np.ascontiguousarray(self.model.user_vectors[rows], dtype=np.float32)
+        return self._searcher.search(queries, k, excluded)
+
+    def recommend_vectors(
+        self, vectors: npt.NDArray[np.float32], k: int, exclude: Sequence[npt.NDArray[np.int32]]
+    ) -> list[Recommendation]:
+        """Top-``k`` for ad-hoc user vectors (fold-in users), excluding ``exclude[i]`` for vector ``i``."""
+        check_k(k)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.model.dim:
+            raise ValueError(f"vectors must have shape (n, {self.model.dim}), got {queries.shape}")
+        if not np.all(np.isfinite(queries)):
+            raise ValueError("vectors contain NaN or infinity")
+        if len(exclude) != queries.shape[0]:
+            raise ValueError(f"exclude has {len(exclude)} lists for {queries.shape[0]} vectors")
+        return self._searcher.search(queries, k, [as_exclusion(e, self.n_items) for e in exclude])
+
+    def similar_items(self, item_row: int, k: int, exclude: npt.NDArray[np.int32] | None = None) -> Recommendation:
+        """Items nearest ``item_row`` by inner product of item vectors, never the item itself."""
+        check_k(k)
+        if not 0 <= item_row < self.n_items:
+            raise ValueError(f"item row {item_row} outside [0, {self.n_items})")
+        excluded = np.array([item_row], dtype=np.int64)
+        if exclude is not None:
+            excluded = np.concatenate([excluded, as_exclusion(exclude, self.n_items)])
+        query = self.model.item_vectors[item_row : item_row + 1]
+        return self._searcher.search(np.ascontiguousarray(query, dtype=np.float32), k, [excluded])[0]
+
+    def warm_up(self) -> None:
+        """Touch every code path once (BLAS threads, FAISS graph pages) before reporting SERVING."""
+        if self.n_users and self.n_items:
+            users = list(range(min(WARM_UP_QUERIES, self.n_users)))
+            self.recommend(users[:1], 10)
+            self.recommend(users, 10)
+            self.similar_items(0, 10)
+
+    def _check_user_row(self, row: int) -> int:
+        if isinstance(row, bool) or not isinstance(row, int | np.integer) or not 0 <= row < self.n_users:
+            raise ValueError(f"user row {row!r} outside [0, {self.n_users})")
+        return int(row)
+
+
+def resolve_version_dir(path: Path) -> Path:
+    """``path`` itself when it is a version directory, else the version its ``CURRENT`` names."""
+    path = Path(path)
+    if (path / MANIFEST_NAME).is_file():
+        return path
+    current = VersionedStore(path).current()
+    if current is None:
+        raise BundleError("neither an index version (no manifest.json) nor a store with a CURRENT pointer", path=path)
+    return current
+
+
+def open_index(path: Path, *, verify: bool = True) -> ServingIndex:
+    """Load an index version (or a store root's current version), verifying every checksum first.
+
+    The outer manifest checksums every file, including the copied model
+    bundle's files; the model's own manifest (not covered, by name) is pinned
+    by the SHA-256 recorded at build time. So one pass over the bytes verifies
+    both bundles.
+    """
+    directory = resolve_version_dir(path)
+    manifest = read_manifest(directory, INDEX_KIND, verify=verify)
+    model_dir = directory / MODEL_DIR
+    try:
+        expected_sha = str(manifest.meta["source_model"]["manifest_sha256"])
+        kind = str(manifest.meta["index"]["kind"])
+    except (KeyError, TypeError):
+        raise BundleError("index manifest lacks source_model/index metadata", path=directory / MANIFEST_NAME) from None
+    if kind not in ("flat", "hnsw"):
+        raise BundleError(f"unknown index kind {kind!r}", path=directory / MANIFEST_NAME)
+    model_manifest = model_dir / MANIFEST_NAME
+    if verify and (not model_manifest.is_file() or sha256_file(model_manifest) != expected_sha):
+        raise BundleError(
+            "model manifest is missing or differs from the one the index was built from", path=model_manifest
+        )
+    model = read_model_bundle(model_dir, verify=False)
+    faiss_index = read_index(directory / FAISS_FILE, model.item_vectors)
+    return ServingIndex(directory.name, directory, model, manifest, faiss_index)

@@ -1,0 +1,140 @@
+"""Exact top-K with per-query exclusions: the brute-force answer the product promises (design §2).
+
+The ranking rule, stated once and used by every search path:
+
+* score = float32 dot product of the query vector with the item vector;
+* a NaN score (only possible when a product overflows to ``inf - inf``) ranks
+  below every real score, as if it were ``-inf``;
+* order is score descending, ties broken by the lower item row (item rows are
+  sorted by dataset id, so that is the lower movie id);
+* an excluded item is never returned, whatever its score, and the answer has
+  ``min(k, number of allowed items)`` items, never a duplicate.
+
+Why numpy rather than FAISS selectors for the exact path: a FAISS
+``SearchParameters`` selector applies to a whole ``search`` call, so per-user
+exclusions would force one call per user, and FAISS does not order equal
+scores by id. Scoring the batch with one BLAS matrix product (what
+``IndexFlatIP`` does internally), blanking the excluded cells and selecting
+with ``argpartition`` is one pass for the whole batch and exact by
+construction; ``benchmarks/index_bench.py`` measures the alternatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+# Cells per scores block: bounds the memory of a batch against a large catalog (64 MiB of float32).
+MAX_BLOCK_CELLS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One query's answer: internal item rows, best first, and their float32 scores."""
+
+    item_rows: npt.NDArray[np.int32]
+    scores: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return int(self.item_rows.shape[0])
+
+
+EMPTY = Recommendation(np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32))
+
+
+def check_k(k: int) -> None:
+    """``k`` must be a positive int; the server maps this ValueError to INVALID_ARGUMENT before it gets here."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
+def as_exclusion(rows: npt.ArrayLike, n_items: int) -> npt.NDArray[np.int64]:
+    """Validate one exclusion list (duplicates allowed) as item rows in ``[0, n_items)``."""
+    array = np.asarray(rows)
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError("an exclusion list must be a 1-d array of integer item rows")
+    array = array.astype(np.int64, copy=False)
+    if array.min() < 0 or array.max() >= n_items:
+        raise ValueError(f"excluded item row outside [0, {n_items})")
+    return array
+
+
+def rank_candidates(candidates: npt.NDArray[np.int64], scores: npt.NDArray[np.float32], limit: int) -> Recommendation:
+    """The best ``limit`` of ``candidates`` (distinct rows) by the ranking rule; ``scores`` aligned with them."""
+    order = np.lexsort((candidates, -scores))[:limit]
+    return Recommendation(candidates[order].astype(np.int32), scores[order].astype(np.float32))
+
+
+def _blank_excluded(
+    scores: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]]
+) -> npt.NDArray[np.bool_]:
+    """Set excluded cells to -inf in place and return the allowed mask (NaN cells become -inf too)."""
+    nan = np.isnan(scores)
+    if nan.any():
+        scores[nan] = -np.inf
+    allowed = np.ones(scores.shape, dtype=bool)
+    lengths = [len(e) for e in excluded]
+    if sum(lengths):
+        rows = np.repeat(np.arange(len(excluded)), lengths)
+        cols = np.concatenate(excluded)
+        allowed[rows, cols] = False
+        scores[rows, cols] = -np.inf
+    return allowed
+
+
+def top_k_from_scores(
+    scores: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]], k: int
+) -> list[Recommendation]:
+    """Exact top-``k`` of each row of ``scores`` (modified in place) minus that row's excluded items.
+
+    The k-th best allowed score is found with a partition; every allowed item
+    scoring at least that much is a candidate (so ties at the boundary are all
+    seen) and the candidates are ordered by the ranking rule.
+    """
+    n_queries, n_items = scores.shape
+    width = min(k, n_items)
+    if width == 0:
+        return [EMPTY] * n_queries
+    allowed = _blank_excluded(scores, excluded)
+    n_allowed = allowed.sum(axis=1)
+    pivot = n_items - width
+    thresholds = np.partition(scores, pivot, axis=1)[:, pivot]
+    answers = []
+    for q in range(n_queries):
+        limit = min(width, int(n_allowed[q]))
+        if limit == 0:
+            answers.append(EMPTY)
+            continue
+        row = scores[q]
+        candidates = np.flatnonzero(allowed[q] & (row >= thresholds[q]))
+        answers.append(rank_candidates(candidates, row[candidates], limit))
+    return answers
+
+
+class ExactSearcher:
+    """Brute-force inner-product search over all items, exclusions applied inside the selection."""
+
+    def __init__(self, item_vectors: npt.NDArray[np.float32]) -> None:
+        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_vectors.shape[0])
+
+    def search(
+        self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
+    ) -> list[Recommendation]:
+        """One matrix product per block of queries; ``excluded[i]`` are validated item rows for query ``i``."""
+        block = max(1, MAX_BLOCK_CELLS // max(1, self.n_items))
+        answers: list[Recommendation] = []
+        for start in range(0, queries.shape[0], block):
+            stop = start + block
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is ranked, not an error
+                scores = queries[start:stop] @ self.item_vectors.T
+            answers.extend(top_k_from_scores(scores, excluded[start:stop], k))
+        return answers
