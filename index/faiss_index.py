@@ -114,7 +114,7 @@ def read_index(path: Path, item_vectors: npt.NDArray[np.float32]) -> faiss.Index
 class HnswSearcher:
     """Approximate candidates from HNSW, exact re-ranking and exclusion, exact fallback when short."""
 
-    def __init__(self, index: faiss.IndexHNSWFlat, exact: ExactSearcher, params: HnswParams) -> None:
+    def __init__(self, index: faiss.Index, exact: ExactSearcher, params: HnswParams) -> None:
         self.index = index
         self.exact = exact
         self.params = params

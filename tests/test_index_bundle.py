@@ -1,0 +1,199 @@
+"""Index versions: atomic builds, the CURRENT pointer, verification on open, rebuild from the newest model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_factory import make_model_bundle
+from movierec.index import build_index, newest_model_bundle, open_index, rebuild_index
+from movierec.index.info import describe_store
+
+from movierec.bundle import VersionedStore, read_manifest
+from movierec.errors import BundleError
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return make_model_bundle(tmp_path / "model", n_users=12, n_items=40, dim=4, seen_per_user=6, seed=1)
+
+
+def test_build_writes_a_self_contained_version_and_moves_current(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    first = build_index(model, root)
+    second = build_index(model, root)
+    assert (first.name, second.name) == ("v0001", "v0002")
+    assert VersionedStore(root).current_version() == "v0002"
+    manifest = read_manifest(second, "index")
+    assert {"index.faiss", "model/item_vectors.npy"} <= set(manifest.files)
+    assert manifest.meta["n_items"] == 40 and manifest.meta["dim"] == 4
+    assert manifest.meta["source_model"]["path"] == str(model.resolve())
+    # Self-contained: the version keeps serving after its source model is gone.
+    for file in model.iterdir():
+        file.unlink()
+    model.rmdir()
+    served = open_index(root)
+    assert served.version == "v0002" and served.path == second
+    assert len(served.recommend([0], 5)[0]) == 5
+
+
+def test_no_switch_leaves_current_alone(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    build_index(model, root)
+    built = build_index(model, root, make_current=False)
+    assert VersionedStore(root).current_version() == "v0001"
+    assert open_index(root).version == "v0001"
+    assert open_index(built).version == "v0002"
+
+
+def test_opening_a_store_without_current_is_a_clear_error(model: Path, tmp_path: Path) -> None:
+    build_index(model, tmp_path / "index", make_current=False)
+    with pytest.raises(BundleError, match="CURRENT"):
+        open_index(tmp_path / "index")
+
+
+@pytest.mark.parametrize(
+    ("target", "damage", "message"),
+    [
+        ("index.faiss", "flip", "checksum mismatch"),
+        ("index.faiss", "truncate", "truncated"),
+        ("model/item_vectors.npy", "flip", "checksum mismatch"),
+        ("model/seen_indices.npy", "delete", "missing"),
+        ("model/manifest.json", "append", "model manifest"),
+        ("manifest.json", "truncate", "unreadable manifest"),
+    ],
+)
+def test_open_refuses_any_corruption_naming_the_file(
+    model: Path, tmp_path: Path, target: str, damage: str, message: str
+) -> None:
+    version = build_index(model, tmp_path / "index")
+    path = version / target
+    data = path.read_bytes()
+    if damage == "flip":
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    elif damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "append":
+        path.write_bytes(data + b" ")
+    else:
+        path.unlink()
+    with pytest.raises(BundleError, match=message) as caught:
+        open_index(tmp_path / "index")
+    assert str(path) in str(caught.value) or str(path.parent) in str(caught.value)
+
+
+def test_an_index_that_does_not_match_its_model_is_refused(model: Path, tmp_path: Path) -> None:
+    """A consistent-looking bundle whose FAISS vectors are another model's must not serve."""
+    other = make_model_bundle(tmp_path / "other", n_users=12, n_items=40, dim=4, seen_per_user=6, seed=2)
+    version = build_index(model, tmp_path / "index")
+    foreign = build_index(other, tmp_path / "foreign")
+    (version / "index.faiss").write_bytes((foreign / "index.faiss").read_bytes())
+    with pytest.raises(BundleError, match="differ from the model"):
+        open_index(version, verify=False)
+
+
+def test_a_bad_model_bundle_fails_the_build_and_leaves_the_store_untouched(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    build_index(model, root)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    vectors = model / "item_vectors.npy"
+    vectors.write_bytes(vectors.read_bytes()[:-4])
+    with pytest.raises(BundleError, match=r"item_vectors\.npy") as caught:
+        build_index(model, root)
+    assert str(tmp_path / "index") not in str(caught.value), "the error must name the source file, not a staging copy"
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert VersionedStore(root).current_version() == "v0001"
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        build_index(tmp_path, root)
+
+
+def test_bad_parameters_are_value_errors(model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown index kind"):
+        build_index(model, tmp_path / "index", kind="ivf")
+    with pytest.raises(ValueError, match="takes no parameters"):
+        build_index(model, tmp_path / "index", m=8)
+    with pytest.raises(ValueError, match="unknown HNSW parameter"):
+        build_index(model, tmp_path / "index", kind="hnsw", ef=8)
+    assert VersionedStore(tmp_path / "index").versions() == []
+
+
+def test_concurrent_builds_get_distinct_versions(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    built: list[Path] = []
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            built.append(build_index(model, root))
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(p.name for p in built) == ["v0001", "v0002", "v0003", "v0004"]
+    assert all(open_index(p).version == p.name for p in built)
+
+
+def test_rebuild_uses_the_newest_model_and_keeps_the_current_kind(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    make_model_bundle(models / "b-old", n_users=5, n_items=20, dim=3, seen_per_user=2, seed=1)
+    make_model_bundle(models / "a-new", n_users=5, n_items=30, dim=3, seen_per_user=2, seed=2)
+    assert newest_model_bundle(models) == models / "a-new"  # by created time, not by name
+    root = tmp_path / "index"
+    build_index(models / "b-old", root, kind="hnsw", m=8, ef_search=32)
+    rebuilt = rebuild_index(models, root)
+    served = open_index(root)
+    assert served.path == rebuilt and served.n_items == 30
+    assert served.kind == "hnsw"
+    assert served.manifest.meta["index"]["params"]["ef_search"] == 32
+    assert open_index(rebuild_index(models, root, kind="flat")).kind == "flat"
+
+
+def test_rebuild_refuses_an_unreadable_newer_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    make_model_bundle(models / "good", n_users=5, n_items=20, dim=3, seen_per_user=2, seed=1)
+    (models / "broken").mkdir()
+    (models / "broken" / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="broken"):
+        rebuild_index(models, tmp_path / "index")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="no model bundle"):
+        rebuild_index(tmp_path / "empty", tmp_path / "index")
+    with pytest.raises(BundleError, match="no such models directory"):
+        rebuild_index(tmp_path / "absent", tmp_path / "index")
+    assert not (tmp_path / "index").exists()
+
+
+def test_describe_store_reports_corrupt_versions_instead_of_failing(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    build_index(model, root)
+    build_index(model, root, kind="hnsw", m=8)
+    (root / "v0001" / "index.faiss").write_bytes(b"garbage")
+    info = describe_store(root)
+    assert info.current == "v0002"
+    first, second = info.versions
+    assert not first.ok and first.problem is not None and "index.faiss" in first.problem
+    assert second.ok and second.current and second.kind == "hnsw" and second.n_users == 12
+    assert second.metrics == json.loads((model / "metrics.json").read_text())
+    (root / "CURRENT").write_text("v0009\n")
+    pointer_broken = describe_store(root)
+    assert pointer_broken.current is None and pointer_broken.current_problem is not None
+
+
+def test_open_index_serves_the_version_current_names_at_open_time(model: Path, tmp_path: Path) -> None:
+    """The hot-swap contract: an opened index is immutable; moving CURRENT affects only later opens."""
+    root = tmp_path / "index"
+    build_index(model, root)
+    served = open_index(root)
+    before = served.recommend([0, 1], 5)
+    build_index(model, root)
+    assert served.version == "v0001" and open_index(root).version == "v0002"
+    after = served.recommend([0, 1], 5)
+    assert all(np.array_equal(a.item_rows, b.item_rows) for a, b in zip(before, after, strict=True))

@@ -1,0 +1,100 @@
+"""``recctl index build | rebuild | info`` through the real entry point: output, JSON, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from bundle_factory import make_model_bundle
+from movierec.clients.cli import main as cli
+
+from movierec.bundle import VersionedStore
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def recctl(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run ``recctl`` with only the index commands registered (the others belong to other layers)."""
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("movierec.clients.cli.index_cmd",))
+
+    def run(*argv: str | Path) -> tuple[int, str, str]:
+        code = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return make_model_bundle(tmp_path / "model", n_users=8, n_items=30, dim=4, seen_per_user=3, seed=0)
+
+
+def test_build_then_info(recctl: Run, model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    code, out, _err = recctl("index", "build", "--model", model, "--out", root)
+    assert code == 0 and "v0001" in out and "CURRENT now points at it" in out
+    code, out, _err = recctl("index", "build", "--model", model, "--out", root, "--kind", "hnsw", "--hnsw-m", "8",
+                             "--no-switch", "--json")  # fmt: skip
+    built = json.loads(out)
+    assert code == 0 and built["version"] == "v0002" and built["kind"] == "hnsw" and not built["current"]
+    assert VersionedStore(root).current_version() == "v0001"
+    code, out, _err = recctl("index", "info", "--index", root)
+    assert code == 0 and "current = v0001" in out and "hnsw" in out
+    code, out, _err = recctl("index", "info", "--index", root, "--json")
+    info = json.loads(out)
+    assert info["current"] == "v0001"
+    assert [(v["version"], v["kind"], v["n_items"], v["ok"]) for v in info["versions"]] == [
+        ("v0001", "flat", 30, True),
+        ("v0002", "hnsw", 30, True),
+    ]
+
+
+def test_rebuild_switches_current_to_the_new_version(recctl: Run, model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    recctl("index", "build", "--model", model, "--out", root)
+    code, out, _err = recctl("index", "rebuild", "--models", tmp_path, "--out", root, "--json")
+    assert code == 0 and json.loads(out)["version"] == "v0002"
+    assert VersionedStore(root).current_version() == "v0002"
+
+
+def test_info_shows_a_corrupt_version_with_its_reason(recctl: Run, model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    recctl("index", "build", "--model", model, "--out", root)
+    (root / "v0001" / "model" / "user_vectors.npy").write_bytes(b"x")
+    code, out, _err = recctl("index", "info", "--index", root)
+    assert code == 0 and "CORRUPT" in out and "user_vectors.npy" in out
+
+
+def test_a_corrupt_model_is_one_line_naming_the_file(recctl: Run, model: Path, tmp_path: Path) -> None:
+    (model / "seen_indptr.npy").write_bytes(b"broken")
+    code, out, err = recctl("index", "build", "--model", model, "--out", tmp_path / "index")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "seen_indptr.npy" in err and "Traceback" not in err
+    assert VersionedStore(tmp_path / "index").versions() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("index", "build", "--model", "{model}", "--out", "{out}", "--ef-search", "5"), "need --kind hnsw"),
+        (("index", "build", "--model", "{out}/nothing", "--out", "{out}"), "not a directory"),
+        (("index", "rebuild", "--models", "{out}/nothing", "--out", "{out}"), "no such models directory"),
+        (("index", "info", "--index", "{out}/nothing"), "no such index store"),
+        (("index", "build", "--model", "{model}", "--out", "{out}", "--kind", "hnsw", "--hnsw-m", "0"), "positive"),
+    ],
+)
+def test_user_errors_exit_1_with_one_line(
+    recctl: Run, model: Path, tmp_path: Path, argv: tuple[str, ...], message: str
+) -> None:
+    code, _out, err = recctl(*(a.format(model=model, out=tmp_path) for a in argv))
+    assert code == 1 and message in err and err.count("\n") == 1
+
+
+def test_argument_errors_exit_2(recctl: Run, model: Path) -> None:
+    with pytest.raises(SystemExit) as caught:
+        recctl("index", "build", "--model", model, "--out", "x", "--kind", "ivf")
+    assert caught.value.code == 2
