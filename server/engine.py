@@ -1,0 +1,161 @@
+"""Answer recommendation requests from one loaded index, independent of gRPC plumbing.
+
+The engine validates each request (k range, exclusion limit, known user),
+runs the exact top-k through :class:`movierec.index.ServingIndex` and turns
+item rows into wire items. Requests are answered in batches so the stream can
+fold many users into one matrix product; a request that fails validation
+becomes a :class:`RequestError` in its slot and never spoils the others.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf import struct_pb2
+from movierec.index import Recommendation, ServingIndex
+from movierec.server.errors import RequestError, invalid_argument, not_found
+from movierec.server.limits import Limits
+from movierec.v1 import recommender_pb2 as pb
+
+
+class RecommendQuery(Protocol):
+    """The fields RecommendRequest and RecommendStreamRequest share."""
+
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def exclude_item_ids(self) -> Sequence[int]: ...
+
+
+@dataclass(frozen=True)
+class _Valid:
+    """A validated query: internal user row and excluded item rows."""
+
+    slot: int
+    user_row: int
+    k: int
+    exclude_rows: npt.NDArray[np.int32]
+
+
+Answer = list[pb.RecommendedItem] | RequestError
+
+
+def model_version(index: ServingIndex) -> str:
+    """``<model dir name>@<first 12 hex of its manifest SHA-256>``: readable, and unique per model content."""
+    source = index.manifest.meta.get("source_model", {})
+    name = PurePath(str(source.get("path", "model"))).name
+    return f"{name}@{str(source.get('manifest_sha256', ''))[:12]}"
+
+
+class ServingEngine:
+    """Everything one index version needs to answer requests; immutable once built, so swapping is atomic."""
+
+    def __init__(self, index: ServingIndex, limits: Limits) -> None:
+        self.index = index
+        self.limits = limits
+        model = index.model
+        self.index_version = str(index.version)
+        self.model_version = model_version(index)
+        # Plain Python lists: indexing them per result is far cheaper than numpy scalars.
+        self._item_ids: list[int] = model.item_ids.tolist()
+        self._titles = model.items.titles
+        self._genres = model.items.genres
+        self._years = model.items.years
+
+    def recommend(self, queries: Sequence[RecommendQuery]) -> list[Answer]:
+        """One answer per query, same order; valid queries with the same k share one search."""
+        answers: dict[int, Answer] = {}
+        by_k: dict[int, list[_Valid]] = defaultdict(list)
+        for slot, query in enumerate(queries):
+            try:
+                valid = self._validate(slot, query)
+            except RequestError as error:
+                answers[slot] = error
+                continue
+            by_k[valid.k].append(valid)
+        for k, group in by_k.items():
+            results = self.index.recommend(
+                [v.user_row for v in group], k, extra_exclude=[v.exclude_rows for v in group]
+            )
+            for valid, result in zip(group, results, strict=True):
+                answers[valid.slot] = self._items(result)
+        return [answers[slot] for slot in range(len(queries))]
+
+    def similar_items(self, request: pb.SimilarItemsRequest) -> list[pb.RecommendedItem]:
+        """Nearest items to ``request.item_id``, minus the item, the user's seen items and the exclusions."""
+        self._check_k(request.k)
+        self._check_exclusions(request.exclude_item_ids)
+        item_rows = self.index.item_rows([request.item_id])
+        if item_rows.size == 0:
+            raise not_found("item", request.item_id)
+        excluded = [self.index.item_rows(list(request.exclude_item_ids))]
+        if request.HasField("user_id"):
+            user_row = self._user_row(request.user_id)
+            excluded.append(self.index.seen_rows(user_row).astype(np.int32))
+        result = self.index.similar_items(int(item_rows[0]), request.k, exclude=np.concatenate(excluded))
+        return self._items(result)
+
+    def info(self) -> pb.GetInfoResponse:
+        model = self.index.model
+        metrics = struct_pb2.Struct()
+        metrics.update(model.metrics)
+        return pb.GetInfoResponse(
+            model_version=self.model_version,
+            index_version=self.index_version,
+            user_count=model.n_users,
+            item_count=model.n_items,
+            dimension=model.dim,
+            index_kind=str(self.index.kind),
+            max_k=self.limits.max_k,
+            max_exclude_item_ids=self.limits.max_exclude_item_ids,
+            training_metrics=metrics,
+        )
+
+    def _validate(self, slot: int, query: RecommendQuery) -> _Valid:
+        self._check_k(query.k)
+        self._check_exclusions(query.exclude_item_ids)
+        user_row = self._user_row(query.user_id)
+        # Unknown ids are dropped by item_rows: excluding a movie we never recommend is a no-op.
+        exclude_rows = self.index.item_rows(list(query.exclude_item_ids))
+        return _Valid(slot, user_row, query.k, exclude_rows)
+
+    def _check_k(self, k: int) -> None:
+        if not 1 <= k <= self.limits.max_k:
+            raise invalid_argument("k", f"k must be between 1 and {self.limits.max_k}, got {k}")
+
+    def _check_exclusions(self, exclude_item_ids: Sequence[int]) -> None:
+        limit = self.limits.max_exclude_item_ids
+        if len(exclude_item_ids) > limit:
+            raise invalid_argument(
+                "exclude_item_ids",
+                f"at most {limit} exclude_item_ids are allowed (max_exclude_item_ids), got {len(exclude_item_ids)}",
+            )
+
+    def _user_row(self, user_id: int) -> int:
+        row = self.index.user_row(user_id)
+        if row is None:
+            raise not_found("user", user_id)
+        return row
+
+    def _items(self, result: Recommendation) -> list[pb.RecommendedItem]:
+        items = []
+        for rank, (row, score) in enumerate(zip(result.item_rows.tolist(), result.scores.tolist(), strict=True), 1):
+            items.append(
+                pb.RecommendedItem(
+                    item_id=self._item_ids[row],
+                    score=score,
+                    rank=rank,
+                    title=self._titles[row],
+                    genres=self._genres[row],
+                    year=self._years[row],
+                )
+            )
+        return items
