@@ -221,3 +221,23 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path: Path) -> N
     assert err.value.line == 5
     (tmp_path / "ratings.dat").write_text("1::10::5::100\n\n1::11::4::101\n\n")
     assert len(load_dataset(tmp_path).ratings) == 2
+
+
+def test_crlf_line_ends_and_byte_order_mark(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_bytes(
+        b"\xef\xbb\xbfuserId,movieId,rating,timestamp\r\n1,10,4,100\r\n2,10,3.5,101\r\n"
+    )
+    (tmp_path / "movies.csv").write_bytes(b"\xef\xbb\xbfmovieId,title,genres\r\n10,Heat (1995),Action\r\n")
+    ds = load_dataset(tmp_path)
+    assert ds.format == "ml-csv"
+    assert ds.ratings.timestamps.tolist() == [100, 101]
+    assert ds.movies is not None and ds.movies.titles == ["Heat"]
+
+
+def test_ml10m_style_dat_half_stars_and_utf8_titles(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("1::10::3.5::100\n2::10::0.5::101\n")
+    (tmp_path / "movies.dat").write_text("10::Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)::Comedy|Romance\n")
+    ds = load_dataset(tmp_path)
+    assert ds.ratings.ratings.tolist() == [3.5, 0.5]
+    assert ds.movies is not None
+    assert ds.movies.titles == ["Amélie (Fabuleux destin d'Amélie Poulain, Le)"] and ds.movies.years == [2001]

@@ -57,11 +57,9 @@ def load_dataset(path: Path | str, fmt: str | None = None, *, columns: Mapping[s
         raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", path=path)
     if columns and fmt != "table":
         raise DataError(f"a column mapping only applies to --format table, not {fmt}", path=path)
-    loader: Callable[[Path], Dataset]
     if fmt == "table":
         return _load_table(path, columns)
-    loader = {"ml-dat": _load_dat, "ml-100k": _load_100k, "ml-csv": _load_ml_csv}[fmt]
-    return loader(path)
+    return _MOVIELENS_LOADERS[fmt](path)
 
 
 def detect_format(path: Path) -> str:
@@ -85,7 +83,7 @@ def detect_format(path: Path) -> str:
 
 def _header_of(path: Path) -> tuple[str, ...]:
     with path.open("rb") as handle:
-        first = handle.readline().decode("utf-8", errors="replace").strip()
+        first = handle.readline().decode("utf-8-sig", errors="replace").strip()
     return tuple(field.strip().strip('"') for field in first.split(","))
 
 
@@ -188,6 +186,13 @@ def _load_ml_csv(path: Path) -> Dataset:
     movies = read_csv_movies(movies_file) if movies_file else None
     cols = TableColumns(*ML_CSV_HEADER)
     return _dataset(_release_name(folder, "movielens-csv"), "ml-csv", ratings_file, raw, table, cols, movies)
+
+
+_MOVIELENS_LOADERS: dict[str, Callable[[Path], Dataset]] = {
+    "ml-dat": _load_dat,
+    "ml-100k": _load_100k,
+    "ml-csv": _load_ml_csv,
+}
 
 
 def _load_table(path: Path, columns: Mapping[str, str] | None) -> Dataset:

@@ -122,7 +122,7 @@ def read_dat_movies(path: Path) -> Movies:
 def read_csv_movies(path: Path) -> Movies:
     """MovieLens ``movies.csv`` (``movieId,title,genres``; titles with commas are quoted), UTF-8."""
     raw = _read_bytes(path)
-    text = check_text(raw, path) or raw.decode("ascii")
+    text = (check_text(raw, path) or raw.decode("ascii")).removeprefix("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     movies = _MoviesBuilder(path)
     try:
