@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from movierec.server.auth import BearerTokenInterceptor
 from movierec.server.metrics import MetricsInterceptor, ServerMetrics
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -80,8 +81,10 @@ def _handlers(probe: Probe) -> grpc.GenericRpcHandler[Any, Any]:
 
 
 @asynccontextmanager
-async def _channel(metrics: ServerMetrics, probe: Probe) -> AsyncIterator[grpc.aio.Channel]:
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)])
+async def _channel(
+    metrics: ServerMetrics, probe: Probe, *inner: grpc.aio.ServerInterceptor[Any, Any]
+) -> AsyncIterator[grpc.aio.Channel]:
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics), *inner])
     server.add_generic_rpc_handlers([_handlers(probe)])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -183,6 +186,18 @@ def test_a_client_that_cancels_a_stream_is_recorded_and_the_handler_is_closed() 
     assert (
         metrics.registry.get_sample_value("grpc_server_msg_sent_total", _call_labels("Endless", "server_stream")) or 0
     ) >= 5
+
+
+def test_calls_refused_by_an_inner_interceptor_are_counted_with_its_code() -> None:
+    metrics = ServerMetrics()
+
+    async def scenario() -> None:
+        async with _channel(metrics, Probe(), BearerTokenInterceptor("t0ken")) as channel:
+            call = channel.unary_unary(f"/{SERVICE}/Echo", None, None)(b"x", timeout=10)
+            assert await _status(call) == grpc.StatusCode.UNAUTHENTICATED
+
+    _run(scenario())
+    assert _handled(metrics, "Echo", "UNAUTHENTICATED") == 1
 
 
 def test_serving_state_metrics() -> None:
