@@ -9,9 +9,12 @@ before shuffling, so the split depends on the seed and the data, not on the
 order of the lines in the file.
 
 Temporal (``method="temporal"``): per user, the latest ``test_fraction`` of
-that user's positives (by timestamp, ties by item id) are test, and the latest
-``valid_fraction`` of the rest are validation. Each count is rounded to the
-nearest whole number, so a user with very few positives may have none held out.
+that user's positives (by timestamp; at equal times the higher item id counts
+as later) are test, and the latest ``valid_fraction`` of the rest are
+validation.
+
+Counts are rounded to the nearest whole number, halves up, in both methods; so
+in the temporal split a user with very few positives may have none held out.
 
 ``seen`` is every item a user rated at all (whatever the rating): serving
 never recommends those.
@@ -131,12 +134,12 @@ def _random_masks(
     n: int, seed: int, test_fraction: float, valid_fraction: float
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     rng = np.random.default_rng(seed)
-    n_test = round(test_fraction * n)
+    n_test = int(_rounded(np.array([test_fraction * n]))[0])
     shuffled = rng.permutation(n)
     is_test = np.zeros(n, dtype=bool)
     is_test[shuffled[:n_test]] = True
     train_positions = shuffled[n_test:]
-    n_valid = round(valid_fraction * train_positions.size)
+    n_valid = int(_rounded(np.array([valid_fraction * train_positions.size]))[0])
     is_valid = np.zeros(n, dtype=bool)
     is_valid[rng.permutation(train_positions)[:n_valid]] = True
     return is_test, is_valid
