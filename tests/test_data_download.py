@@ -261,3 +261,9 @@ def test_not_a_zip_or_no_ratings(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"holds no ratings\.dat"):
         download_ml1m(tmp_path / "b", from_zip=empty, md5=md5(buffer.getvalue()), progress=False)
     assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []
+
+
+def test_missing_local_zip(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cannot read: No such file"):
+        download_ml1m(tmp_path / "dest", from_zip=tmp_path / "absent.zip", md5="0" * 32, progress=False)
+    assert not (tmp_path / "dest").exists()

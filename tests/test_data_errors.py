@@ -201,3 +201,10 @@ def test_broken_100k_item_line(tmp_path: Path) -> None:
     (tmp_path / "u.item").write_text(f"10|Heat (1995)|01-Jan-1995||url|{flags}\n20|Short|line\n")
     err = load_error(tmp_path)
     assert err.path == tmp_path / "u.item" and err.line == 2 and "expected 24 '|'-separated fields, found 3" in str(err)
+
+
+def test_broken_100k_genre_line(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("1\t10\t4\t100\n")
+    (tmp_path / "u.genre").write_text("unknown|0\nAction\n")
+    err = load_error(tmp_path)
+    assert err.path == tmp_path / "u.genre" and err.line == 2 and "expected 'Genre|index'" in str(err)
