@@ -179,7 +179,8 @@ class InteractionLog:
                     last = int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
                     self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    if self._conn.in_transaction:  # a failed COMMIT may already have rolled back
+                        self._conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not store interactions ({exc})", path=self.path) from None

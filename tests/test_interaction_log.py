@@ -157,6 +157,21 @@ def test_bad_calls_are_refused_and_store_nothing(log_path: Path, call: dict[str,
         assert log.extra_seen(1).size == 0
 
 
+def test_a_write_the_disk_refuses_is_an_error_and_publishes_nothing(log_path: Path) -> None:
+    with InteractionLog(log_path) as log:
+        first = log.record(1, [10])
+        pages = log._conn.execute("PRAGMA page_count").fetchone()[0]
+        log._conn.execute(f"PRAGMA max_page_count = {pages}")  # the database may not grow: "disk full"
+        with pytest.raises(InteractionLogError, match=r"could not store interactions.*full"):
+            log.record(1, list(range(100, 2100)))
+        assert log.extra_seen(1).tolist() == [10]
+        assert log.last_offset == first
+        log._conn.execute("PRAGMA max_page_count = 1073741823")
+        assert log.record(1, [11]) > first  # the log is still usable once there is room
+    with InteractionLog(log_path) as reopened:
+        assert reopened.export().item_ids.tolist() == [10, 11]
+
+
 def test_concurrent_writers_lose_nothing_and_get_distinct_offsets(log_path: Path) -> None:
     n_threads, per_thread = 8, 40
     offsets: list[list[int]] = [[] for _ in range(n_threads)]
