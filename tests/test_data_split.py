@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,11 @@ from movierec.trainer.data import Dataset, Ratings, Split, make_split
 
 from movierec.bundle import CSR
 from movierec.errors import DataError
+
+
+def half_up(x: float) -> int:
+    """The split's rounding rule: nearest whole number, halves up."""
+    return math.floor(x + 0.5)
 
 
 def synthetic(n_users: int = 40, n_items: int = 60, density: float = 0.3, seed: int = 0) -> Dataset:
@@ -46,8 +52,8 @@ def test_parts_partition_the_positives() -> None:
     assert train | test == positive_pairs(ds, split)
     assert not train & test
     assert fit | valid == train and not fit & valid
-    assert len(test) == round(0.2 * len(positive_pairs(ds, split)))
-    assert len(valid) == round(0.1 * len(train))
+    assert len(test) == half_up(0.2 * len(positive_pairs(ds, split)))
+    assert len(valid) == half_up(0.1 * len(train))
     for csr in (split.seen, split.train, split.fit, split.valid, split.test):
         assert csr.validate() is None and csr.n_rows == split.n_users and csr.n_cols == split.n_items
 
@@ -109,8 +115,8 @@ def test_temporal_split_holds_out_each_users_latest_positives() -> None:
     for user in range(split.n_users):
         mine = rows == user
         by_time = cols[mine][np.argsort(times[mine])].tolist()
-        n_test = int(np.floor(0.2 * len(by_time) + 0.5))
-        n_valid = int(np.floor(0.1 * (len(by_time) - n_test) + 0.5))
+        n_test = half_up(0.2 * len(by_time))
+        n_valid = half_up(0.1 * (len(by_time) - n_test))
         assert sorted(split.test.row(user).tolist()) == sorted(by_time[len(by_time) - n_test :])
         assert sorted(split.valid.row(user).tolist()) == sorted(
             by_time[len(by_time) - n_test - n_valid : len(by_time) - n_test]
