@@ -15,9 +15,10 @@ done
 for layer in trainer index server clients; do
     ln -s "$repo/$layer" "$tree/movierec/$layer"
 done
+ln -s "$repo/clients/generated/movierec/v1" "$tree/movierec/v1"
 for extra in tests benchmarks scripts; do
     [ -d "$extra" ] && ln -s "$repo/$extra" "$tree/$extra"
 done
 cd "$tree"
-mapfile -t sources < <(find -L . -name '*.py' -not -path '*/generated/*' -not -path '*/__pycache__/*' | sort)
+mapfile -t sources < <(find -L . -name '*.py' -not -path '*/generated/*' -not -path './movierec/v1/*' -not -path '*/__pycache__/*' | sort)
 exec "$repo/.venv/bin/mypy" --config-file "$repo/pyproject.toml" "${sources[@]}"
