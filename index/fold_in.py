@@ -87,36 +87,52 @@ class FoldIn:
         return int(self._vectors.shape[1])
 
     def user_vector(self, liked_rows: npt.ArrayLike, method: FoldInMethod = "propagation") -> npt.NDArray[np.float32]:
-        """The vector of one user who liked the item rows ``liked_rows`` (duplicates count once)."""
-        rows = np.unique(np.asarray(liked_rows, dtype=np.int64).reshape(-1))
-        if rows.size and (rows[0] < 0 or rows[-1] >= self.n_items):  # checked before narrowing to int32
-            raise FoldInError(f"liked item rows must be in [0, {self.n_items})")
-        indptr = np.array([0, rows.size], dtype=np.int64)
-        one_row = CSR(indptr=indptr, indices=rows.astype(np.int32), n_cols=self.n_items)
-        vector: npt.NDArray[np.float32] = self.user_vectors(one_row, method)[0]
-        return vector
+        """The vector of one user who liked the item rows ``liked_rows`` (duplicates count once).
+
+        The same arithmetic as :meth:`user_vectors`, without building a CSR, so
+        the serving path pays a few numpy calls and both give identical bits.
+        """
+        _check_method(method)
+        items = np.unique(np.asarray(liked_rows, dtype=np.int64).reshape(-1))
+        if items.size == 0:
+            raise FoldInError("no liked item known to the model")
+        self._check_rows(items)
+        total: npt.NDArray[np.float64] = np.add.reduce(self._weighted(items, method), axis=0)
+        return (total * _scale(method, np.array([items.size]))[0]).astype(np.float32)
 
     def user_vectors(self, liked: CSR, method: FoldInMethod = "propagation") -> npt.NDArray[np.float32]:
         """One vector per row of ``liked`` (sorted, unique item rows per row, as CSR guarantees)."""
-        if method not in FOLD_IN_METHODS:
-            raise FoldInError(f"unknown fold-in method {method!r}; choose one of {', '.join(FOLD_IN_METHODS)}")
+        _check_method(method)
         if liked.n_cols != self.n_items:
             raise FoldInError(f"liked items span {liked.n_cols} columns, the model has {self.n_items} items")
         counts = liked.row_lengths()
         if counts.size and counts.min() == 0:
             raise FoldInError(f"{int((counts == 0).sum())} user(s) have no liked item known to the model")
         items = np.asarray(liked.indices, dtype=np.int64)
+        self._check_rows(items)
+        sums = _segment_sums(self._weighted(items, method), liked.indptr)
+        return (sums * _scale(method, counts)[:, None]).astype(np.float32)
+
+    def _check_rows(self, items: npt.NDArray[np.int64]) -> None:
         if items.size and (items.min() < 0 or items.max() >= self.n_items):
             raise FoldInError(f"liked item rows must be in [0, {self.n_items})")
-        per_row = counts.astype(np.float64)
+
+    def _weighted(self, items: npt.NDArray[np.int64], method: FoldInMethod) -> npt.NDArray[np.float64]:
+        """Each liked item's vector times its weight: 1 for the mean, 1/sqrt(|N_i| + 1) for propagation."""
         if method == "mean":
-            weights = np.ones(items.size)
-            scale = 1.0 / per_row
-        else:
-            weights = self._item_weights[items]
-            scale = 1.0 / np.sqrt(per_row)
-        sums = _segment_sums(self._vectors[items] * weights[:, None], liked.indptr)
-        return (sums * scale[:, None]).astype(np.float32)
+            return self._vectors[items]
+        return self._vectors[items] * self._item_weights[items, None]
+
+
+def _check_method(method: str) -> None:
+    if method not in FOLD_IN_METHODS:
+        raise FoldInError(f"unknown fold-in method {method!r}; choose one of {', '.join(FOLD_IN_METHODS)}")
+
+
+def _scale(method: FoldInMethod, liked_counts: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """1/|N_u| for the mean, 1/sqrt(|N_u|) for propagation (ranking ignores it; scores stay comparable)."""
+    counts = liked_counts.astype(np.float64)
+    return 1.0 / counts if method == "mean" else 1.0 / np.sqrt(counts)
 
 
 def _segment_sums(values: npt.NDArray[np.float64], indptr: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
