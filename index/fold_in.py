@@ -98,7 +98,7 @@ class FoldIn:
             raise FoldInError("no liked item known to the model")
         self._check_rows(items)
         total: npt.NDArray[np.float64] = np.add.reduce(self._weighted(items, method), axis=0)
-        return (total * _scale(method, np.array([items.size]))[0]).astype(np.float32)
+        return (total * float(_scale(method, np.array([items.size]))[0])).astype(np.float32)
 
     def user_vectors(self, liked: CSR, method: FoldInMethod = "propagation") -> npt.NDArray[np.float32]:
         """One vector per row of ``liked`` (sorted, unique item rows per row, as CSR guarantees)."""
