@@ -27,12 +27,14 @@ Exactness (design §2) and the ranking rule are documented in
 
 from movierec.index.build import build_index, newest_model_bundle, rebuild_index
 from movierec.index.serving import ServingIndex, open_index
+from movierec.index.threads import limit_serving_threads
 from movierec.index.topk import Recommendation
 
 __all__ = [
     "Recommendation",
     "ServingIndex",
     "build_index",
+    "limit_serving_threads",
     "newest_model_bundle",
     "open_index",
     "rebuild_index",

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-from movierec.index.faiss_index import KINDS, HnswParams, create_index, write_index
-from movierec.index.layout import BUILD_LOCK, FAISS_FILE, INDEX_KIND, MODEL_DIR
-from movierec.index.serving import resolve_version_dir
 from tqdm import tqdm
 
 from movierec.bundle import MANIFEST_NAME, VersionedStore, read_manifest, sha256_file, staged_directory, write_manifest
 from movierec.bundle.model import MODEL_KIND, read_model_bundle
 from movierec.errors import BundleError
+from movierec.index.faiss_index import KINDS, HnswParams, create_index, write_index
+from movierec.index.layout import BUILD_LOCK, FAISS_FILE, INDEX_KIND, MODEL_DIR
+from movierec.index.serving import resolve_version_dir
 
 
 @contextmanager
@@ -59,7 +59,7 @@ def build_index(
 
     The model bundle is copied into the version and verified *as copied*, so
     what is indexed and shipped is exactly what was checked. ``hnsw_params``
-    (``m``, ``ef_construction``, ``ef_search``, ``max_fetch``) apply to
+    (``m``, ``ef_construction``, ``ef_search``) apply to
     ``kind="hnsw"`` only.
     """
     params = _index_params(kind, hnsw_params)

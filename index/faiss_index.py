@@ -5,9 +5,10 @@ Two kinds:
 ``flat``  ``IndexFlatIP``: every item scored, exact. Serving scores with the
           same matrix product in numpy (see :mod:`movierec.index.topk` for why).
 ``hnsw``  ``IndexHNSWFlat`` over inner product, for catalogs too large to scan:
-          approximate candidates, re-ranked exactly, never an excluded item and
-          always ``min(k, allowed)`` results (a query whose candidates run short
-          after exclusion falls back to the exact scan).
+          approximate, with each query's exclusions applied *inside* the graph
+          walk (a FAISS ID selector), the results re-ranked by the exact rule,
+          never an excluded item and always ``min(k, allowed)`` results (a
+          query whose walk comes back short is answered by the exact scan).
 """
 
 from __future__ import annotations
@@ -20,27 +21,24 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
-from movierec.index.topk import ExactSearcher, Recommendation, rank_candidates
 
 from movierec.errors import BundleError
+from movierec.index.topk import ExactSearcher, Recommendation, rank_candidates
 
 KINDS = ("flat", "hnsw")
 ADD_CHUNK = 4096
+# A query excluding more than this share of the catalog goes straight to the exact scan: the graph walk
+# would mostly visit excluded items, and the scan of what is left is then no slower.
+EXACT_ABOVE_EXCLUDED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
 class HnswParams:
-    """``m``: graph degree; ``ef_construction``/``ef_search``: beam widths at build and query time.
-
-    ``max_fetch``: the most candidates one HNSW query may ask for (k plus that
-    query's exclusions); a query needing more is answered by the exact scan,
-    which at that point costs about the same and is never wrong.
-    """
+    """``m``: graph degree; ``ef_construction``/``ef_search``: beam widths at build and query time."""
 
     m: int = 32
     ef_construction: int = 200
     ef_search: int = 128
-    max_fetch: int = 1024
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> HnswParams:
@@ -48,7 +46,7 @@ class HnswParams:
         if unknown:
             raise ValueError(f"unknown HNSW parameter(s): {', '.join(sorted(unknown))}")
         params = cls(**{name: int(value) for name, value in options.items()})
-        if min(params.m, params.ef_construction, params.ef_search, params.max_fetch) <= 0:
+        if min(params.m, params.ef_construction, params.ef_search) <= 0:
             raise ValueError("HNSW parameters must be positive")
         return params
 
@@ -57,7 +55,6 @@ class HnswParams:
             "m": self.m,
             "ef_construction": self.ef_construction,
             "ef_search": self.ef_search,
-            "max_fetch": self.max_fetch,
         }
 
 
@@ -112,7 +109,11 @@ def read_index(path: Path, item_vectors: npt.NDArray[np.float32]) -> faiss.Index
 
 
 class HnswSearcher:
-    """Approximate candidates from HNSW, exact re-ranking and exclusion, exact fallback when short."""
+    """Graph search with exclusions inside the walk, exact re-ranking, the exact scan when a walk comes back short.
+
+    Thread-safe: every search passes its own ``SearchParametersHNSW`` instead of
+    mutating ``index.hnsw.efSearch``.
+    """
 
     def __init__(self, index: faiss.Index, exact: ExactSearcher, params: HnswParams) -> None:
         self.index = index
@@ -123,24 +124,33 @@ class HnswSearcher:
         self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
     ) -> list[Recommendation]:
         n_items = self.exact.n_items
+        distinct = [np.unique(e) for e in excluded]
+        wanted = [min(k, n_items - d.size) for d in distinct]
         answers: list[Recommendation | None] = [None] * queries.shape[0]
-        wanted = [min(k, n_items - np.unique(e).size) for e in excluded]
-        fetch = [min(n_items, k + e.size) for e in excluded]
-        graph = [q for q in range(queries.shape[0]) if wanted[q] > 0 and fetch[q] <= self.params.max_fetch]
-        if graph:
-            width = max(fetch[q] for q in graph)
-            # Per-call parameters (not index.hnsw.efSearch) so concurrent searches never race; faiss's
-            # bundled type stubs omit this class.
-            params = faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, width))  # type: ignore[attr-defined]
-            _distances, labels = self.index.search(queries[graph], width, params=params)
-            for position, q in enumerate(graph):
-                answers[q] = self._rerank(queries[q], labels[position], excluded[q], wanted[q])
+        unfiltered = [q for q, d in enumerate(distinct) if d.size == 0 and wanted[q] > 0]
+        if unfiltered:  # one batched walk for every query without exclusions
+            _, labels = self.index.search(queries[unfiltered], k, params=self._params(k, None))
+            for position, q in enumerate(unfiltered):
+                answers[q] = self._rerank(queries[q], labels[position], distinct[q], wanted[q])
+        for q, excl in enumerate(distinct):
+            if excl.size and wanted[q] > 0 and excl.size <= EXACT_ABOVE_EXCLUDED_SHARE * n_items:
+                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(excl))  # referenced until the walk ends
+                _, labels = self.index.search(queries[q : q + 1], k, params=self._params(k, selector))
+                answers[q] = self._rerank(queries[q], labels[0], excl, wanted[q])
         fallback = [q for q in range(queries.shape[0]) if answers[q] is None]
         if fallback:
-            exact = self.exact.search(queries[fallback], k, [excluded[q] for q in fallback])
+            exact = self.exact.search(queries[fallback], k, [distinct[q] for q in fallback])
             for q, answer in zip(fallback, exact, strict=True):
                 answers[q] = answer
         return [a for a in answers if a is not None]
+
+    def _params(self, k: int, selector: faiss.IDSelector | None) -> Any:
+        # faiss's bundled type stubs omit SearchParametersHNSW.
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        params.efSearch = max(self.params.ef_search, k)
+        if selector is not None:
+            params.sel = selector
+        return params
 
     def _rerank(
         self,
@@ -149,11 +159,12 @@ class HnswSearcher:
         excluded: npt.NDArray[np.int64],
         wanted: int,
     ) -> Recommendation | None:
-        """Exact scores for the graph's candidates minus exclusions; None when fewer than ``wanted`` remain."""
+        """The walk's results ordered by the exact ranking rule; None when fewer than ``wanted`` came back."""
         candidates = np.unique(labels[labels >= 0])
-        candidates = candidates[~np.isin(candidates, excluded)]
+        candidates = candidates[~np.isin(candidates, excluded)]  # the selector already did this; cheap insurance
         if candidates.size < wanted:
             return None
-        scores = self.exact.item_vectors[candidates] @ query
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = self.exact.item_vectors[candidates] @ query
         scores[np.isnan(scores)] = -np.inf
         return rank_candidates(candidates, scores, wanted)

@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from movierec.index.layout import INDEX_KIND, MODEL_DIR
-
 from movierec.bundle import VersionedStore, read_manifest
 from movierec.errors import BundleError
+from movierec.index.layout import INDEX_KIND, MODEL_DIR
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from typing import Protocol
 import faiss
 import numpy as np
 import numpy.typing as npt
-from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
-from movierec.index.layout import FAISS_FILE, INDEX_KIND, MODEL_DIR
-from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
 
 from movierec.bundle import MANIFEST_NAME, Manifest, ModelBundle, VersionedStore, read_manifest, sha256_file
 from movierec.bundle.model import read_model_bundle
 from movierec.errors import BundleError
+from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
+from movierec.index.layout import FAISS_FILE, INDEX_KIND, MODEL_DIR
+from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
 
 WARM_UP_QUERIES = 64
 
@@ -88,7 +88,7 @@ class ServingIndex:
         return self.model.seen.row(user_row).astype(np.int32, copy=False)
 
     def recommend(
-        self, user_rows: Sequence[int], k: int, extra_exclude: Sequence[npt.NDArray[np.int32]] | None = None
+        self, user_rows: Sequence[int], k: int, extra_exclude: Sequence[npt.NDArray[np.integer]] | None = None
     ) -> list[Recommendation]:
         """Top-``k`` for each known user row, excluding their seen items and ``extra_exclude[i]``."""
         check_k(k)
@@ -104,7 +104,7 @@ class ServingIndex:
         return self._searcher.search(queries, k, excluded)
 
     def recommend_vectors(
-        self, vectors: npt.NDArray[np.float32], k: int, exclude: Sequence[npt.NDArray[np.int32]]
+        self, vectors: npt.NDArray[np.float32], k: int, exclude: Sequence[npt.NDArray[np.integer]]
     ) -> list[Recommendation]:
         """Top-``k`` for ad-hoc user vectors (fold-in users), excluding ``exclude[i]`` for vector ``i``."""
         check_k(k)
@@ -117,7 +117,7 @@ class ServingIndex:
             raise ValueError(f"exclude has {len(exclude)} lists for {queries.shape[0]} vectors")
         return self._searcher.search(queries, k, [as_exclusion(e, self.n_items) for e in exclude])
 
-    def similar_items(self, item_row: int, k: int, exclude: npt.NDArray[np.int32] | None = None) -> Recommendation:
+    def similar_items(self, item_row: int, k: int, exclude: npt.NDArray[np.integer] | None = None) -> Recommendation:
         """Items nearest ``item_row`` by inner product of item vectors, never the item itself."""
         check_k(k)
         if not 0 <= item_row < self.n_items:

@@ -29,6 +29,8 @@ import numpy.typing as npt
 
 # Cells per scores block: bounds the memory of a batch against a large catalog (64 MiB of float32).
 MAX_BLOCK_CELLS = 1 << 24
+# Score magnitudes below this cannot reach float32's max (3.4e38), even with accumulated rounding.
+FINITE_BOUND = 1e38
 
 
 @dataclass(frozen=True)
@@ -70,49 +72,51 @@ def rank_candidates(candidates: npt.NDArray[np.int64], scores: npt.NDArray[np.fl
     return Recommendation(candidates[order].astype(np.int32), scores[order].astype(np.float32))
 
 
-def _blank_excluded(
-    scores: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]]
-) -> npt.NDArray[np.bool_]:
-    """Set excluded cells to -inf in place and return the allowed mask (NaN cells become -inf too)."""
-    nan = np.isnan(scores)
-    if nan.any():
-        scores[nan] = -np.inf
-    allowed = np.ones(scores.shape, dtype=bool)
-    lengths = [len(e) for e in excluded]
-    if sum(lengths):
-        rows = np.repeat(np.arange(len(excluded)), lengths)
-        cols = np.concatenate(excluded)
-        allowed[rows, cols] = False
-        scores[rows, cols] = -np.inf
-    return allowed
+def _exclusion_cells(excluded: Sequence[npt.NDArray[np.int64]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(query, item) index pairs of every excluded cell, for one fancy-indexed assignment."""
+    lengths = [e.size for e in excluded]
+    rows = np.repeat(np.arange(len(excluded), dtype=np.int64), lengths)
+    cols = np.concatenate(excluded) if excluded else np.empty(0, dtype=np.int64)
+    return rows, cols
 
 
 def top_k_from_scores(
-    scores: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]], k: int
+    scores: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]], k: int, *, finite: bool = False
 ) -> list[Recommendation]:
     """Exact top-``k`` of each row of ``scores`` (modified in place) minus that row's excluded items.
 
-    The k-th best allowed score is found with a partition; every allowed item
-    scoring at least that much is a candidate (so ties at the boundary are all
-    seen) and the candidates are ordered by the ranking rule.
+    Excluded cells are set to -inf; the k-th largest score of each row is found
+    with a partition; every allowed item scoring at least that much is a
+    candidate (so all ties at the boundary are seen) and the candidates are
+    ordered by the ranking rule and cut to ``k``. A row with fewer than ``k``
+    allowed items gets a -inf threshold and so all of them.
+
+    ``finite=True`` is the caller's promise that no score is NaN or ±inf (see
+    :class:`ExactSearcher`): then -inf marks exactly the excluded cells and no
+    separate allowed-mask pass over the matrix is needed.
     """
     n_queries, n_items = scores.shape
     width = min(k, n_items)
     if width == 0:
         return [EMPTY] * n_queries
-    allowed = _blank_excluded(scores, excluded)
-    n_allowed = allowed.sum(axis=1)
+    rows, cols = _exclusion_cells(excluded)
+    allowed = None
+    if not finite:
+        scores[np.isnan(scores)] = -np.inf
+        allowed = np.ones(scores.shape, dtype=bool)
+        allowed[rows, cols] = False
+    scores[rows, cols] = -np.inf
     pivot = n_items - width
     thresholds = np.partition(scores, pivot, axis=1)[:, pivot]
     answers = []
     for q in range(n_queries):
-        limit = min(width, int(n_allowed[q]))
-        if limit == 0:
-            answers.append(EMPTY)
-            continue
         row = scores[q]
-        candidates = np.flatnonzero(allowed[q] & (row >= thresholds[q]))
-        answers.append(rank_candidates(candidates, row[candidates], limit))
+        if allowed is not None:
+            picked = allowed[q] & (row >= thresholds[q])
+        else:
+            picked = row >= thresholds[q] if thresholds[q] > -np.inf else row > -np.inf
+        candidates = np.flatnonzero(picked)
+        answers.append(rank_candidates(candidates, row[candidates], width))
     return answers
 
 
@@ -121,10 +125,17 @@ class ExactSearcher:
 
     def __init__(self, item_vectors: npt.NDArray[np.float32]) -> None:
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        norms = np.linalg.norm(self.item_vectors.astype(np.float64), axis=1)
+        self._max_item_norm = float(norms.max()) if norms.size else 0.0
 
     @property
     def n_items(self) -> int:
         return int(self.item_vectors.shape[0])
+
+    def scores_are_finite(self, queries: npt.NDArray[np.float32]) -> bool:
+        """True when no score can overflow: |q·v| <= |q||v| (Cauchy-Schwarz), far below float32's max."""
+        query_norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+        return bool(np.all(np.isfinite(query_norms)) and np.all(query_norms * self._max_item_norm < FINITE_BOUND))
 
     def search(
         self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
@@ -134,7 +145,8 @@ class ExactSearcher:
         answers: list[Recommendation] = []
         for start in range(0, queries.shape[0], block):
             stop = start + block
+            chunk = queries[start:stop]
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is ranked, not an error
-                scores = queries[start:stop] @ self.item_vectors.T
-            answers.extend(top_k_from_scores(scores, excluded[start:stop], k))
+                scores = chunk @ self.item_vectors.T
+            answers.extend(top_k_from_scores(scores, excluded[start:stop], k, finite=self.scores_are_finite(chunk)))
         return answers

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle_factory import make_model_bundle
-from movierec.index import build_index, newest_model_bundle, open_index, rebuild_index
-from movierec.index.info import describe_store
 
 from movierec.bundle import VersionedStore, read_manifest
 from movierec.errors import BundleError
+from movierec.index import build_index, newest_model_bundle, open_index, rebuild_index
+from movierec.index.info import describe_store
 
 
 @pytest.fixture

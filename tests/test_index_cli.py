@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from bundle_factory import make_model_bundle
-from movierec.clients.cli import main as cli
 
 from movierec.bundle import VersionedStore
+from movierec.clients.cli import main as cli
 
 Run = Callable[..., tuple[int, str, str]]
 

@@ -18,10 +18,10 @@ import pytest
 from bundle_factory import make_bundle
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from movierec.index import Recommendation, ServingIndex, build_index, open_index
-from movierec.index.topk import ExactSearcher, top_k_from_scores
 
 from movierec.bundle import write_model_bundle
+from movierec.index import Recommendation, ServingIndex, build_index, open_index
+from movierec.index.topk import ExactSearcher, top_k_from_scores
 
 TOLERANCE = 1e-5
 # (item vectors, query vectors, one exclusion list per query, k)
@@ -115,6 +115,16 @@ def test_exact_search_equals_brute_force(
     items, queries, excluded, k = case
     answers = ExactSearcher(items).search(queries, k, excluded)
     assert len(answers) == len(queries)
+    for answer, query, excl in zip(answers, queries, excluded, strict=True):
+        assert_matches_reference(answer, query, items, excl, k)
+
+
+@settings(max_examples=150, deadline=None)
+@given(search_cases())
+def test_general_path_for_possibly_non_finite_scores_equals_brute_force(case: Case) -> None:
+    """The path taken when scores might overflow (allowed mask, NaN pass) obeys the same contract."""
+    items, queries, excluded, k = case
+    answers = top_k_from_scores(queries @ items.T, excluded, k, finite=False)
     for answer, query, excl in zip(answers, queries, excluded, strict=True):
         assert_matches_reference(answer, query, items, excl, k)
 

@@ -11,12 +11,12 @@ import pytest
 from bundle_factory import make_bundle
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from movierec.index import Recommendation, ServingIndex, build_index, open_index
-from movierec.index.faiss_index import HnswParams, HnswSearcher, create_index
-from movierec.index.topk import ExactSearcher
 
 from movierec.bundle import write_model_bundle
 from movierec.errors import BundleError
+from movierec.index import Recommendation, ServingIndex, build_index, open_index
+from movierec.index.faiss_index import HnswParams, HnswSearcher, create_index
+from movierec.index.topk import ExactSearcher
 
 
 def hnsw_searcher(items: npt.NDArray[np.float32], **options: int) -> HnswSearcher:
@@ -44,34 +44,21 @@ def assert_contract(
     n_items=st.integers(1, 150),
     k=st.integers(1, 40),
     excluded_fraction=st.sampled_from([0.0, 0.3, 0.9, 0.99, 1.0]),
-    max_fetch=st.sampled_from([8, 64, 1024]),
+    ef_search=st.sampled_from([1, 8, 128]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_hnsw_answers_keep_the_contract(
-    n_items: int, k: int, excluded_fraction: float, max_fetch: int, seed: int
+    n_items: int, k: int, excluded_fraction: float, ef_search: int, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
     items = rng.standard_normal((n_items, 4)).astype(np.float32)
-    searcher = hnsw_searcher(items, m=4, ef_search=8, max_fetch=max_fetch)
+    searcher = hnsw_searcher(items, m=4, ef_search=ef_search)
     queries = rng.standard_normal((3, 4)).astype(np.float32)
     n_excluded = int(excluded_fraction * n_items)
     excluded = [rng.choice(n_items, size=n_excluded, replace=False).astype(np.int64) for _ in range(3)]
     excluded[1] = np.concatenate([excluded[1], excluded[1]])  # duplicates in an exclusion list
     for answer, excl in zip(searcher.search(queries, k, excluded), excluded, strict=True):
         assert_contract(answer, items, excl, k)
-
-
-def test_heavy_exclusions_fall_back_to_the_exact_answer() -> None:
-    rng = np.random.default_rng(0)
-    items = rng.standard_normal((300, 8)).astype(np.float32)
-    searcher = hnsw_searcher(items, m=8, max_fetch=50)
-    queries = rng.standard_normal((2, 8)).astype(np.float32)
-    excluded = [np.arange(0, 290, dtype=np.int64), np.arange(0, 100, dtype=np.int64)]
-    got = searcher.search(queries, 20, excluded)
-    expected = ExactSearcher(items).search(queries, 20, excluded)
-    for g, e in zip(got, expected, strict=True):
-        assert np.array_equal(g.item_rows, e.item_rows)
-    assert len(got[0]) == 10  # only ten items were left
 
 
 class CountingExact(ExactSearcher):
@@ -103,6 +90,41 @@ def test_light_exclusions_use_the_graph_and_find_the_true_neighbours() -> None:
     assert hits / (50 * 10) >= 0.9  # recall@10 of the graph on random data; the benchmark measures ML-1M
     for answer, excl in zip(got, excluded, strict=True):
         assert_contract(answer, items, excl, 10)
+
+
+def test_heavy_exclusions_use_the_exact_scan() -> None:
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((300, 8)).astype(np.float32)
+    params = HnswParams(m=8)
+    exact = CountingExact(items)
+    searcher = HnswSearcher(create_index("hnsw", items, params), exact, params)
+    queries = rng.standard_normal((2, 8)).astype(np.float32)
+    excluded = [np.arange(0, 290, dtype=np.int64), np.arange(0, 100, dtype=np.int64)]
+    got = searcher.search(queries, 20, excluded)
+    assert exact.queries == 1  # only the first query excludes more than half the catalog
+    assert np.array_equal(got[0].item_rows, ExactSearcher(items).search(queries[:1], 20, excluded[:1])[0].item_rows)
+    assert len(got[0]) == 10  # only ten items were left
+    assert_contract(got[1], items, excluded[1], 20)
+
+
+class ShortWalks:
+    """A graph that finds nothing (all labels -1): every query must come from the exact scan."""
+
+    ntotal = 50
+
+    def search(self, queries: npt.NDArray[np.float32], k: int, params: object = None) -> tuple[object, object]:
+        return None, np.full((queries.shape[0], k), -1, dtype=np.int64)
+
+
+def test_walks_that_come_back_short_are_answered_exactly() -> None:
+    rng = np.random.default_rng(2)
+    items = rng.standard_normal((50, 4)).astype(np.float32)
+    searcher = HnswSearcher(ShortWalks(), ExactSearcher(items), HnswParams())  # type: ignore[arg-type]
+    queries = rng.standard_normal((3, 4)).astype(np.float32)
+    excluded = [np.empty(0, np.int64), np.array([1, 2, 2], np.int64), np.arange(10, dtype=np.int64)]
+    got = searcher.search(queries, 5, excluded)
+    expected = ExactSearcher(items).search(queries, 5, excluded)
+    assert [g.item_rows.tolist() for g in got] == [e.item_rows.tolist() for e in expected]
 
 
 @pytest.fixture(scope="module")

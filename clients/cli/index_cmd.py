@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from movierec.clients.cli.output import print_json, print_table
-
 from movierec.errors import MovierecError
 
 

@@ -1,0 +1,405 @@
+"""Index search latency with seen-item exclusion: our exact path vs FAISS alternatives, flat vs HNSW.
+
+What is measured, all in one run so the ratios share the machine's load:
+
+* Catalog ``ml1m``: the MovieLens-1M catalog (3,706 items, 6,040 users) served
+  through the real path (``build_index`` -> ``open_index`` -> ``recommend``),
+  each user's rated items excluded as in production. Vectors come from
+  ``--model BUNDLE`` (a trained bundle) or, by default, a rank-``--dim``
+  PureSVD of the binary rating matrix (numpy randomized SVD, seed 0): real
+  co-rating structure, which is what decides HNSW's recall.
+* Catalog ``large``: ``--large-items`` synthetic items (clustered low-rank
+  vectors, seed 0) for the regime HNSW is for; no seen sets, only the extra
+  exclusions below.
+* Extra exclusions per query: 0, 100 and 2,000 random items (``exclude_item_ids``
+  in a request), on top of the user's seen items for ``ml1m``.
+* Batch sizes 1 and 64 (a stream batch answered by one ``recommend`` call), k = 10.
+* Methods:
+  ``exact``          ours: one BLAS product per batch, excluded cells blanked, argpartition (exact, tie rule);
+  ``exact_blas_default`` the same with OpenBLAS's default thread count (every other method runs under
+                     ``limit_serving_threads()``: one BLAS and one OpenMP thread, the serving configuration);
+  ``faiss_selector`` ``IndexFlatIP.search`` per query with ``IDSelectorNot(IDSelectorBatch(excluded))``
+                     (a FAISS selector covers a whole call, so a batch costs one call per query);
+  ``faiss_overfetch`` one batched ``IndexFlatIP.search`` for k + the batch's largest exclusion, then filtering;
+  ``hnsw``           ours with ``kind="hnsw"`` (M=32, efConstruction=200, efSearch=128): graph candidates,
+                     exact re-rank, exact fallback when the candidates run short.
+  The two FAISS baselines return the right items but do not apply our tie rule; they are timed as
+  alternatives, not used.
+* Latency: wall time of one call, methods interleaved round by round; p50/p99 over ``--rounds`` rounds.
+  recall@10 of ``hnsw`` = |hnsw ∩ exact| / |exact| over the timed queries.
+
+Usage::
+
+    .venv/bin/python benchmarks/index_bench.py [--model BUNDLE] [--rounds 60] [--large-items 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+from tqdm import tqdm
+
+from movierec.bundle import CSR, ItemMetadata, ModelBundle, read_model_bundle, write_model_bundle
+from movierec.index import ServingIndex, build_index, limit_serving_threads, open_index
+from movierec.index.faiss_index import HnswParams, HnswSearcher, create_index
+from movierec.index.topk import ExactSearcher, Recommendation
+from movierec.paths import default_ml1m_dir
+
+K = 10
+BATCH_SIZES = (1, 64)
+EXTRA_EXCLUDED = (0, 100, 2000)
+RESULTS_NAME = "index"
+
+Search = Callable[[], list[Recommendation] | list[npt.NDArray[np.int64]]]
+SearchFunction = Callable[[npt.NDArray[np.float32], Sequence[npt.NDArray[np.int64]]], list[Recommendation]]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Vectors to search, queries, and each query's excluded item rows (seen items, for ml1m)."""
+
+    name: str
+    item_vectors: npt.NDArray[np.float32]
+    user_vectors: npt.NDArray[np.float32]
+    seen: list[npt.NDArray[np.int64]]
+    source: str
+
+
+def ml1m_ratings(folder: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(user row, item row) of every rating; rows follow sorted dataset ids, as in a bundle."""
+    raw = (folder / "ratings.dat").read_bytes().replace(b"::", b" ")
+    table = np.array(raw.split(), dtype=np.int64).reshape(-1, 4)
+    _, users = np.unique(table[:, 0], return_inverse=True)
+    _, items = np.unique(table[:, 1], return_inverse=True)
+    return users, items
+
+
+def pure_svd(users: npt.NDArray[np.int64], items: npt.NDArray[np.int64], dim: int) -> ModelBundle:
+    """Rank-``dim`` PureSVD of the binary rating matrix (randomized SVD with two power iterations)."""
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
+    matrix = np.zeros((n_users, n_items), dtype=np.float32)
+    matrix[users, items] = 1.0
+    rng = np.random.default_rng(0)
+    basis = matrix @ rng.standard_normal((n_items, dim + 10)).astype(np.float32)
+    for _ in range(2):
+        basis, _ = np.linalg.qr(matrix @ (matrix.T @ basis))
+    small_u, singular, vt = np.linalg.svd(basis.T @ matrix, full_matrices=False)
+    scale = np.sqrt(singular[:dim])
+    seen = CSR.from_pairs(users, items, n_users, n_items)
+    empty = CSR.from_pairs([], [], n_users, n_items)
+    item_ids = np.arange(1, n_items + 1, dtype=np.int64)
+    return ModelBundle(
+        user_vectors=np.ascontiguousarray((basis @ small_u[:, :dim]) * scale, dtype=np.float32),
+        item_vectors=np.ascontiguousarray(vt[:dim].T * scale, dtype=np.float32),
+        user_ids=np.arange(1, n_users + 1, dtype=np.int64),
+        item_ids=item_ids,
+        items=ItemMetadata.unknown(item_ids),
+        seen=seen,
+        train=seen,
+        valid=empty,
+        test=empty,
+        config={"model": "PureSVD (benchmark stand-in)", "dim": dim},
+    )
+
+
+def large_catalog(n_items: int, n_queries: int, dim: int) -> Catalog:
+    """Clustered vectors (64 centres, rank ``dim``), the shape trained embeddings take."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((64, dim)).astype(np.float32)
+    items = centres[rng.integers(0, 64, n_items)] + 0.5 * rng.standard_normal((n_items, dim)).astype(np.float32)
+    queries = centres[rng.integers(0, 64, n_queries)] + 0.5 * rng.standard_normal((n_queries, dim)).astype(np.float32)
+    seen = [np.empty(0, dtype=np.int64)] * n_queries
+    return Catalog("large", items, queries, seen, f"synthetic clustered, {n_items} items, dim {dim}")
+
+
+def faiss_selector(
+    index: faiss.Index, queries: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]]
+) -> Search:
+    def run() -> list[npt.NDArray[np.int64]]:
+        answers = []
+        for q in range(queries.shape[0]):
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded[q]))
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # the stubs omit kwargs
+            _, labels = index.search(queries[q : q + 1], K, params=params)
+            answers.append(labels[0])
+        return answers
+
+    return run
+
+
+def faiss_overfetch(
+    index: faiss.Index, queries: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]]
+) -> Search:
+    width = min(index.ntotal, K + max(e.size for e in excluded))
+
+    def run() -> list[npt.NDArray[np.int64]]:
+        _, labels = index.search(queries, width, params=None)
+        return [row[~np.isin(row, e)][:K] for row, e in zip(labels, excluded, strict=True)]
+
+    return run
+
+
+def with_default_blas_threads(
+    search: SearchFunction,
+    queries: npt.NDArray[np.float32],
+    excluded: Sequence[npt.NDArray[np.int64]],
+) -> list[Recommendation]:
+    """The exact path with OpenBLAS's own thread count (one per core), i.e. without limit_serving_threads."""
+    with threadpool_limits(limits=os.cpu_count(), user_api="blas"):
+        return search(queries, excluded)
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    return float(np.percentile(np.array(seconds) * 1e3, q))
+
+
+def time_interleaved(methods: dict[str, Search], rounds: int) -> dict[str, list[float]]:
+    timings: dict[str, list[float]] = {name: [] for name in methods}
+    for run in methods.values():  # one untimed call each: first-touch costs are not latency
+        run()
+    for _ in range(rounds):
+        for name, run in methods.items():
+            start = time.perf_counter()
+            run()
+            timings[name].append(time.perf_counter() - start)
+    return timings
+
+
+def recall(approximate: list[Recommendation], exact: list[Recommendation]) -> float:
+    hits = sum(np.intersect1d(a.item_rows, e.item_rows).size for a, e in zip(approximate, exact, strict=True))
+    total = sum(len(e) for e in exact)
+    return hits / total if total else 1.0
+
+
+def measure_catalog(
+    catalog: Catalog,
+    exact_search: SearchFunction,
+    hnsw_search: SearchFunction,
+    rounds: int,
+    progress: tqdm,
+) -> list[dict[str, Any]]:
+    """Every (batch size, extra exclusions) cell for one catalog; ``*_search(queries, excluded)``."""
+    flat = faiss.IndexFlatIP(catalog.item_vectors.shape[1])
+    flat.add(catalog.item_vectors)
+    rng = np.random.default_rng(1)
+    n_items = catalog.item_vectors.shape[0]
+    rows = []
+    for batch in BATCH_SIZES:
+        users = rng.choice(catalog.user_vectors.shape[0], size=batch, replace=False)
+        queries = np.ascontiguousarray(catalog.user_vectors[users])
+        for extra in EXTRA_EXCLUDED:
+            extras = [rng.choice(n_items, size=min(extra, n_items), replace=False).astype(np.int64) for _ in users]
+            excluded = [np.concatenate([catalog.seen[u], e]) for u, e in zip(users, extras, strict=True)]
+            methods: dict[str, Search] = {
+                "exact": functools.partial(exact_search, queries, excluded),
+                "exact_blas_default": functools.partial(with_default_blas_threads, exact_search, queries, excluded),
+                "faiss_selector": faiss_selector(flat, queries, excluded),
+                "faiss_overfetch": faiss_overfetch(flat, queries, excluded),
+                "hnsw": functools.partial(hnsw_search, queries, excluded),
+            }
+            timings = time_interleaved(methods, rounds)
+            row: dict[str, Any] = {
+                "catalog": catalog.name,
+                "batch": batch,
+                "extra_excluded": extra,
+                "mean_excluded": float(np.mean([e.size for e in excluded])),
+                "hnsw_recall_at_10": recall(hnsw_search(queries, excluded), exact_search(queries, excluded)),
+            }
+            for name, seconds in timings.items():
+                row[f"{name}_p50_ms"] = percentile_ms(seconds, 50)
+                row[f"{name}_p99_ms"] = percentile_ms(seconds, 99)
+            rows.append(row)
+            progress.update()
+    return rows
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "faiss_omp_threads": faiss.omp_get_max_threads(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "faiss": faiss.__version__,
+        "torch": _package_version("torch"),
+    }
+
+
+def run_ml1m(args: argparse.Namespace, work: Path, progress: tqdm) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    if args.model is not None:
+        model_dir, source = Path(args.model), f"model bundle {args.model}"
+    else:
+        folder = args.data or default_ml1m_dir()
+        if folder is None:
+            raise SystemExit("MovieLens-1M not found: pass --data or --model, or set MOVIEREC_DATA")
+        model_dir, source = work / "model", f"PureSVD dim {args.dim} of ML-1M ratings ({folder})"
+        write_model_bundle(pure_svd(*ml1m_ratings(Path(folder)), args.dim), model_dir)
+    start = time.perf_counter()
+    flat = open_index(build_index(model_dir, work / "index"))
+    flat_build = time.perf_counter() - start
+    start = time.perf_counter()
+    hnsw = open_index(build_index(model_dir, work / "index", kind="hnsw"))
+    hnsw_build = time.perf_counter() - start
+    model = read_model_bundle(model_dir)
+    catalog = Catalog(
+        "ml1m",
+        model.item_vectors,
+        model.user_vectors,
+        [model.seen.row(u).astype(np.int64) for u in range(model.n_users)],
+        source,
+    )
+
+    def served(index: ServingIndex) -> SearchFunction:
+        # recommend() adds each user's seen items itself; the vectors path takes the full exclusion list.
+        return lambda queries, excluded: index.recommend_vectors(queries, K, excluded)
+
+    rows = measure_catalog(catalog, served(flat), served(hnsw), args.rounds, progress)
+    user_rows = list(range(64))
+    start = time.perf_counter()
+    for _ in range(args.rounds):
+        flat.recommend(user_rows, K)
+    per_call = (time.perf_counter() - start) / args.rounds
+    info = {
+        "source": source,
+        "n_items": model.n_items,
+        "n_users": model.n_users,
+        "dim": model.dim,
+        "seen_per_user_mean": float(np.mean(model.seen.row_lengths())),
+        "seen_per_user_max": int(np.max(model.seen.row_lengths())),
+        "build_seconds": {"flat": flat_build, "hnsw": hnsw_build},
+        "recommend_64_users_ms": per_call * 1e3,
+    }
+    return rows, info
+
+
+def run_large(args: argparse.Namespace, progress: tqdm) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    catalog = large_catalog(args.large_items, 1000, args.dim)
+    params = HnswParams()
+    start = time.perf_counter()
+    graph = create_index("hnsw", catalog.item_vectors, params)
+    build = time.perf_counter() - start
+    exact = ExactSearcher(catalog.item_vectors)
+    hnsw = HnswSearcher(graph, exact, params)
+    rows = measure_catalog(
+        catalog,
+        lambda q, e: exact.search(q, K, e),
+        lambda q, e: hnsw.search(q, K, e),
+        max(5, args.rounds // 3),
+        progress,
+    )
+    return rows, {"source": catalog.source, "n_items": args.large_items, "hnsw_build_seconds": build}
+
+
+def write_results(out: Path, result: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{RESULTS_NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# Index search latency with exclusion (`benchmarks/index_bench.py`)",
+        "",
+        f"Run {result['created_at']}: `{result['command']}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()),
+        "",
+        "k = 10. Latency of one call (a batch of 64 queries is one call), ms, p50 / p99 over the rounds;",
+        "methods interleaved round by round. `exact` is what serves (`kind=flat`, the default).",
+        "",
+    ]
+    for name, info in result["catalogs"].items():
+        lines += [f"## `{name}`: {info['source']}", "", "```", json.dumps(info, indent=1), "```", ""]
+        lines += [
+            "| batch | extra excluded | mean excluded | exact | exact_blas_default | faiss_selector | faiss_overfetch "
+            "| hnsw | hnsw recall@10 |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in (r for r in result["rows"] if r["catalog"] == name):
+            cells = [
+                f"{row[f'{m}_p50_ms']:.3f} / {row[f'{m}_p99_ms']:.3f}"
+                for m in ("exact", "exact_blas_default", "faiss_selector", "faiss_overfetch", "hnsw")
+            ]
+            lines.append(
+                f"| {row['batch']} | {row['extra_excluded']} | {row['mean_excluded']:.0f} | "
+                + " | ".join(cells)
+                + f" | {row['hnsw_recall_at_10']:.3f} |"
+            )
+        lines.append("")
+    lines += ["## Exclusion cost of the served path (`exact`, p50, relative to 0 extra excluded)", ""]
+    for row in result["rows"]:
+        base = next(
+            r
+            for r in result["rows"]
+            if r["catalog"] == row["catalog"] and r["batch"] == row["batch"] and r["extra_excluded"] == 0
+        )
+        lines.append(
+            f"- {row['catalog']}, batch {row['batch']}, {row['extra_excluded']} extra: "
+            f"{row['exact_p50_ms'] / base['exact_p50_ms']:.2f}x"
+        )
+    (out / f"{RESULTS_NAME}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", type=Path, help="a trained model bundle (default: PureSVD of ML-1M)")
+    parser.add_argument("--data", type=Path, help="MovieLens-1M folder (default: movierec.paths)")
+    parser.add_argument("--dim", type=int, default=64, help="vector dimension of the stand-ins")
+    parser.add_argument("--rounds", type=int, default=60, help="timed calls per method and cell")
+    parser.add_argument("--large-items", type=int, default=50_000, help="synthetic catalog size (0 = skip)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    limit_serving_threads()
+    cells = len(BATCH_SIZES) * len(EXTRA_EXCLUDED) * (2 if args.large_items else 1)
+    result: dict[str, Any] = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["benchmarks/index_bench.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "k": K,
+        "threads": "limit_serving_threads(): 1 BLAS + 1 OpenMP thread, except exact_blas_default",
+        "hnsw_params": HnswParams().to_json(),
+        "catalogs": {},
+        "rows": [],
+    }
+    with tempfile.TemporaryDirectory() as work, tqdm(total=cells, desc="index bench", unit="cell") as progress:
+        rows, info = run_ml1m(args, Path(work), progress)
+        result["rows"] += rows
+        result["catalogs"]["ml1m"] = info
+        if args.large_items:
+            rows, info = run_large(args, progress)
+            result["rows"] += rows
+            result["catalogs"]["large"] = info
+    write_results(args.out, result)
+    print((args.out / f"{RESULTS_NAME}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
