@@ -1,0 +1,348 @@
+"""Accuracy of LightGCN against its peers, all on one split and through one evaluator.
+
+Protocol (design notes §4, written into the results with every number):
+
+* Data: MovieLens-1M from ``movierec.paths.default_ml1m_dir()`` (or ``--data``).
+* Positives: rating >= 4. One global random 80/20 split of the positive
+  (user, item) pairs with seed 42 (``make_split`` defaults); a validation
+  slice (10 % of train) is carved from train, never from test.
+* Tuning: every tuned peer is fitted on ``fit`` (train minus valid) and scored
+  on ``valid`` (fit items masked); the best setting by validation Recall@20 is
+  refitted on all of ``train`` and evaluated once on ``test``. The GNN rows use
+  ``valid`` for early stopping only, inside ``recctl train``.
+* Evaluation: ``movierec.trainer.evaluate.evaluate_ranking``: full ranking over
+  all items with each user's train positives masked; Recall@K, NDCG@K (binary
+  relevance), Precision@K and the seed's "recall" (hits / min(K, |test|),
+  reported as ``seed_recall@K``), K = 10 and 20, averaged over users with at
+  least one test item.
+* Training wall time: the final fit on ``train`` (tuning time is shown apart);
+  for the CLI rows, the whole ``recctl train`` process.
+
+Usage::
+
+    .venv/bin/python benchmarks/accuracy.py [--data DIR] [--out benchmarks/results] [--rows ease,ials] [--merge]
+
+Needs the ``peers`` extra (scikit-surprise, implicit, pyspark + Java 17) for the
+library rows; a row whose library is missing is reported as not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peers.base import Peer, TrainingData
+from peers.ease import Ease
+from peers.ials import ImplicitAls
+from peers.inputs import training_data
+from peers.machine import describe_machine
+from peers.popularity import Popularity
+from peers.puresvd import PureSvd
+from peers.recctl import RecctlRow, RecctlRowError, run_recctl_row
+from peers.report import write_chart, write_json, write_markdown
+from peers.spark_als import SparkAls, local_spark
+from peers.surprise_svd import SurpriseSvd
+from peers.tuning import Params, Trial, grid_search
+from tqdm import tqdm
+
+from movierec.paths import default_ml1m_dir
+from movierec.trainer.data import load_dataset, make_split
+from movierec.trainer.data.split import Split
+from movierec.trainer.evaluate import evaluate_ranking
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+RESULTS_NAME = "accuracy"
+SELECTION_METRIC = "recall@20"
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    """A table row fitted in this process: a peer factory and the grid it is tuned over (one point = fixed)."""
+
+    key: str
+    name: str
+    make: Callable[..., Peer]
+    grid: tuple[Params, ...]
+
+
+def _grid(**axes: Sequence[float | int]) -> tuple[Params, ...]:
+    """The cartesian product of the axes, in the order given (earlier points win ties)."""
+    points: list[dict[str, float | int]] = [{}]
+    for name, values in axes.items():
+        points = [{**point, name: value} for point in points for value in values]
+    return tuple(points)
+
+
+def peer_rows(spark: Callable[[], SparkSession]) -> list[PeerRow]:
+    """The in-process rows, in table order. ``spark`` starts the shared session on first use."""
+
+    def spark_als(**params: Any) -> Peer:
+        return SparkAls(spark(), **params)
+
+    return [
+        PeerRow("popularity", "Popularity", Popularity, ({},)),
+        PeerRow("surprise-svd", "SVD (Surprise)", SurpriseSvd, ({},)),
+        PeerRow(
+            "spark-als",
+            "ALS (Spark)",
+            spark_als,
+            _grid(rank=(64,), reg=(0.01, 0.1), alpha=(1.0, 10.0), iterations=(10,)),
+        ),
+        PeerRow(
+            "ials",
+            "iALS (implicit)",
+            ImplicitAls,
+            _grid(factors=(64, 128, 256), reg=(1.0, 10.0, 50.0), alpha=(2.0, 10.0), iterations=(15,)),
+        ),
+        PeerRow("ease-500", "EASE (λ=500)", Ease, ({"l2": 500.0},)),
+        PeerRow("ease", "EASE (λ tuned)", Ease, _grid(l2=(100.0, 250.0, 500.0, 1000.0, 2000.0))),
+        PeerRow("puresvd-32", "PureSVD (32 factors)", PureSvd, ({"factors": 32},)),
+        PeerRow("puresvd", "PureSVD (factors tuned)", PureSvd, _grid(factors=(16, 32, 64, 128, 256))),
+    ]
+
+
+RECCTL_ROWS = [
+    RecctlRow("ngcf", "NGCF", ("--model", "ngcf", "--preset", "paper")),
+    RecctlRow("lightgcn-paper", "LightGCN (paper recipe)", ("--model", "lightgcn", "--preset", "paper")),
+    RecctlRow("lightgcn-ours", "LightGCN (ours)", ("--model", "lightgcn", "--preset", "fast")),
+]
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_peer(row: PeerRow, fit_data: TrainingData, train_data: TrainingData, split: Split) -> dict[str, Any]:
+    """Tune on valid (when the grid has several points), refit on train, evaluate on test."""
+    trials: list[Trial] = []
+    started = time.perf_counter()
+    if len(row.grid) > 1:
+
+        def report(trial: Trial) -> None:
+            valid = trial.valid_metrics
+            tqdm.write(
+                f"  {row.name} {dict(trial.params)}: valid recall@20 {valid['recall@20']:.4f} "
+                f"ndcg@20 {valid['ndcg@20']:.4f} ({trial.fit_seconds:.1f} s)"
+            )
+
+        search = grid_search(row.make, row.grid, fit_data, split.valid, SELECTION_METRIC, on_trial=report)
+        params, trials = search.best, search.trials
+    else:
+        params = row.grid[0]
+    tuning_seconds = time.perf_counter() - started if trials else None
+    peer = row.make(**params)
+    fit_started = time.perf_counter()
+    peer.fit(train_data)
+    train_seconds = time.perf_counter() - fit_started
+    metrics = evaluate_ranking(peer.score, split.train, split.test)
+    return {
+        "name": row.name,
+        "key": row.key,
+        "params": dict(params),
+        "metrics": metrics,
+        "train_seconds": train_seconds,
+        "tuning_seconds": tuning_seconds,
+        "selection_metric": SELECTION_METRIC,
+        "trials": [
+            {"params": dict(t.params), "valid_metrics": t.valid_metrics, "fit_seconds": t.fit_seconds} for t in trials
+        ],
+        "measured_at": _utc_now(),
+    }
+
+
+def _lazy_spark(stack: ExitStack) -> Callable[[], SparkSession]:
+    """A getter that starts one local Spark session on first call and stops it when ``stack`` closes."""
+    sessions: list[SparkSession] = []
+
+    def get() -> SparkSession:
+        if not sessions:
+            sessions.append(stack.enter_context(local_spark(cores=2)))
+        return sessions[0]
+
+    return get
+
+
+def _selected(requested: str | None, known: Sequence[str]) -> set[str]:
+    """The row keys named by ``--rows`` (all when absent); an unknown key stops the run before any work."""
+    if requested is None:
+        return set(known)
+    keys = {key.strip() for key in requested.split(",") if key.strip()}
+    unknown = sorted(keys - set(known))
+    if unknown:
+        raise SystemExit(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return keys
+
+
+def protocol_description(split: Split) -> dict[str, Any]:
+    return {
+        **split.protocol,
+        "positives": f"rating >= {split.protocol['min_rating']:g}",
+        "candidates": "all items; each user's train positives masked",
+        "tuning": "fit on `fit` (train minus valid), select by valid recall@20, refit on `train`",
+        "metrics": {
+            "recall@K": "hits / |test items|",
+            "ndcg@K": "binary-relevance DCG / ideal DCG over min(K, |test items|)",
+            "precision@K": "hits / K",
+            "seed_recall@K": "hits / min(K, |test items|) (the seed's 'recall', not recall)",
+        },
+        "users": split.n_users,
+        "items": split.n_items,
+        "positives_fit": split.fit.nnz,
+        "positives_valid": split.valid.nnz,
+        "positives_train": split.train.nnz,
+        "positives_test": split.test.nnz,
+    }
+
+
+PREAMBLE = [
+    "# Accuracy on MovieLens-1M: LightGCN and its peers",
+    "",
+    "Every row is measured on the **same split through the same evaluator** "
+    "(`movierec.trainer.evaluate.evaluate_ranking`), written by `benchmarks/accuracy.py`.",
+    "",
+    "**Protocol.** MovieLens-1M; positives = rating >= 4; one global random 80/20 split of the "
+    "positive pairs, seed 42; a 10 % validation slice carved from train (never from test) for tuning and "
+    "early stopping. Full ranking over all items with each user's train positives masked. "
+    "Recall@K = hits/|test|, NDCG@K with binary relevance, Precision@K = hits/K, and the seed's own metric "
+    "`seed_recall@K` = hits/min(K, |test|) (labelled as such: it is not recall). Averages over users with "
+    ">= 1 test item. Tuned rows: grid on `fit` → `valid` (Recall@20), best setting refitted on `train`, "
+    "evaluated once on `test`. Train wall = the final fit on `train` (tuning time apart); for the "
+    "`recctl` rows, the whole `recctl train` process including data loading and its early stopping.",
+    "",
+    "**Rows.**",
+    "- *Popularity*: number of train positives per item.",
+    "- *SVD (Surprise)*: `surprise.SVD` with Surprise's defaults (100 factors, 20 epochs, lr 0.005, "
+    "reg 0.02, seed 42), fitted on explicit star ratings: the train positives with their ratings **plus every "
+    "rating below 4** (those are never test items; the split holds out positives only). Validation and test "
+    "pairs are excluded. All unseen items ranked by the predicted rating μ+b_u+b_i+q_i·p_u, unclipped "
+    "(clipping to 5 would turn the top of the ranking into ties).",
+    "- *ALS (Spark)*: `pyspark.ml.recommendation.ALS(implicitPrefs=True)`, local[2], on the train "
+    "positives (value 1); rank / regParam / alpha tuned on valid; scores = factor dot products.",
+    "- *iALS (implicit)*: `implicit.cpu.als.AlternatingLeastSquares` on the train positives; "
+    "factors / regularization / alpha tuned on valid.",
+    "- *EASE*: closed form B = I − P·diag(1/diag P), P = (XᵀX + λI)⁻¹ (numpy); λ = 500 and λ tuned on valid.",
+    "- *PureSVD*: top-k right singular vectors V of the binary train matrix (scipy `svds`), "
+    "scores x_u V Vᵀ; k = 32 and k tuned on valid.",
+    "- *NGCF*, *LightGCN (paper recipe)*, *LightGCN (ours)*: trained and evaluated by the project's CLI "
+    "(`recctl train ... --json`, `recctl evaluate --model ... --json`) on the same split; the benchmark "
+    "checks that `recctl evaluate` reports the same protocol and the same number of evaluated users.",
+]
+
+
+def _load_previous(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    return {row["name"]: row for row in json.loads(path.read_text())["rows"]}
+
+
+def _ordered_rows(measured: dict[str, dict[str, Any]], order: Sequence[str]) -> Iterator[dict[str, Any]]:
+    for name in order:
+        if name in measured:
+            yield measured[name]
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None, help="MovieLens-1M folder (default: the shared copy)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--rows", default=None, help="comma-separated row keys to run (default: all)")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep rows of an existing accuracy.json that this run does not redo"
+    )
+    parser.add_argument("--recctl-timeout", type=float, default=1800.0, help="seconds per recctl command")
+    return parser.parse_args(argv)
+
+
+def _run_peer_rows(
+    rows: Sequence[PeerRow], fit_data: TrainingData, train_data: TrainingData, split: Split
+) -> Iterator[dict[str, Any]]:
+    progress = tqdm(rows, desc="peers", unit="row")
+    for row in progress:
+        progress.set_postfix_str(row.name)
+        try:
+            outcome = run_peer(row, fit_data, train_data, split)
+        except ImportError as error:
+            outcome = {"name": row.name, "error": f"library missing ({error}); install the peers extra"}
+        tqdm.write(f"{row.name}: {_summary(outcome)}")
+        yield outcome
+
+
+def _run_cli_rows(
+    rows: Sequence[RecctlRow], data_dir: Path, split: Split, expected_users: int, timeout: float
+) -> Iterator[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="movierec-accuracy-") as work_dir:
+        for row in rows:
+            try:
+                outcome = run_recctl_row(row, data_dir, Path(work_dir), split.protocol, expected_users, timeout)
+                result = {"name": row.name, **outcome, "measured_at": _utc_now()}
+            except RecctlRowError as error:
+                result = {"name": row.name, "error": str(error)}
+            tqdm.write(f"{row.name}: {_summary(result)}")
+            yield result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    data_dir = args.data or default_ml1m_dir()
+    if data_dir is None:
+        raise SystemExit("MovieLens-1M not found: pass --data or set MOVIEREC_DATA")
+    started = time.perf_counter()
+    machine = describe_machine()
+    dataset = load_dataset(data_dir)
+    split = make_split(dataset)
+    fit_data = training_data(dataset.ratings, split.user_ids, split.item_ids, split.fit, [split.valid, split.test])
+    train_data = training_data(dataset.ratings, split.user_ids, split.item_ids, split.train, [split.test])
+    expected_users = int((split.test.row_lengths() > 0).sum())
+
+    measured = _load_previous(args.out / f"{RESULTS_NAME}.json") if args.merge else {}
+    with ExitStack() as stack:
+        rows = peer_rows(_lazy_spark(stack))
+        keys = _selected(args.rows, [row.key for row in rows] + [row.key for row in RECCTL_ROWS])
+        chosen = [row for row in rows if row.key in keys]
+        measured |= {outcome["name"]: outcome for outcome in _run_peer_rows(chosen, fit_data, train_data, split)}
+    chosen_cli = [row for row in RECCTL_ROWS if row.key in keys]
+    cli_outcomes = _run_cli_rows(chosen_cli, data_dir, split, expected_users, args.recctl_timeout)
+    measured |= {outcome["name"]: outcome for outcome in cli_outcomes}
+
+    order = [row.name for row in rows] + [row.name for row in RECCTL_ROWS]
+    result: dict[str, Any] = {
+        "protocol": protocol_description(split) | {"users_evaluated": expected_users},
+        "machine": machine,
+        "command": shlex.join(["python", "benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
+        "total_seconds": time.perf_counter() - started,
+        "finished_at": _utc_now(),
+        "rows": list(_ordered_rows(measured, order)),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{RESULTS_NAME}.json", result)
+    write_markdown(args.out / f"{RESULTS_NAME}.md", result, PREAMBLE)
+    title = "MovieLens-1M, random 80/20 split of ratings >= 4 (seed 42), full ranking"
+    write_chart(args.out / f"{RESULTS_NAME}.png", result["rows"], title)
+    print(f"wrote {args.out / RESULTS_NAME}.md/.json/.png in {result['total_seconds']:.0f} s")
+    return 0
+
+
+def _summary(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"not run: {row['error']}"
+    metrics = row["metrics"]
+    return (
+        f"recall@20 {metrics['recall@20']:.4f} ndcg@20 {metrics['ndcg@20']:.4f} "
+        f"(train {row['train_seconds']:.1f} s) {row.get('params', '')}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
