@@ -1,0 +1,118 @@
+"""``recctl serve`` as a real process: free port announced, SIGTERM drains in-flight calls and exits 0."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import pytest
+from bundle_factory import user_id_of_row
+from server_harness import make_index
+
+from movierec.v1 import recommender_pb2 as pb
+from movierec.v1 import recommender_pb2_grpc as pb_grpc
+
+RECCTL = str(Path(sys.executable).with_name("recctl"))
+STARTUP_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_index(tmp_path_factory.mktemp("process"), n_users=10, n_items=40, dim=4, seen_per_user=3)
+
+
+class ServeProcess:
+    """``recctl serve --json`` in a subprocess; its stdout events are read on a thread so nothing blocks."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [RECCTL, "serve", "--json", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        assert self.process.stdout is not None
+        threading.Thread(target=self._pump, args=(self.process.stdout,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.events.put(json.loads(line))
+
+    def next_event(self, timeout: float = STARTUP_TIMEOUT) -> dict[str, Any]:
+        return self.events.get(timeout=timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture()
+def serve_process(index_root: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess("--index", str(index_root), "--grace", "20")
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.mark.slow
+def test_sigterm_drains_the_open_stream_then_exits_zero(serve_process: ServeProcess) -> None:
+    listening = serve_process.next_event()
+    assert listening["event"] == "listening" and listening["port"] > 0
+    assert serve_process.next_event()["event"] == "serving"
+    target = f"127.0.0.1:{listening['port']}"
+
+    outgoing: queue.Queue[pb.RecommendStreamRequest | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.RecommendStreamRequest]:
+        while (request := outgoing.get(timeout=30)) is not None:
+            yield request
+
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        responses = iter(stub.RecommendStream(requests(), timeout=30))
+        outgoing.put(pb.RecommendStreamRequest(request_id="before", user_id=user_id_of_row(0), k=3))
+        assert next(responses).request_id == "before"
+
+        serve_process.process.send_signal(signal.SIGTERM)
+        assert serve_process.next_event(10)["event"] == "draining"
+
+        # The call that was in flight at SIGTERM keeps being served during the grace period ...
+        outgoing.put(pb.RecommendStreamRequest(request_id="during", user_id=user_id_of_row(1), k=3))
+        during = next(responses)
+        assert during.request_id == "during" and len(during.items) == 3 and during.error.code == 0
+        # ... while new calls are refused.
+        with grpc.insecure_channel(target) as fresh, pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.RecommenderServiceStub(fresh).Recommend(pb.RecommendRequest(user_id=1, k=3), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        outgoing.put(None)  # the client finishes; the server need not wait out the grace period
+        assert list(responses) == []
+
+    assert serve_process.process.wait(15) == 0
+    assert serve_process.next_event(5)["event"] == "stopped"
+
+
+@pytest.mark.slow
+def test_a_bad_index_is_one_line_and_exit_one(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run(
+        [RECCTL, "serve", "--index", str(tmp_path / "empty"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("recctl: error: ") and str(tmp_path / "empty") in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
