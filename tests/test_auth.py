@@ -17,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from movierec.errors import MovierecError
 from movierec.server.auth import (
     MALFORMED_TOKEN,
     MISSING_TOKEN,
@@ -27,8 +29,6 @@ from movierec.server.auth import (
     read_token_file,
     server_credentials,
 )
-
-from movierec.errors import MovierecError
 
 TOKEN = "s3cret-Token_42"
 ECHO = "/test.Echo/Unary"

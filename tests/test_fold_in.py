@@ -6,9 +6,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from bundle_factory import make_bundle
-from movierec.index.fold_in import FOLD_IN_METHODS, FoldIn, FoldInError, FoldInMethod
 
 from movierec.bundle import CSR
+from movierec.index.fold_in import FOLD_IN_METHODS, FoldIn, FoldInError, FoldInMethod
 
 
 def _fold_in(vectors: list[list[float]], degrees: list[int]) -> FoldIn:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from movierec.server.interaction_log import (
     LOG_FILE_NAME,
     InteractionLog,

@@ -10,9 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from movierec.server.auth import BearerTokenInterceptor
 from movierec.server.metrics import MetricsInterceptor, ServerMetrics
-from prometheus_client.parser import text_string_to_metric_families
 
 SERVICE = "test.Echo"
 
