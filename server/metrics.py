@@ -240,8 +240,9 @@ class MetricsInterceptor(_ServerInterceptor):
             metrics.started(method, grpc_type)
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
-            result = behaviour(self._counted(request, method, grpc_type), context)
+            result: Any = None
             try:
+                result = behaviour(self._counted(request, method, grpc_type), context)
                 if inspect.isasyncgen(result):
                     async for response in result:
                         metrics.message_sent(method, grpc_type)
@@ -256,9 +257,11 @@ class MetricsInterceptor(_ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                if inspect.isasyncgen(result):
-                    await result.aclose()
-                metrics.observe(method, code, time.perf_counter() - start, grpc_type)
+                try:
+                    if inspect.isasyncgen(result):
+                        await result.aclose()  # run the servicer's cleanup now, not at garbage collection
+                finally:
+                    metrics.observe(method, code, time.perf_counter() - start, grpc_type)
 
         return observed
 

@@ -49,6 +49,11 @@ async def _echo_stream(requests: AsyncIterator[bytes], _context: Any) -> AsyncIt
         yield request
 
 
+async def _abort_after_one(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+    yield request
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream limit")
+
+
 async def _write_twice(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     await context.write(request)
     await context.write(request)
@@ -76,6 +81,7 @@ def _handlers(probe: Probe) -> grpc.GenericRpcHandler[Any, Any]:
             "Crash": grpc.unary_unary_rpc_method_handler(_crash),
             "Bidi": grpc.stream_stream_rpc_method_handler(_echo_stream),
             "Written": grpc.unary_stream_rpc_method_handler(_write_twice),
+            "AbortAfterOne": grpc.unary_stream_rpc_method_handler(_abort_after_one),
             "Endless": grpc.unary_stream_rpc_method_handler(_endless(probe)),
         },
     )
@@ -154,6 +160,10 @@ def test_stream_messages_in_and_out_are_counted() -> None:
             assert [m async for m in bidi] == [b"a", b"a", b"b", b"b", b"c", b"c"]
             written = channel.unary_stream(f"/{SERVICE}/Written", None, None)(b"w", timeout=10)
             assert [m async for m in written] == [b"w", b"w"]
+            aborted = channel.unary_stream(f"/{SERVICE}/AbortAfterOne", None, None)(b"z", timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                _ = [m async for m in aborted]
+            assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     _run(scenario())
     sample = metrics.registry.get_sample_value
@@ -161,6 +171,8 @@ def test_stream_messages_in_and_out_are_counted() -> None:
     assert sample("grpc_server_msg_sent_total", _call_labels("Bidi", "bidi_stream")) == 6
     assert _handled(metrics, "Bidi", "OK", "bidi_stream") == 1
     assert _handled(metrics, "Written", "OK", "server_stream") == 1  # context.write() streams pass through
+    assert _handled(metrics, "AbortAfterOne", "RESOURCE_EXHAUSTED", "server_stream") == 1
+    assert sample("grpc_server_msg_sent_total", _call_labels("AbortAfterOne", "server_stream")) == 1
 
 
 def test_a_client_that_cancels_a_stream_is_recorded_and_the_handler_is_closed() -> None:
