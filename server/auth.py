@@ -12,6 +12,7 @@ to close them too.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
@@ -40,14 +41,15 @@ WRONG_TOKEN = "invalid bearer token"
 class BearerTokenInterceptor(_ServerInterceptor):
     """Answers UNAUTHENTICATED, before any handler runs, to calls without the configured token.
 
-    The comparison is constant-time (``hmac.compare_digest``) so response
-    timing does not reveal how much of a guess was right. Calls to
+    The comparison is constant-time (``hmac.compare_digest`` over SHA-256
+    digests, so not even the token's length shows) and response timing does
+    not reveal how much of a guess was right. Calls to
     ``public_services`` (full service names) pass unchecked. An unknown method
     is left to gRPC (UNIMPLEMENTED).
     """
 
     def __init__(self, token: str, *, public_services: Collection[str] = DEFAULT_PUBLIC_SERVICES) -> None:
-        self._token = _checked_token(token).encode()
+        self._digest = hashlib.sha256(_checked_token(token).encode()).digest()
         self._public = frozenset(public_services)
 
     async def intercept_service(
@@ -70,7 +72,8 @@ class BearerTokenInterceptor(_ServerInterceptor):
         scheme, _, presented = text.strip().partition(" ")
         if scheme.lower() != _SCHEME or not presented.strip():
             return MALFORMED_TOKEN
-        if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), self._token):
+        digest = hashlib.sha256(presented.strip().encode("latin-1", "replace")).digest()
+        if not hmac.compare_digest(digest, self._digest):
             return WRONG_TOKEN
         return None
 
