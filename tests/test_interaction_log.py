@@ -124,6 +124,22 @@ def test_compaction_exports_then_truncates_and_offsets_are_never_reused(log_path
         assert reopened.last_offset == newest
 
 
+def test_rebuild_protocol_across_two_handles(log_path: Path) -> None:
+    """The server keeps writing while ``recctl index rebuild`` (another handle) exports and truncates."""
+    with InteractionLog(log_path) as server:
+        server.record(1, [10])
+        with InteractionLog(log_path) as rebuild:
+            merged = rebuild.export()
+            server.record(1, [11])  # arrives while the new bundle is being built
+            assert rebuild.export(after=merged.last_offset).item_ids.tolist() == [11]
+            rebuild.truncate_through(merged.last_offset)
+        assert server.extra_seen(1).tolist() == [10, 11]  # still serving the old bundle: nothing forgotten
+        assert server.record(2, [20]) > merged.last_offset
+    with InteractionLog(log_path, replay_after=merged.last_offset) as restarted:  # now on the new bundle
+        assert restarted.export().item_ids.tolist() == [11, 20]
+        assert restarted.extra_seen(1).tolist() == [11]
+
+
 def test_a_closed_log_reopens_with_an_empty_log_after_full_truncation(log_path: Path) -> None:
     with InteractionLog(log_path) as log:
         last = log.record(1, [1])
