@@ -10,11 +10,15 @@ An index store is a directory of immutable versions and a ``CURRENT`` pointer
         manifest.json      kind "index": SHA-256 + size of every file below (model/ included),
                            meta.index {kind flat|hnsw, params, metric, faiss_version},
                            dim, n_items, n_users,
-                           meta.source_model {path, manifest_sha256, created_at, dataset}
+                           meta.source_model {path, manifest_sha256, created_at, dataset},
+                           meta.interactions {through_offset, events, merged_into_seen}
         index.faiss        faiss.write_index of IndexFlatIP or IndexHNSWFlat (inner product),
                            vector i = item row i
         model/             a verified copy of the model bundle it was built from (its own
                            manifest.json is pinned by source_model.manifest_sha256)
+        events_user_ids.npy, events_item_ids.npy
+                           every live "watched" event compacted so far (dataset ids), merged
+                           into the seen sets at load; see movierec.index.events
 
 so a version is self-contained: deleting or retraining the source model never
 changes what a version serves. :func:`open_index` verifies both manifests and

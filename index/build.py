@@ -21,6 +21,7 @@ from tqdm import tqdm
 from movierec.bundle import MANIFEST_NAME, VersionedStore, read_manifest, sha256_file, staged_directory, write_manifest
 from movierec.bundle.model import MODEL_KIND, read_model_bundle
 from movierec.errors import BundleError
+from movierec.index.events import CompactedEvents, SeenEvents, merge_into_seen, read_events, write_events
 from movierec.index.faiss_index import KINDS, HnswParams, create_index, write_index
 from movierec.index.layout import BUILD_LOCK, FAISS_FILE, INDEX_KIND, MODEL_DIR
 from movierec.index.serving import resolve_version_dir
@@ -53,14 +54,18 @@ def build_index(
     kind: str = "flat",
     make_current: bool = True,
     progress: bool = False,
+    new_events: SeenEvents | None = None,
     **hnsw_params: Any,
 ) -> Path:
     """Write ``index_root/vNNNN`` from the model bundle at ``model_dir``; return the new version's path.
 
     The model bundle is copied into the version and verified *as copied*, so
     what is indexed and shipped is exactly what was checked. ``hnsw_params``
-    (``m``, ``ef_construction``, ``ef_search``) apply to
-    ``kind="hnsw"`` only.
+    (``m``, ``ef_construction``, ``ef_search``) apply to ``kind="hnsw"`` only.
+
+    Live events already compacted into the store's current version are always
+    carried forward (a watched movie must stay excluded whatever model is
+    indexed next); ``new_events`` from the interaction log are added to them.
     """
     params = _index_params(kind, hnsw_params)
     model_dir = Path(model_dir)
@@ -68,16 +73,29 @@ def build_index(
     index_root = Path(index_root)
     with _build_lock(index_root):
         store = VersionedStore(index_root)
+        events = _current_events(store)
+        if new_events is not None:
+            events = events.extended(new_events)
         version = store.next_version()
         final = store.path(version)
         with staged_directory(final) as stage:
-            _write_version(model_dir, stage, kind, params, progress)
+            _write_version(model_dir, stage, kind, params, events, progress)
         if make_current:
             store.set_current(version)
     return final
 
 
-def _write_version(model_dir: Path, stage: Path, kind: str, params: HnswParams, progress: bool) -> None:
+def _current_events(store: VersionedStore) -> CompactedEvents:
+    current = store.current()
+    if current is None:
+        return CompactedEvents.none()
+    manifest = read_manifest(current, INDEX_KIND, verify=False)
+    return read_events(current, int(manifest.meta.get("interactions", {}).get("through_offset", 0)))
+
+
+def _write_version(
+    model_dir: Path, stage: Path, kind: str, params: HnswParams, events: CompactedEvents, progress: bool
+) -> None:
     steps = tqdm(total=4, desc="index build", unit="step", disable=not progress, leave=False)
     steps.set_postfix_str("copy + verify model")
     shutil.copytree(model_dir, stage / MODEL_DIR)
@@ -92,6 +110,8 @@ def _write_version(model_dir: Path, stage: Path, kind: str, params: HnswParams, 
     steps.update()
     steps.set_postfix_str("write index")
     write_index(index, stage / FAISS_FILE)
+    write_events(stage, events)
+    _seen, merged = merge_into_seen(model, events)
     steps.update()
     steps.set_postfix_str("checksum")
     assert model.manifest is not None  # read_model_bundle always attaches it
@@ -111,6 +131,7 @@ def _write_version(model_dir: Path, stage: Path, kind: str, params: HnswParams, 
             "created_at": model.manifest.created_at,
             "dataset": model.dataset,
         },
+        "interactions": {"through_offset": events.through_offset, "events": len(events), "merged_into_seen": merged},
     }
     write_manifest(stage, INDEX_KIND, meta)
     steps.update()
@@ -144,13 +165,25 @@ def rebuild_index(
     kind: str | None = None,
     make_current: bool = True,
     progress: bool = False,
+    new_events: SeenEvents | None = None,
     **hnsw_params: Any,
 ) -> Path:
-    """Build a new version from the newest model bundle; by default with the current version's kind/params."""
+    """Build a new version from the newest model bundle; by default with the current version's kind/params.
+
+    ``new_events`` (the interaction log's events) are compacted into it, see :func:`build_index`.
+    """
     model_dir = newest_model_bundle(models_root)
     if kind is None:
         kind, hnsw_params = _current_settings(Path(index_root), hnsw_params)
-    return build_index(model_dir, index_root, kind=kind, make_current=make_current, progress=progress, **hnsw_params)
+    return build_index(
+        model_dir,
+        index_root,
+        kind=kind,
+        make_current=make_current,
+        progress=progress,
+        new_events=new_events,
+        **hnsw_params,
+    )
 
 
 def _current_settings(index_root: Path, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:

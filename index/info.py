@@ -29,6 +29,8 @@ class VersionInfo:
     created_at: str | None = None
     source_model: str | None = None
     model_created_at: str | None = None
+    events: int = 0
+    events_through: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +74,8 @@ def describe_version(path: Path, *, current: bool, verify: bool = True) -> Versi
             created_at=manifest.created_at,
             source_model=str(meta["source_model"]["path"]),
             model_created_at=str(meta["source_model"]["created_at"]),
+            events=int(meta.get("interactions", {}).get("events", 0)),
+            events_through=int(meta.get("interactions", {}).get("through_offset", 0)),
             metrics=dict(metrics) if isinstance(metrics, dict) else {},
         )
     except BundleError as exc:

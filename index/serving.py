@@ -8,6 +8,7 @@ opened one, so no request ever mixes two versions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +19,7 @@ import numpy.typing as npt
 from movierec.bundle import MANIFEST_NAME, Manifest, ModelBundle, VersionedStore, read_manifest, sha256_file
 from movierec.bundle.model import read_model_bundle
 from movierec.errors import BundleError
+from movierec.index.events import CompactedEvents, merge_into_seen, read_events, rows_of
 from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
 from movierec.index.layout import FAISS_FILE, INDEX_KIND, MODEL_DIR
 from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
@@ -40,11 +42,19 @@ class ServingIndex:
     """
 
     def __init__(
-        self, version: str, path: Path, model: ModelBundle, manifest: Manifest, faiss_index: faiss.Index
+        self,
+        version: str,
+        path: Path,
+        model: ModelBundle,
+        manifest: Manifest,
+        faiss_index: faiss.Index,
+        events: CompactedEvents | None = None,
     ) -> None:
         self.version = version
         self.path = path
-        self.model = model
+        self.events = events if events is not None else CompactedEvents.none()
+        # model.seen includes every compacted live event, so every query path excludes them.
+        self.model = model if not len(self.events) else replace(model, seen=merge_into_seen(model, self.events)[0])
         self.manifest = manifest
         self.faiss_index = faiss_index
         self.kind: str = str(manifest.meta["index"]["kind"])
@@ -59,6 +69,11 @@ class ServingIndex:
             self._searcher = HnswSearcher(faiss_index, self._exact, params)
 
     @property
+    def events_through(self) -> int:
+        """The interaction-log offset this version includes: the server replays only events after it."""
+        return self.events.through_offset
+
+    @property
     def n_items(self) -> int:
         return self.model.n_items
 
@@ -68,18 +83,13 @@ class ServingIndex:
 
     def user_row(self, user_id: int) -> int | None:
         """The internal row of dataset user ``user_id``, or None if the model never saw that user."""
-        ids = self.model.user_ids
-        row = int(np.searchsorted(ids, user_id))
-        return row if row < ids.shape[0] and int(ids[row]) == user_id else None
+        row = int(rows_of(self.model.user_ids, np.array([user_id], dtype=np.int64))[0])
+        return row if row >= 0 else None
 
     def item_rows(self, item_ids: Sequence[int] | npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
         """Internal rows of the known ``item_ids``, in the given order; unknown ids are dropped."""
-        wanted = np.asarray(item_ids, dtype=np.int64).reshape(-1)
-        ids = self.model.item_ids
-        rows: npt.NDArray[np.int64] = np.searchsorted(ids, wanted)
-        known = rows < ids.shape[0]
-        known[known] = ids[rows[known]] == wanted[known]
-        found: npt.NDArray[np.int32] = rows[known].astype(np.int32)
+        rows = rows_of(self.model.item_ids, np.asarray(item_ids, dtype=np.int64).reshape(-1))
+        found: npt.NDArray[np.int32] = rows[rows >= 0].astype(np.int32)
         return found
 
     def seen_rows(self, user_row: int) -> npt.NDArray[np.int32]:
@@ -178,4 +188,5 @@ def open_index(path: Path, *, verify: bool = True) -> ServingIndex:
         )
     model = read_model_bundle(model_dir, verify=False)
     faiss_index = read_index(directory / FAISS_FILE, model.item_vectors)
-    return ServingIndex(directory.name, directory, model, manifest, faiss_index)
+    events = read_events(directory, int(manifest.meta.get("interactions", {}).get("through_offset", 0)))
+    return ServingIndex(directory.name, directory, model, manifest, faiss_index, events)

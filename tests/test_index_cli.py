@@ -37,8 +37,8 @@ def test_build_then_info(recctl: Run, model: Path, tmp_path: Path) -> None:
     root = tmp_path / "index"
     code, out, _err = recctl("index", "build", "--model", model, "--out", root)
     assert code == 0 and "v0001" in out and "CURRENT now points at it" in out
-    code, out, _err = recctl("index", "build", "--model", model, "--out", root, "--kind", "hnsw", "--hnsw-m", "8",
-                             "--no-switch", "--json")  # fmt: skip
+    hnsw_options = ("--kind", "hnsw", "--hnsw-m", "8", "--no-switch", "--json")
+    code, out, _err = recctl("index", "build", "--model", model, "--out", root, *hnsw_options)
     built = json.loads(out)
     assert code == 0 and built["version"] == "v0002" and built["kind"] == "hnsw" and not built["current"]
     assert VersionedStore(root).current_version() == "v0001"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from movierec.clients.cli.output import print_json, print_table
 from movierec.errors import MovierecError
+
+if TYPE_CHECKING:
+    from movierec.index.events import SeenEvents
 
 
 def register(commands: Any) -> None:
@@ -27,6 +30,12 @@ def register(commands: Any) -> None:
     rebuild.add_argument("--models", type=Path, required=True, metavar="ROOT", help="directory of model bundles")
     rebuild.add_argument("--out", type=Path, required=True, metavar="ROOT", help="index store")
     _add_kind_options(rebuild, default_kind=None)
+    rebuild.add_argument(
+        "--events",
+        type=Path,
+        metavar="LOG",
+        help="interaction log (the server's SQLite file): compact its events into the new version",
+    )
     rebuild.add_argument("--no-switch", action="store_true", help="do not move CURRENT to the new version")
     rebuild.add_argument("--json", action="store_true", help="machine-readable output")
     rebuild.set_defaults(func=_rebuild)
@@ -48,7 +57,7 @@ def _add_kind_options(parser: argparse.ArgumentParser, default_kind: str | None)
     parser.add_argument("--ef-construction", type=int, metavar="N", help="HNSW build beam width (default 200)")
 
 
-def _hnsw_options(args: argparse.Namespace) -> dict[str, int]:
+def _hnsw_options(args: argparse.Namespace) -> dict[str, Any]:
     given = {"m": args.hnsw_m, "ef_search": args.ef_search, "ef_construction": args.ef_construction}
     options = {name: value for name, value in given.items() if value is not None}
     if options and args.kind == "flat":
@@ -75,6 +84,7 @@ def _build(args: argparse.Namespace) -> int:
 def _rebuild(args: argparse.Namespace) -> int:
     from movierec.index import rebuild_index
 
+    events = _read_events(args.events) if args.events is not None else None
     path = _guarded(
         lambda: rebuild_index(
             args.models,
@@ -82,10 +92,21 @@ def _rebuild(args: argparse.Namespace) -> int:
             kind=args.kind,
             make_current=not args.no_switch,
             progress=not args.json,
+            new_events=events,
             **_hnsw_options(args),
         )
     )
     return _report_built(path, args)
+
+
+def _read_events(log_path: Path) -> SeenEvents:
+    """A consistent snapshot of the log (SQLite WAL lets this run beside the server that appends to it)."""
+    from movierec.server.interaction_log import InteractionLog
+
+    if not log_path.is_file():
+        raise MovierecError("no such interaction log", path=log_path)
+    with InteractionLog(log_path) as log:
+        return log.export()
 
 
 def _guarded(build: Any) -> Path:
@@ -106,6 +127,8 @@ def _report_built(path: Path, args: argparse.Namespace) -> int:
     else:
         switched = "CURRENT now points at it" if not args.no_switch else "CURRENT unchanged (--no-switch)"
         print(f"built {path} ({info.kind}, {info.n_items} items, dim {info.dim}); {switched}")
+        if info.events:
+            print(f"live events compacted: {info.events} (log offsets through {info.events_through})")
     return 0
 
 

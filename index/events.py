@@ -1,0 +1,112 @@
+"""Compaction of live "watched" events into index versions (issue 5: events survive rebuilds).
+
+The server logs interactions as they happen and excludes them at once; a
+rebuild folds them into the new version's seen sets so the log can shrink.
+Each version keeps *every* event compacted so far (dataset ids, so they survive
+a retrained model with different rows) and the log offset it covers: the next
+rebuild carries them forward onto whatever model it indexes, and the server
+replays only the log after :attr:`CompactedEvents.through_offset`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from movierec.bundle import CSR, ModelBundle
+from movierec.errors import BundleError
+
+EVENT_USERS_FILE = "events_user_ids.npy"
+EVENT_ITEMS_FILE = "events_item_ids.npy"
+
+
+class SeenEvents(Protocol):
+    """New events from the interaction log (``movierec.server.interaction_log.InteractionEvents`` fits)."""
+
+    @property
+    def offsets(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def user_ids(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def item_ids(self) -> npt.NDArray[np.int64]: ...
+
+
+@dataclass(frozen=True)
+class CompactedEvents:
+    """(user id, item id) pairs already part of a version, and the last log offset they include."""
+
+    user_ids: npt.NDArray[np.int64]
+    item_ids: npt.NDArray[np.int64]
+    through_offset: int = 0
+
+    def __len__(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @classmethod
+    def none(cls) -> CompactedEvents:
+        return cls(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), 0)
+
+    def extended(self, new: SeenEvents) -> CompactedEvents:
+        """These events plus those of ``new`` past :attr:`through_offset` (earlier ones are already here)."""
+        fresh = np.asarray(new.offsets, dtype=np.int64) > self.through_offset
+        if not fresh.any():
+            return self
+        return CompactedEvents(
+            np.concatenate([self.user_ids, np.asarray(new.user_ids, dtype=np.int64)[fresh]]),
+            np.concatenate([self.item_ids, np.asarray(new.item_ids, dtype=np.int64)[fresh]]),
+            int(np.asarray(new.offsets, dtype=np.int64)[fresh].max()),
+        )
+
+
+def rows_of(sorted_ids: npt.NDArray[np.int64], wanted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Row of each wanted id in ``sorted_ids`` (ascending, unique), -1 where the id is unknown."""
+    rows: npt.NDArray[np.int64] = np.searchsorted(sorted_ids, wanted).astype(np.int64)
+    inside = rows < sorted_ids.shape[0]
+    known = np.zeros(wanted.shape, dtype=bool)
+    known[inside] = sorted_ids[rows[inside]] == wanted[inside]
+    rows[~known] = -1
+    return rows
+
+
+def merge_into_seen(model: ModelBundle, events: CompactedEvents) -> tuple[CSR, int]:
+    """``model.seen`` plus every event whose user and item the model knows; also how many events were merged.
+
+    Events of users the model never saw cannot enter the seen CSR (it has one
+    row per known user): they stay in the compacted events, where the server
+    still finds them for fold-in and exclusion.
+    """
+    users = rows_of(model.user_ids, events.user_ids)
+    items = rows_of(model.item_ids, events.item_ids)
+    known = (users >= 0) & (items >= 0)
+    seen_rows, seen_cols = model.seen.to_pairs()
+    merged = CSR.from_pairs(
+        np.concatenate([seen_rows, users[known]]),
+        np.concatenate([seen_cols.astype(np.int64), items[known]]),
+        model.n_users,
+        model.n_items,
+    )
+    return merged, int(known.sum())
+
+
+def write_events(directory: Path, events: CompactedEvents) -> None:
+    np.save(directory / EVENT_USERS_FILE, events.user_ids.astype(np.int64))
+    np.save(directory / EVENT_ITEMS_FILE, events.item_ids.astype(np.int64))
+
+
+def read_events(directory: Path, through_offset: int) -> CompactedEvents:
+    """The compacted events of a version (none for a version built without any)."""
+    users_path, items_path = directory / EVENT_USERS_FILE, directory / EVENT_ITEMS_FILE
+    if not users_path.is_file():
+        return CompactedEvents.none()
+    try:
+        users = np.load(users_path, allow_pickle=False)
+        items = np.load(items_path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"unreadable compacted events ({exc})", path=directory) from None
+    if users.shape != items.shape or users.ndim != 1:
+        raise BundleError("compacted event user and item arrays differ in shape", path=directory)
+    return CompactedEvents(users.astype(np.int64), items.astype(np.int64), through_offset)
