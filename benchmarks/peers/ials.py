@@ -37,15 +37,16 @@ class ImplicitAls:
         from implicit.cpu.als import AlternatingLeastSquares  # type: ignore[import-untyped]
         from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-        model = AlternatingLeastSquares(
-            factors=self.factors,
-            regularization=self.reg,
-            alpha=self.alpha,
-            iterations=self.iterations,
-            random_state=self.seed,
-        )
-        # implicit parallelises over users itself; a multi-threaded BLAS underneath only oversubscribes.
+        # implicit parallelises over users itself; a multi-threaded BLAS underneath only oversubscribes
+        # (implicit warns about it when the model is built, so the limit covers construction too).
         with threadpool_limits(limits=1, user_api="blas"):
+            model = AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.reg,
+                alpha=self.alpha,
+                iterations=self.iterations,
+                random_state=self.seed,
+            )
             model.fit(positives_matrix(data.positives), show_progress=False)
         self._user_vectors = np.asarray(model.user_factors, dtype=np.float32)
         self._item_vectors = np.asarray(model.item_factors, dtype=np.float32)
