@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from bundle_factory import make_model_bundle
+from bundle_factory import make_bundle, make_model_bundle
 
-from movierec.bundle import VersionedStore
+from movierec.bundle import VersionedStore, write_model_bundle
 from movierec.clients.cli import main as cli
 
 Run = Callable[..., tuple[int, str, str]]
@@ -98,3 +99,11 @@ def test_argument_errors_exit_2(recctl: Run, model: Path) -> None:
     with pytest.raises(SystemExit) as caught:
         recctl("index", "build", "--model", model, "--out", "x", "--kind", "ivf")
     assert caught.value.code == 2
+
+
+def test_info_flattens_nested_model_metrics(recctl: Run, tmp_path: Path) -> None:
+    bundle = replace(make_bundle(4, 10, 3, 2, 0), metrics={"test": {"recall@10": 0.25, "ndcg@10": 0.125}, "epochs": 7})
+    write_model_bundle(bundle, tmp_path / "model")
+    recctl("index", "build", "--model", tmp_path / "model", "--out", tmp_path / "index")
+    code, out, _err = recctl("index", "info", "--index", tmp_path / "index")
+    assert code == 0 and "epochs=7.0000 test.ndcg@10=0.1250 test.recall@10=0.2500" in out

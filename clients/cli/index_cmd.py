@@ -160,5 +160,16 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _metrics_summary(metrics: dict[str, Any]) -> str:
-    scalars = [f"{name}={value:.4f}" for name, value in sorted(metrics.items()) if isinstance(value, int | float)]
+    """Up to four numbers from the model's metrics.json, nested keys joined by dots (e.g. test.recall@10)."""
+    scalars = [f"{name}={value:.4f}" for name, value in sorted(_flatten(metrics).items())]
     return " ".join(scalars[:4]) or "-"
+
+
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{name}"] = float(value)
+    return flat
