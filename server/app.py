@@ -18,7 +18,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from movierec.index import ServingIndex, open_index
+
+from movierec.index import ServingIndex, limit_serving_threads, open_index
 from movierec.server.engine import ServingEngine
 from movierec.server.limits import Limits
 from movierec.server.servicer import DEFAULT_MAX_STREAM_BATCH, RecommenderServicer
@@ -107,7 +108,12 @@ class ServerEvent:
 
 
 async def serve(config: ServerConfig, announce: Callable[[ServerEvent], None]) -> None:
-    """Run until SIGTERM or SIGINT, then drain; a bad index stops the server and its error propagates."""
+    """Run until SIGTERM or SIGINT, then drain; a bad index stops the server and its error propagates.
+
+    This is a whole serving process, so it takes the process-wide thread policy
+    of :func:`movierec.index.limit_serving_threads`: one BLAS thread per search.
+    """
+    limit_serving_threads()
     server = RecommenderServer(config)
     port = await server.start()
     address = {"host": config.host, "port": port}

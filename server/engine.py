@@ -18,6 +18,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import struct_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
 from movierec.index import Recommendation, ServingIndex
 from movierec.server.errors import RequestError, invalid_argument, not_found
 from movierec.server.limits import Limits
@@ -45,7 +47,7 @@ class _Valid:
     exclude_rows: npt.NDArray[np.int32]
 
 
-Answer = list[pb.RecommendedItem] | RequestError
+Answer = Recommendation | RequestError
 
 
 def model_version(index: ServingIndex) -> str:
@@ -61,14 +63,17 @@ class ServingEngine:
     def __init__(self, index: ServingIndex, limits: Limits) -> None:
         self.index = index
         self.limits = limits
-        model = index.model
         self.index_version = str(index.version)
         self.model_version = model_version(index)
-        # Plain Python lists: indexing them per result is far cheaper than numpy scalars.
-        self._item_ids: list[int] = model.item_ids.tolist()
-        self._titles = model.items.titles
-        self._genres = model.items.genres
-        self._years = model.items.years
+        # One ready-made wire item per catalogue row (id, title, genres, year): a response copies
+        # k of them and sets score and rank, about 3x faster than building each item from fields.
+        items = index.model.items
+        self._templates = [
+            pb.RecommendedItem(item_id=item_id, title=title, genres=genres, year=year)
+            for item_id, title, genres, year in zip(
+                index.model.item_ids.tolist(), items.titles, items.genres, items.years, strict=True
+            )
+        ]
 
     def recommend(self, queries: Sequence[RecommendQuery]) -> list[Answer]:
         """One answer per query, same order; valid queries with the same k share one search."""
@@ -86,22 +91,30 @@ class ServingEngine:
                 [v.user_row for v in group], k, extra_exclude=[v.exclude_rows for v in group]
             )
             for valid, result in zip(group, results, strict=True):
-                answers[valid.slot] = self._items(result)
+                answers[valid.slot] = result
         return [answers[slot] for slot in range(len(queries))]
 
-    def similar_items(self, request: pb.SimilarItemsRequest) -> list[pb.RecommendedItem]:
+    def similar_items(self, request: pb.SimilarItemsRequest) -> Recommendation:
         """Nearest items to ``request.item_id``, minus the item, the user's seen items and the exclusions."""
         self._check_k(request.k)
         self._check_exclusions(request.exclude_item_ids)
         item_rows = self.index.item_rows([request.item_id])
         if item_rows.size == 0:
             raise not_found("item", request.item_id)
-        excluded = [self.index.item_rows(list(request.exclude_item_ids))]
+        excluded = [self._item_rows(request.exclude_item_ids)]
         if request.HasField("user_id"):
             user_row = self._user_row(request.user_id)
             excluded.append(self.index.seen_rows(user_row).astype(np.int32))
-        result = self.index.similar_items(int(item_rows[0]), request.k, exclude=np.concatenate(excluded))
-        return self._items(result)
+        return self.index.similar_items(int(item_rows[0]), request.k, exclude=np.concatenate(excluded))
+
+    def write_items(self, items: RepeatedCompositeFieldContainer[pb.RecommendedItem], result: Recommendation) -> None:
+        """Append ``result`` to a response's ``items``, best first, with 1-based ranks."""
+        templates = self._templates
+        for rank, (row, score) in enumerate(zip(result.item_rows.tolist(), result.scores.tolist(), strict=True), 1):
+            item = items.add()
+            item.CopyFrom(templates[row])
+            item.score = score
+            item.rank = rank
 
     def info(self) -> pb.GetInfoResponse:
         model = self.index.model
@@ -123,8 +136,7 @@ class ServingEngine:
         self._check_k(query.k)
         self._check_exclusions(query.exclude_item_ids)
         user_row = self._user_row(query.user_id)
-        # Unknown ids are dropped by item_rows: excluding a movie we never recommend is a no-op.
-        exclude_rows = self.index.item_rows(list(query.exclude_item_ids))
+        exclude_rows = self._item_rows(query.exclude_item_ids)
         return _Valid(slot, user_row, query.k, exclude_rows)
 
     def _check_k(self, k: int) -> None:
@@ -139,23 +151,15 @@ class ServingEngine:
                 f"at most {limit} exclude_item_ids are allowed (max_exclude_item_ids), got {len(exclude_item_ids)}",
             )
 
+    def _item_rows(self, item_ids: Sequence[int]) -> npt.NDArray[np.int32]:
+        """Rows of the known ids; unknown ids are dropped, as excluding a movie never recommended is a no-op.
+
+        ``np.array`` reads a protobuf repeated field directly, far cheaper than going through a list.
+        """
+        return self.index.item_rows(np.array(item_ids, dtype=np.int64))
+
     def _user_row(self, user_id: int) -> int:
         row = self.index.user_row(user_id)
         if row is None:
             raise not_found("user", user_id)
         return row
-
-    def _items(self, result: Recommendation) -> list[pb.RecommendedItem]:
-        items = []
-        for rank, (row, score) in enumerate(zip(result.item_rows.tolist(), result.scores.tolist(), strict=True), 1):
-            items.append(
-                pb.RecommendedItem(
-                    item_id=self._item_ids[row],
-                    score=score,
-                    rank=rank,
-                    title=self._titles[row],
-                    genres=self._genres[row],
-                    year=self._years[row],
-                )
-            )
-        return items

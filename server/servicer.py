@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import grpc
 from grpc_status import rpc_status
+
 from movierec.server.engine import Answer, ServingEngine
 from movierec.server.errors import RequestError
 from movierec.server.state import ServingState
@@ -47,12 +48,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         (answer,) = engine.recommend([request])
         if isinstance(answer, RequestError):
             await _abort(context, answer)
-        return pb.RecommendResponse(
-            request_id=request.request_id,
-            items=answer,
-            model_version=engine.model_version,
-            index_version=engine.index_version,
+        response = pb.RecommendResponse(
+            request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
         )
+        engine.write_items(response.items, answer)
+        return response
 
     async def RecommendStream(
         self,
@@ -83,15 +83,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         engine = await self._engine_or_abort(context)
         await _abort_if_expired(context)
         try:
-            items = engine.similar_items(request)
+            result = engine.similar_items(request)
         except RequestError as error:
             await _abort(context, error)
-        return pb.SimilarItemsResponse(
-            request_id=request.request_id,
-            items=items,
-            model_version=engine.model_version,
-            index_version=engine.index_version,
+        response = pb.SimilarItemsResponse(
+            request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
         )
+        engine.write_items(response.items, result)
+        return response
 
     async def GetInfo(
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext[pb.GetInfoRequest, pb.GetInfoResponse]
@@ -110,15 +109,12 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         for request, answer in zip(batch, answers, strict=True):
             if isinstance(answer, RequestError):
                 responses.append(pb.RecommendStreamResponse(request_id=request.request_id, error=answer.to_status()))
-            else:
-                responses.append(
-                    pb.RecommendStreamResponse(
-                        request_id=request.request_id,
-                        items=answer,
-                        model_version=engine.model_version,
-                        index_version=engine.index_version,
-                    )
-                )
+                continue
+            response = pb.RecommendStreamResponse(
+                request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
+            )
+            engine.write_items(response.items, answer)
+            responses.append(response)
         return responses
 
     async def _engine_or_abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> ServingEngine:
