@@ -39,6 +39,10 @@ class ServingIndex:
     Batch-first like ``implicit``: :meth:`recommend` takes many user rows and
     answers them with one scoring pass. Every answer obeys the ranking rule of
     :mod:`movierec.index.topk` and never contains a seen or excluded item.
+
+    Safe to query from many threads at once (no search mutates shared state).
+    A serving process should call :func:`movierec.index.limit_serving_threads`
+    once at start-up, or BLAS/OpenMP pools fight the request threads for cores.
     """
 
     def __init__(

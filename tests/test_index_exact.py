@@ -141,6 +141,13 @@ def test_nan_scores_rank_last_and_are_still_returned() -> None:
     assert answer.item_rows.tolist() == [2, 1, 0, 3]  # NaN ranks as -inf; ties at -inf by lower row
 
 
+def test_the_fast_path_is_taken_only_when_scores_cannot_overflow() -> None:
+    searcher = ExactSearcher(np.full((3, 4), 2.0, dtype=np.float32))
+    assert searcher.scores_are_finite(np.ones((2, 4), dtype=np.float32))
+    assert not searcher.scores_are_finite(np.full((1, 4), 5e37, dtype=np.float32))
+    assert not searcher.scores_are_finite(np.array([[np.nan, 0, 0, 0]], dtype=np.float32))
+
+
 def test_overflowing_scores_do_not_break_the_search() -> None:
     big = np.float32(3e38)
     items = np.array([[big, big], [1.0, 0.0]], dtype=np.float32)
