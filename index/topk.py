@@ -136,7 +136,7 @@ class ExactSearcher:
         if not queries.size:
             return True
         bound = float(np.abs(queries).max()) * self._max_abs_item * queries.shape[1]
-        return bound < FINITE_BOUND  # False for NaN/inf input too
+        return bool(bound < FINITE_BOUND)  # False for NaN/inf input too
 
     def search(
         self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
