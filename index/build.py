@@ -19,7 +19,7 @@ import faiss
 from tqdm import tqdm
 
 from movierec.bundle import MANIFEST_NAME, VersionedStore, read_manifest, sha256_file, staged_directory, write_manifest
-from movierec.bundle.model import MODEL_KIND, read_model_bundle
+from movierec.bundle.model import MODEL_KIND, ModelBundle, read_model_bundle
 from movierec.errors import BundleError
 from movierec.index.events import CompactedEvents, SeenEvents, merge_into_seen, read_events, write_events
 from movierec.index.faiss_index import KINDS, HnswParams, create_index, write_index
@@ -86,36 +86,45 @@ def build_index(
 
 
 def _current_events(store: VersionedStore) -> CompactedEvents:
+    """The live events compacted into the current version; refusing (not dropping them) when unreadable."""
     current = store.current()
     if current is None:
         return CompactedEvents.none()
-    manifest = read_manifest(current, INDEX_KIND, verify=False)
-    return read_events(current, int(manifest.meta.get("interactions", {}).get("through_offset", 0)))
+    try:
+        manifest = read_manifest(current, INDEX_KIND, verify=False)
+        return read_events(current, int(manifest.meta.get("interactions", {}).get("through_offset", 0)))
+    except BundleError as exc:
+        raise BundleError(f"cannot carry live events forward from the current version: {exc}") from None
 
 
 def _write_version(
     model_dir: Path, stage: Path, kind: str, params: HnswParams, events: CompactedEvents, progress: bool
 ) -> None:
-    steps = tqdm(total=4, desc="index build", unit="step", disable=not progress, leave=False)
-    steps.set_postfix_str("copy + verify model")
-    shutil.copytree(model_dir, stage / MODEL_DIR)
-    try:
-        model = read_model_bundle(stage / MODEL_DIR, verify=True)
-    except BundleError as exc:
-        raise BundleError(str(exc).replace(str(stage / MODEL_DIR), str(model_dir))) from None
-    steps.update()
-    steps.set_postfix_str(f"add {model.n_items} vectors ({kind})")
-    with tqdm(total=model.n_items, desc="add vectors", unit="item", disable=not progress, leave=False) as bar:
-        index = create_index(kind, model.item_vectors, params, on_progress=bar.update)
-    steps.update()
-    steps.set_postfix_str("write index")
-    write_index(index, stage / FAISS_FILE)
-    write_events(stage, events)
-    _seen, merged = merge_into_seen(model, events)
-    steps.update()
-    steps.set_postfix_str("checksum")
-    assert model.manifest is not None  # read_model_bundle always attaches it
-    meta = {
+    with tqdm(total=4, desc="index build", unit="step", disable=not progress, leave=False) as steps:
+        steps.set_postfix_str("copy + verify model")
+        shutil.copytree(model_dir, stage / MODEL_DIR)
+        try:
+            model = read_model_bundle(stage / MODEL_DIR, verify=True)
+        except BundleError as exc:
+            raise BundleError(str(exc).replace(str(stage / MODEL_DIR), str(model_dir))) from None
+        steps.update()
+        steps.set_postfix_str(f"add {model.n_items} vectors ({kind})")
+        with tqdm(total=model.n_items, desc="add vectors", unit="item", disable=not progress, leave=False) as bar:
+            index = create_index(kind, model.item_vectors, params, on_progress=bar.update)
+        steps.update()
+        steps.set_postfix_str("write index")
+        write_index(index, stage / FAISS_FILE)
+        write_events(stage, events)
+        steps.update()
+        steps.set_postfix_str("checksum")
+        write_manifest(stage, INDEX_KIND, _index_meta(model_dir, stage, model, kind, params, events))
+        steps.update()
+
+
+def _index_meta(
+    model_dir: Path, stage: Path, model: ModelBundle, kind: str, params: HnswParams, events: CompactedEvents
+) -> dict[str, Any]:
+    return {
         "index": {
             "kind": kind,
             "params": params.to_json() if kind == "hnsw" else {},
@@ -128,14 +137,15 @@ def _write_version(
         "source_model": {
             "path": str(model_dir.resolve()),
             "manifest_sha256": sha256_file(stage / MODEL_DIR / MANIFEST_NAME),
-            "created_at": model.manifest.created_at,
+            "created_at": model.manifest.created_at if model.manifest is not None else None,
             "dataset": model.dataset,
         },
-        "interactions": {"through_offset": events.through_offset, "events": len(events), "merged_into_seen": merged},
+        "interactions": {
+            "through_offset": events.through_offset,
+            "events": len(events),
+            "merged_into_seen": merge_into_seen(model, events)[1],
+        },
     }
-    write_manifest(stage, INDEX_KIND, meta)
-    steps.update()
-    steps.close()
 
 
 def newest_model_bundle(models_root: Path) -> Path:

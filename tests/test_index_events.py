@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from bundle_factory import item_id_of_row, make_model_bundle, user_id_of_row
 
-from movierec.bundle import read_manifest
+from movierec.bundle import VersionedStore, read_manifest
 from movierec.clients.cli import main as cli
+from movierec.errors import BundleError
 from movierec.index import build_index, open_index, rebuild_index
 from movierec.index.events import CompactedEvents
 from movierec.server.interaction_log import InteractionLog
@@ -89,3 +90,14 @@ def test_rebuild_cli_compacts_the_log(
     assert built["events"] == 3 and built["events_through"] == 3
     assert cli.main([*args[:-1], str(tmp_path / "missing.sqlite")]) == 1
     assert "no such interaction log" in capsys.readouterr().err
+
+
+def test_unreadable_compacted_events_block_the_next_build_instead_of_being_dropped(model: Path, tmp_path: Path) -> None:
+    root, log = tmp_path / "index", tmp_path / "events.sqlite"
+    record(log, 1, [4])
+    with InteractionLog(log) as opened:
+        build_index(model, root, new_events=opened.export())
+    (root / "v0001" / "events_item_ids.npy").write_bytes(b"junk")
+    with pytest.raises(BundleError, match="cannot carry live events forward"):
+        build_index(model, root)
+    assert VersionedStore(root).versions() == ["v0001"]
