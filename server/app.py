@@ -10,8 +10,10 @@ calls are refused and in-flight calls get ``grace_seconds`` to finish.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_SEARCH_THREADS = min(4, os.cpu_count() or 1)
 # Health is reported for the whole server ("") and for the service by name; both move together.
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
@@ -41,6 +44,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH
+    # Threads that run stream searches off the event loop; 0 searches on the loop itself.
+    search_threads: int = DEFAULT_SEARCH_THREADS
 
 
 def load_index(path: Path) -> ServingIndex:
@@ -56,7 +61,12 @@ class RecommenderServer:
     def __init__(self, config: ServerConfig, *, loader: Callable[[Path], ServingIndex] = load_index) -> None:
         self.config = config
         self.state = ServingState()
-        self.servicer = RecommenderServicer(self.state, max_stream_batch=config.max_stream_batch)
+        self._search_pool = (
+            ThreadPoolExecutor(config.search_threads, thread_name_prefix="search") if config.search_threads else None
+        )
+        self.servicer = RecommenderServicer(
+            self.state, max_stream_batch=config.max_stream_batch, search_pool=self._search_pool
+        )
         # grpc-stubs predates health.aio; the asyncio servicer is the one a grpc.aio server needs.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._loader = loader
@@ -89,6 +99,8 @@ class RecommenderServer:
         """NOT_SERVING at once, refuse new calls, let in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.config.grace_seconds if grace is None else grace)
+        if self._search_pool is not None:
+            self._search_pool.shutdown(wait=True, cancel_futures=True)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

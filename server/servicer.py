@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
 from typing import Any, NoReturn
 
 import grpc
@@ -26,18 +27,33 @@ from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_STREAM_BATCH = 64
+# Each stream buffers at most this many batches of requests (and of responses) ahead.
+QUEUE_BATCHES = 4
 
 _END_OF_STREAM = object()
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
-    """Stateless request handling over the engine that :class:`ServingState` holds right now."""
+    """Stateless request handling over the engine that :class:`ServingState` holds right now.
 
-    def __init__(self, state: ServingState, *, max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH) -> None:
+    ``search_pool`` runs stream batches off the event loop, so reading the next
+    batch and writing the previous one overlap with the search (numpy releases
+    the GIL); ``None`` searches inline. Unary calls always search inline: one
+    search is cheaper than a hop to a thread and back.
+    """
+
+    def __init__(
+        self,
+        state: ServingState,
+        *,
+        max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH,
+        search_pool: Executor | None = None,
+    ) -> None:
         if max_stream_batch < 1:
             raise ValueError("max_stream_batch must be >= 1")
         self._state = state
         self._max_stream_batch = max_stream_batch
+        self._search_pool = search_pool
         self.active_streams = 0
 
     async def Recommend(
@@ -59,21 +75,43 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         request_iterator: AsyncIterator[pb.RecommendStreamRequest],
         context: grpc.aio.ServicerContext[pb.RecommendStreamRequest, pb.RecommendStreamResponse],
     ) -> AsyncIterator[pb.RecommendStreamResponse]:
+        """Three stages joined by bounded queues: read -> answer in batches -> write.
+
+        The bounds make a client that sends without reading its answers stall
+        on HTTP/2 flow control instead of growing the server's memory; when the
+        call ends or is cancelled, both helper tasks are cancelled with it.
+        """
         self.active_streams += 1
-        inbox: asyncio.Queue[object] = asyncio.Queue()
+        inbox: asyncio.Queue[object] = asyncio.Queue(maxsize=QUEUE_BATCHES * self._max_stream_batch)
+        outbox: asyncio.Queue[object] = asyncio.Queue(maxsize=QUEUE_BATCHES * self._max_stream_batch)
         reader = asyncio.create_task(_read_all(request_iterator, inbox))
+        answerer = asyncio.create_task(self._answer_all(inbox, outbox))
         try:
-            while True:
-                batch, ended = await _next_batch(inbox, self._max_stream_batch)
-                if batch:
-                    for response in self._answer_stream_batch(batch):
-                        yield response
-                if ended:
-                    break
+            while (response := await outbox.get()) is not _END_OF_STREAM:
+                assert isinstance(response, pb.RecommendStreamResponse)
+                yield response
+            await answerer
             await reader  # surfaces a read failure instead of ending the call as if all went well
         finally:
             reader.cancel()
+            answerer.cancel()
             self.active_streams -= 1
+
+    async def _answer_all(self, inbox: asyncio.Queue[object], outbox: asyncio.Queue[object]) -> None:
+        """Answer what has arrived, batch by batch, until the client half-closes."""
+        loop = asyncio.get_running_loop()
+        ended = False
+        while not ended:
+            batch, ended = await _next_batch(inbox, self._max_stream_batch)
+            if not batch:
+                continue
+            if self._search_pool is None:
+                responses = self._answer_stream_batch(batch)
+            else:
+                responses = await loop.run_in_executor(self._search_pool, self._answer_stream_batch, batch)
+            for response in responses:
+                await outbox.put(response)
+        await outbox.put(_END_OF_STREAM)
 
     async def SimilarItems(
         self,
@@ -130,15 +168,25 @@ async def _read_all(requests: AsyncIterator[object], inbox: asyncio.Queue[object
     The marker is queued even when reading fails, so the consumer stops; it
     then awaits this task, which re-raises the failure.
     """
+    failure: Exception | None = None
     try:
         async for request in requests:
-            inbox.put_nowait(request)
-    finally:
-        inbox.put_nowait(_END_OF_STREAM)
+            await inbox.put(request)
+    except Exception as exc:  # handed to whoever awaits this task, after the marker
+        failure = exc
+    await inbox.put(_END_OF_STREAM)
+    if failure is not None:
+        raise failure
 
 
 async def _next_batch(inbox: asyncio.Queue[object], max_batch: int) -> tuple[list[pb.RecommendStreamRequest], bool]:
-    """Wait for one message, then take whatever else is already queued (up to ``max_batch``).
+    """Wait for one message, then gather what else has arrived (up to ``max_batch``).
+
+    gRPC hands the reader one message per event-loop turn, so "what is queued
+    right now" is usually a single message; giving the loop a turn whenever
+    the queue runs dry lets messages already received join this batch. It
+    stops at the first turn that brings nothing new, so an idle stream pays
+    one loop turn of latency, not a timer.
 
     Returns the batch and whether the client has half-closed the stream.
     """
@@ -149,8 +197,12 @@ async def _next_batch(inbox: asyncio.Queue[object], max_batch: int) -> tuple[lis
             return batch, True
         assert isinstance(item, pb.RecommendStreamRequest)
         batch.append(item)
-        if len(batch) >= max_batch or inbox.empty():
+        if len(batch) >= max_batch:
             return batch, False
+        if inbox.empty():
+            await asyncio.sleep(0)
+            if inbox.empty():
+                return batch, False
         item = inbox.get_nowait()
 
 

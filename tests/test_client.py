@@ -109,7 +109,9 @@ def test_stream_helper_yields_results_and_errors_in_order(client: RecommenderCli
     assert isinstance(results[3], InvalidArgumentError) and results[3].field == "k"
     third = results[2]
     assert not isinstance(third, RecommenderError)
-    assert third.items == client.recommend(user_id_of_row(1), 4, [item_id_of_row(5)]).items
+    unary = client.recommend(user_id_of_row(1), 4, [item_id_of_row(5)])
+    assert [i.item_id for i in third.items] == [i.item_id for i in unary.items]
+    assert [i.score for i in third.items] == pytest.approx([i.score for i in unary.items], rel=1e-5)
 
 
 def test_info_and_health(client: RecommenderClient, index: ServingIndex) -> None:

@@ -233,8 +233,10 @@ def test_stream_answers_every_message_in_order_and_survives_bad_ones(
             assert response.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and not response.items
         else:
             assert response.error.code == 0
-            got = [(i.item_id, i.score) for i in response.items]
-            assert got == expected_items(index, request.user_id, request.k, [])
+            # A batched search may round float32 dot products differently in the last bit than a single one.
+            expected = expected_items(index, request.user_id, request.k, [])
+            assert [i.item_id for i in response.items] == [item_id for item_id, _ in expected]
+            assert [i.score for i in response.items] == pytest.approx([score for _, score in expected], rel=1e-5)
             assert response.index_version == index.version
 
 
