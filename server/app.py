@@ -10,7 +10,6 @@ calls are refused and in-flight calls get ``grace_seconds`` to finish.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from movierec.index import ServingIndex, limit_serving_threads, open_index
 from movierec.server.engine import ServingEngine
-from movierec.server.limits import Limits
+from movierec.server.limits import DEFAULT_SEARCH_THREADS, Limits
 from movierec.server.servicer import DEFAULT_MAX_STREAM_BATCH, RecommenderServicer
 from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
@@ -31,7 +30,6 @@ from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_GRACE_SECONDS = 10.0
-DEFAULT_SEARCH_THREADS = min(4, os.cpu_count() or 1)
 # Health is reported for the whole server ("") and for the service by name; both move together.
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
