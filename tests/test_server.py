@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -319,6 +321,26 @@ def test_reflection_lists_the_services(server: ServerThread) -> None:
         (response,) = list(reflection.ServerReflectionInfo(iter([request]), timeout=5))
     names = {service.name for service in response.list_services_response.service}
     assert {"movierec.v1.RecommenderService", "grpc.health.v1.Health"} <= names
+
+
+BUF = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "buf"
+
+
+@pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `npm ci` (CI does)")
+def test_buf_curl_answers_through_reflection(server: ServerThread, index: ServingIndex) -> None:
+    """The issue's generic-client check: buf discovers the schema by reflection alone, no .proto given."""
+    url = f"http://{server.target}/movierec.v1.RecommenderService/Recommend"
+    result = subprocess.run(
+        [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", url, "-d", '{"user_id": 1, "k": 5}'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert [int(item["itemId"]) for item in answer["items"]] == [i for i, _ in expected_items(index, 1, 5, [])]
+    assert answer["indexVersion"] == index.version
 
 
 def test_health_and_status_while_loading_then_serving(index_root: Path) -> None:
