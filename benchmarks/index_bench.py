@@ -27,7 +27,8 @@ What is measured, all in one run so the ratios share the machine's load:
   The two FAISS baselines return the right items but do not apply our tie rule; they are timed as
   alternatives, not used.
 * Latency: wall time of one call, methods interleaved round by round; p50/p99 over ``--rounds`` rounds.
-  recall@10 of ``hnsw`` = |hnsw ∩ exact| / |exact| over the timed queries.
+  recall@10 of ``hnsw`` = |hnsw ∩ exact| / |exact|, summed over ``RECALL_QUERIES`` random users (queries)
+  with the same number of extra exclusions (the timed batches are too small to estimate it).
 
 Usage::
 
@@ -67,6 +68,7 @@ K = 10
 BATCH_SIZES = (1, 64)
 EXTRA_EXCLUDED = (0, 100, 2000)
 RESULTS_NAME = "index"
+RECALL_QUERIES = 500
 
 Search = Callable[[], list[Recommendation] | list[npt.NDArray[np.int64]]]
 SearchFunction = Callable[[npt.NDArray[np.float32], Sequence[npt.NDArray[np.int64]]], list[Recommendation]]
@@ -189,6 +191,20 @@ def recall(approximate: list[Recommendation], exact: list[Recommendation]) -> fl
     return hits / total if total else 1.0
 
 
+def hnsw_recall(catalog: Catalog, exact_search: SearchFunction, hnsw_search: SearchFunction, extra: int) -> float:
+    """recall@10 of the HNSW path against the exact one over RECALL_QUERIES users (seed 2)."""
+    rng = np.random.default_rng(2)
+    n_items = catalog.item_vectors.shape[0]
+    users = rng.choice(
+        catalog.user_vectors.shape[0], size=min(RECALL_QUERIES, catalog.user_vectors.shape[0]), replace=False
+    )
+    queries = np.ascontiguousarray(catalog.user_vectors[users])
+    excluded = [
+        np.concatenate([catalog.seen[u], rng.choice(n_items, size=min(extra, n_items), replace=False)]) for u in users
+    ]
+    return recall(hnsw_search(queries, excluded), exact_search(queries, excluded))
+
+
 def measure_catalog(
     catalog: Catalog,
     exact_search: SearchFunction,
@@ -223,7 +239,7 @@ def measure_catalog(
                 "batch": batch,
                 "extra_excluded": extra,
                 "mean_excluded": float(np.mean([e.size for e in excluded])),
-                "hnsw_recall_at_10": recall(hnsw_search(queries, excluded), exact_search(queries, excluded)),
+                "hnsw_recall_at_10": hnsw_recall(catalog, exact_search, hnsw_search, extra),
             }
             for name, seconds in timings.items():
                 row[f"{name}_p50_ms"] = percentile_ms(seconds, 50)
@@ -324,9 +340,38 @@ def run_large(args: argparse.Namespace, progress: tqdm) -> tuple[list[dict[str, 
     return rows, {"source": catalog.source, "n_items": args.large_items, "hnsw_build_seconds": build}
 
 
+METHODS = ("exact", "exact_blas_default", "faiss_selector", "faiss_overfetch", "hnsw")
+
+
+def plot(out: Path, result: dict[str, Any]) -> None:
+    """Grouped bars of p50 latency (log scale) per method, one panel per catalog."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    catalogs = list(result["catalogs"])
+    figure, axes = plt.subplots(1, len(catalogs), figsize=(7 * len(catalogs), 4.5), squeeze=False)
+    for axis, name in zip(axes[0], catalogs, strict=True):
+        rows = [r for r in result["rows"] if r["catalog"] == name]
+        positions = np.arange(len(rows))
+        width = 0.8 / len(METHODS)
+        for i, method in enumerate(METHODS):
+            axis.bar(positions + i * width, [r[f"{method}_p50_ms"] for r in rows], width, label=method)
+        axis.set_xticks(positions + 0.4 - width / 2, [f"batch {r['batch']}\n+{r['extra_excluded']} excl" for r in rows])
+        axis.set_yscale("log")
+        axis.set_ylabel("p50 latency per call (ms, log)")
+        axis.set_title(f"{name}: {result['catalogs'][name]['n_items']} items, k={K}")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / f"{RESULTS_NAME}.png", dpi=110)
+    plt.close(figure)
+
+
 def write_results(out: Path, result: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{RESULTS_NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(out, result)
     lines = [
         "# Index search latency with exclusion (`benchmarks/index_bench.py`)",
         "",
@@ -336,6 +381,9 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
         "",
         "k = 10. Latency of one call (a batch of 64 queries is one call), ms, p50 / p99 over the rounds;",
         "methods interleaved round by round. `exact` is what serves (`kind=flat`, the default).",
+        "The machine is shared (see the load average): compare columns within a row, not across runs.",
+        "",
+        f"![p50 latency per method]({RESULTS_NAME}.png)",
         "",
     ]
     for name, info in result["catalogs"].items():
@@ -346,10 +394,7 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in (r for r in result["rows"] if r["catalog"] == name):
-            cells = [
-                f"{row[f'{m}_p50_ms']:.3f} / {row[f'{m}_p99_ms']:.3f}"
-                for m in ("exact", "exact_blas_default", "faiss_selector", "faiss_overfetch", "hnsw")
-            ]
+            cells = [f"{row[f'{m}_p50_ms']:.3f} / {row[f'{m}_p99_ms']:.3f}" for m in METHODS]
             lines.append(
                 f"| {row['batch']} | {row['extra_excluded']} | {row['mean_excluded']:.0f} | "
                 + " | ".join(cells)
