@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +56,14 @@ def load_index(path: Path) -> ServingIndex:
 class RecommenderServer:
     """One ``grpc.aio`` server with the recommender, health and reflection services."""
 
-    def __init__(self, config: ServerConfig, *, loader: Callable[[Path], ServingIndex] = load_index) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        loader: Callable[[Path], ServingIndex] = load_index,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        """``interceptors`` wrap every call, health and reflection included (auth, metrics)."""
         self.config = config
         self.state = ServingState()
         self._search_pool = (
@@ -68,7 +75,7 @@ class RecommenderServer:
         # grpc-stubs predates health.aio; the asyncio servicer is the one a grpc.aio server needs.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._loader = loader
-        self._server = grpc.aio.server()
+        self._server = grpc.aio.server(interceptors=interceptors)
         pb_grpc.add_RecommenderServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 from bundle_factory import make_model_bundle
 
 from movierec.index import ServingIndex, build_index
@@ -31,11 +32,17 @@ def make_index(root: Path, **bundle_shape: int) -> Path:
 class ServerThread:
     """A started :class:`RecommenderServer` on 127.0.0.1:<free port>, driven from another thread."""
 
-    def __init__(self, config: ServerConfig, *, loader: Callable[[Path], ServingIndex] = load_index) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        loader: Callable[[Path], ServingIndex] = load_index,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-grpc-server", daemon=True)
         self._thread.start()
-        self.server: RecommenderServer = self.run(_create(config, loader))
+        self.server: RecommenderServer = self.run(_create(config, loader, interceptors))
         self.port = self.run(self.server.start())
         self.target = f"127.0.0.1:{self.port}"
 
@@ -56,6 +63,10 @@ class ServerThread:
             self._loop.close()
 
 
-async def _create(config: ServerConfig, loader: Callable[[Path], ServingIndex]) -> RecommenderServer:
+async def _create(
+    config: ServerConfig,
+    loader: Callable[[Path], ServingIndex],
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+) -> RecommenderServer:
     """Built inside the loop: grpc.aio binds a server to the loop that creates it."""
-    return RecommenderServer(config, loader=loader)
+    return RecommenderServer(config, loader=loader, interceptors=interceptors)

@@ -7,7 +7,7 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -341,6 +341,36 @@ def test_buf_curl_answers_through_reflection(server: ServerThread, index: Servin
     answer = json.loads(result.stdout)
     assert [int(item["itemId"]) for item in answer["items"]] == [i for i, _ in expected_items(index, 1, 5, [])]
     assert answer["indexVersion"] == index.version
+
+
+class _MethodRecorder(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        self.methods.append(handler_call_details.method)
+        return await continuation(handler_call_details)
+
+
+def test_interceptors_see_every_call(index_root: Path) -> None:
+    """The hook auth and metrics plug into: every RPC, health included, passes through."""
+    recorder = _MethodRecorder()
+    running = ServerThread(ServerConfig(index_root), interceptors=[recorder])
+    try:
+        running.start_loading().result(30)
+        with grpc.insecure_channel(running.target) as channel:
+            pb_grpc.RecommenderServiceStub(channel).Recommend(pb.RecommendRequest(user_id=1, k=2), timeout=5)
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    finally:
+        running.stop()
+    assert recorder.methods == [
+        "/movierec.v1.RecommenderService/Recommend",
+        "/grpc.health.v1.Health/Check",
+    ]
 
 
 def test_health_and_status_while_loading_then_serving(index_root: Path) -> None:
