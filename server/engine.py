@@ -48,6 +48,7 @@ class _Valid:
 
 
 Answer = Recommendation | RequestError
+_NO_ROWS: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
 
 
 def model_version(index: ServingIndex) -> str:
@@ -87,8 +88,9 @@ class ServingEngine:
                 continue
             by_k[valid.k].append(valid)
         for k, group in by_k.items():
+            extra = [v.exclude_rows for v in group]
             results = self.index.recommend(
-                [v.user_row for v in group], k, extra_exclude=[v.exclude_rows for v in group]
+                [v.user_row for v in group], k, extra_exclude=extra if any(e.size for e in extra) else None
             )
             for valid, result in zip(group, results, strict=True):
                 answers[valid.slot] = result
@@ -156,6 +158,8 @@ class ServingEngine:
 
         ``np.array`` reads a protobuf repeated field directly, far cheaper than going through a list.
         """
+        if not item_ids:  # the common case: skip the id lookup altogether
+            return _NO_ROWS
         return self.index.item_rows(np.array(item_ids, dtype=np.int64))
 
     def _user_row(self, user_id: int) -> int:
