@@ -10,6 +10,7 @@ exceed that tolerance.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,23 @@ def test_id_lookups(flat_index: ServingIndex, tmp_path: Path) -> None:
     rows = flat_index.item_rows([int(model.item_ids[3]), 12345, int(model.item_ids[0]), -1])
     assert rows.dtype == np.int32
     assert rows.tolist() == [3, 0]
+
+
+def test_concurrent_queries_get_the_same_answers_as_sequential_ones(flat_index: ServingIndex) -> None:
+    """The server queries one ServingIndex from many threads at once."""
+    users = list(range(flat_index.n_users))
+    expected = [a.item_rows.tolist() for a in flat_index.recommend(users, 7)]
+
+    def one(user: int) -> list[int]:
+        return [int(r) for r in flat_index.recommend([user], 7)[0].item_rows]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(one, users * 5))
+    assert got == expected * 5
+
+
+def test_warm_up_runs_every_path_on_a_tiny_catalog(tmp_path: Path) -> None:
+    write_model_bundle(make_bundle(n_users=2, n_items=3, dim=2, seen_per_user=1, seed=0), tmp_path / "model")
+    served = open_index(build_index(tmp_path / "model", tmp_path / "index"))
+    served.warm_up()
+    assert [len(a) for a in served.recommend([0, 1], 10)] == [2, 2]
