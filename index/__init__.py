@@ -30,6 +30,7 @@ Exactness (design §2) and the ranking rule are documented in
 """
 
 from movierec.index.build import build_index, newest_model_bundle, rebuild_index
+from movierec.index.prune import prune_versions
 from movierec.index.serving import ServingIndex, open_index
 from movierec.index.threads import limit_serving_threads
 from movierec.index.topk import Recommendation
@@ -41,5 +42,6 @@ __all__ = [
     "limit_serving_threads",
     "newest_model_bundle",
     "open_index",
+    "prune_versions",
     "rebuild_index",
 ]

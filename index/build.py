@@ -28,7 +28,7 @@ from movierec.index.serving import resolve_version_dir
 
 
 @contextmanager
-def _build_lock(root: Path) -> Iterator[None]:
+def build_lock(root: Path) -> Iterator[None]:
     """Serialise builds into one store (version numbering and CURRENT moves)."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / BUILD_LOCK, "w") as handle:
@@ -71,7 +71,7 @@ def build_index(
     model_dir = Path(model_dir)
     read_manifest(model_dir, MODEL_KIND, verify=False)  # fail fast, before any work, on a non-bundle
     index_root = Path(index_root)
-    with _build_lock(index_root):
+    with build_lock(index_root):
         store = VersionedStore(index_root)
         events = _current_events(store)
         if new_events is not None:

@@ -12,7 +12,7 @@ from bundle_factory import make_model_bundle
 
 from movierec.bundle import VersionedStore, read_manifest
 from movierec.errors import BundleError
-from movierec.index import build_index, newest_model_bundle, open_index, rebuild_index
+from movierec.index import build_index, newest_model_bundle, open_index, prune_versions, rebuild_index
 from movierec.index.info import describe_store
 
 
@@ -197,3 +197,18 @@ def test_open_index_serves_the_version_current_names_at_open_time(model: Path, t
     assert served.version == "v0001" and open_index(root).version == "v0002"
     after = served.recommend([0, 1], 5)
     assert all(np.array_equal(a.item_rows, b.item_rows) for a, b in zip(before, after, strict=True))
+
+
+def test_prune_keeps_the_newest_and_the_current_version(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    for _ in range(3):
+        build_index(model, root)
+    build_index(model, root, make_current=False)
+    build_index(model, root, make_current=False)
+    assert prune_versions(root, keep=2) == ["v0001", "v0002"]  # v0003 is current, so it stays
+    assert VersionedStore(root).versions() == ["v0003", "v0004", "v0005"]
+    assert open_index(root).version == "v0003"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".v")] == []  # no leftovers
+    assert prune_versions(root, keep=2) == []
+    with pytest.raises(ValueError, match="keep"):
+        prune_versions(root, keep=0)

@@ -107,3 +107,13 @@ def test_info_flattens_nested_model_metrics(recctl: Run, tmp_path: Path) -> None
     recctl("index", "build", "--model", tmp_path / "model", "--out", tmp_path / "index")
     code, out, _err = recctl("index", "info", "--index", tmp_path / "index")
     assert code == 0 and "epochs=7.0000 test.ndcg@10=0.1250 test.recall@10=0.2500" in out
+
+
+def test_prune(recctl: Run, model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    for _ in range(3):
+        recctl("index", "build", "--model", model, "--out", root, "--json")
+    code, out, _err = recctl("index", "prune", "--index", root, "--keep", "1", "--json")
+    assert code == 0 and json.loads(out) == {"removed": ["v0001", "v0002"]}
+    code, _out, err = recctl("index", "prune", "--index", root, "--keep", "0")
+    assert code == 1 and "keep must be at least 1" in err

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from movierec.clients.cli.output import print_json, print_table
 from movierec.errors import MovierecError
 
 if TYPE_CHECKING:
     from movierec.index.events import SeenEvents
+
+T = TypeVar("T")
 
 
 def register(commands: Any) -> None:
@@ -39,6 +42,12 @@ def register(commands: Any) -> None:
     rebuild.add_argument("--no-switch", action="store_true", help="do not move CURRENT to the new version")
     rebuild.add_argument("--json", action="store_true", help="machine-readable output")
     rebuild.set_defaults(func=_rebuild)
+
+    prune = actions.add_parser("prune", help="delete old versions (never the current one)")
+    prune.add_argument("--index", type=Path, required=True, metavar="ROOT", help="index store")
+    prune.add_argument("--keep", type=int, default=3, metavar="N", help="newest versions to keep (default 3)")
+    prune.add_argument("--json", action="store_true", help="machine-readable output")
+    prune.set_defaults(func=_prune)
 
     info = actions.add_parser("info", help="list versions, the current one and what each holds")
     info.add_argument("--index", type=Path, required=True, metavar="ROOT", help="index store")
@@ -109,13 +118,12 @@ def _read_events(log_path: Path) -> SeenEvents:
         return log.export()
 
 
-def _guarded(build: Any) -> Path:
+def _guarded(action: Callable[[], T]) -> T:
     """Turn parameter errors (ValueError from the index layer) into one-line CLI errors."""
     try:
-        path: Path = build()
+        return action()
     except ValueError as exc:
         raise MovierecError(str(exc)) from None
-    return path
 
 
 def _report_built(path: Path, args: argparse.Namespace) -> int:
@@ -129,6 +137,17 @@ def _report_built(path: Path, args: argparse.Namespace) -> int:
         print(f"built {path} ({info.kind}, {info.n_items} items, dim {info.dim}); {switched}")
         if info.events:
             print(f"live events compacted: {info.events} (log offsets through {info.events_through})")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from movierec.index import prune_versions
+
+    removed = _guarded(lambda: prune_versions(args.index, args.keep))
+    if args.json:
+        print_json({"removed": removed})
+    else:
+        print(f"removed {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}")
     return 0
 
 
