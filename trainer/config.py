@@ -1,0 +1,120 @@
+"""Training settings and the named presets ``fast`` (our default) and ``paper`` (the stock PyG recipe).
+
+``paper`` reproduces what the LightGCN paper and PyG's example do: BPR with
+one uniformly sampled negative per positive, Adam lr 1e-3, 2048 pairs per
+batch, L2 1e-4 on the ego embeddings, 64 dimensions, 3 layers, and PyG's
+``LightGCN`` re-normalising an edge index on every batch. It exists so the
+speed benchmark can measure our recipe against it in one run.
+
+``fast`` is the recipe chosen by measurement (benchmarks/results/train_speed.md):
+a full-softmax loss over all items for large user batches on a propagation
+operator built once; see the numbers there for why each setting is what it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from movierec.errors import MovierecError
+
+MODELS = ("lightgcn", "ngcf")
+LOSSES = ("softmax", "bpr")
+PROPAGATIONS = ("csr", "edge_index")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (recorded in the bundle's config.json).
+
+    ``batch_size`` counts users per step for the softmax loss and (user,
+    positive) pairs per step for BPR. ``epochs`` is a ceiling: training stops
+    earlier when validation Recall@20 has not improved for ``patience``
+    evaluations, or when ``time_budget`` seconds have passed (0 = no budget).
+    """
+
+    model: str = "lightgcn"
+    preset: str = "fast"
+    loss: str = "softmax"
+    propagation: str = "csr"
+    dim: int = 64
+    layers: int = 3
+    lr: float = 1e-3
+    batch_size: int = 2048
+    epochs: int = 100
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    eval_every: int = 1
+    patience: int = 5
+    time_budget: float = 0.0
+    seed: int = 42
+    init_std: float = 0.1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(
+        preset="paper",
+        loss="bpr",
+        propagation="edge_index",
+        dim=64,
+        layers=3,
+        lr=1e-3,
+        batch_size=2048,
+        epochs=1000,
+        weight_decay=1e-4,
+        eval_every=1,
+        patience=10,
+    ),
+    "fast": TrainConfig(
+        preset="fast",
+        loss="softmax",
+        propagation="csr",
+        dim=64,
+        layers=3,
+        lr=1e-2,
+        batch_size=1024,
+        epochs=200,
+        weight_decay=1e-4,
+        temperature=0.2,
+        eval_every=5,
+        patience=5,
+    ),
+}
+
+
+def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
+    """The preset with every non-None override applied, validated."""
+    if preset not in PRESETS:
+        raise MovierecError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise MovierecError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+    config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    check_config(config)
+    return config
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise MovierecError naming the first setting that cannot work."""
+    if config.model not in MODELS:
+        raise MovierecError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+    if config.loss not in LOSSES:
+        raise MovierecError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    if config.propagation not in PROPAGATIONS:
+        raise MovierecError(f"unknown propagation {config.propagation!r}; choose one of {', '.join(PROPAGATIONS)}")
+    if config.model == "ngcf" and config.propagation != "csr":
+        raise MovierecError("NGCF propagates over the normalised CSR adjacency only (use --preset fast)")
+    for name in ("dim", "epochs", "batch_size", "eval_every", "patience"):
+        if getattr(config, name) <= 0:
+            raise MovierecError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(config, name)}")
+    for name in ("lr", "temperature", "init_std"):
+        if not getattr(config, name) > 0:
+            raise MovierecError(f"{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    if config.layers < 0:
+        raise MovierecError(f"layers must be >= 0, got {config.layers}")
+    if config.weight_decay < 0 or config.time_budget < 0:
+        raise MovierecError("weight-decay and time-budget must not be negative")

@@ -1,0 +1,176 @@
+"""The training loop: one optimiser step per batch, validation every few epochs, early stopping.
+
+Validation ranks all items for every user with validation positives, masking
+the user's *fit* items (what the model trained on), and the run keeps the
+final embeddings of the evaluation with the best validation Recall@20.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from movierec.trainer.config import TrainConfig, check_config
+from movierec.trainer.data.split import Split
+from movierec.trainer.evaluate import evaluate_vectors
+from movierec.trainer.losses import bpr_loss, ego_l2, softmax_loss
+from movierec.trainer.models.base import GraphRecommender
+from movierec.trainer.models.graph import bipartite_edge_index, normalized_adjacency
+from movierec.trainer.models.lightgcn import LightGCN, StockLightGCN
+from movierec.trainer.models.ngcf import NGCF
+from movierec.trainer.sampling import NegativeSampler, rows_to_pairs
+
+VALID_METRIC = "recall@20"
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    seconds: float  # wall time since training started, including earlier validations
+    loss: float
+    valid_recall: float | None  # None for epochs without validation
+
+
+@dataclass
+class TrainResult:
+    user_vectors: npt.NDArray[np.float32]
+    item_vectors: npt.NDArray[np.float32]
+    best_epoch: int
+    best_valid_recall: float
+    history: list[EpochRecord] = field(default_factory=list)
+    stop_reason: str = ""
+    seconds: float = 0.0
+
+
+def build_model(config: TrainConfig, n_users: int, n_items: int) -> GraphRecommender:
+    if config.model == "ngcf":
+        return NGCF(n_users, n_items, config.dim, config.layers, init_std=config.init_std)
+    if config.propagation == "edge_index":
+        return StockLightGCN(n_users, n_items, config.dim, config.layers)
+    return LightGCN(n_users, n_items, config.dim, config.layers, init_std=config.init_std)
+
+
+def build_graph(config: TrainConfig, split: Split) -> Tensor:
+    if config.propagation == "edge_index":
+        return bipartite_edge_index(split.fit)
+    return normalized_adjacency(split.fit)
+
+
+class _Stepper:
+    """Runs one epoch of optimiser steps for the configured loss; returns the mean batch loss."""
+
+    def __init__(self, config: TrainConfig, split: Split, model: GraphRecommender, graph: Tensor) -> None:
+        self.config = config
+        self.fit = split.fit
+        self.model = model
+        self.graph = graph
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.rng = np.random.default_rng(config.seed)
+        self.sampler = NegativeSampler(split.fit)
+        self.users_with_positives = np.flatnonzero(split.fit.row_lengths() > 0).astype(np.int64)
+        self.pair_users, pair_items = split.fit.to_pairs()
+        self.pair_items = pair_items.astype(np.int64)
+
+    def epoch(self, should_stop: Callable[[], bool]) -> float:
+        losses: list[float] = []
+        for batch in self._batches():
+            if should_stop():
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._batch_loss(batch)
+            loss.backward()  # type: ignore[no-untyped-call]
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _batches(self) -> list[npt.NDArray[np.int64]]:
+        if self.config.loss == "softmax":
+            order = self.rng.permutation(self.users_with_positives)
+        else:
+            order = self.rng.permutation(self.pair_users.shape[0]).astype(np.int64)
+        size = self.config.batch_size
+        return [order[start : start + size] for start in range(0, order.shape[0], size)]
+
+    def _batch_loss(self, batch: npt.NDArray[np.int64]) -> Tensor:
+        users_final, items_final = self.model.propagate(self.graph)
+        if self.config.loss == "softmax":
+            local_rows, items = rows_to_pairs(self.fit, batch)
+            users = torch.from_numpy(batch)
+            loss = softmax_loss(
+                users_final[users],
+                items_final,
+                torch.from_numpy(local_rows),
+                torch.from_numpy(items),
+                self.config.temperature,
+            )
+            user_ego, item_ego = self.model.ego(users, torch.arange(self.fit.n_cols))
+        else:
+            user_rows = self.pair_users[batch]
+            positives = self.pair_items[batch]
+            negatives = self.sampler.sample(user_rows, self.rng)
+            users, pos, neg = (torch.from_numpy(a) for a in (user_rows, positives, negatives))
+            loss = bpr_loss(users_final[users], items_final[pos], items_final[neg])
+            user_ego, item_ego = self.model.ego(users, torch.cat([pos, neg]))
+        return loss + self.config.weight_decay * ego_l2(user_ego, item_ego, batch.shape[0])
+
+
+def final_vectors(model: GraphRecommender, graph: Tensor) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Propagated embeddings in evaluation mode, as float32 numpy arrays (the served vectors)."""
+    model.eval()
+    with torch.no_grad():
+        users, items = model.propagate(graph)
+    model.train()
+    return users.numpy().astype(np.float32, copy=True), items.numpy().astype(np.float32, copy=True)
+
+
+def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train on ``split.fit``, early-stop on ``split.valid``; return the best checkpoint's vectors."""
+    check_config(config)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    model = build_model(config, split.n_users, split.n_items)
+    graph = build_graph(config, split)
+    stepper = _Stepper(config, split, model, graph)
+    deadline = started + config.time_budget if config.time_budget > 0 else float("inf")
+
+    def out_of_time() -> bool:
+        return time.perf_counter() >= deadline
+
+    best = TrainResult(*final_vectors(model, graph), best_epoch=0, best_valid_recall=-1.0)
+    evaluations_without_gain = 0
+    bar = tqdm(range(1, config.epochs + 1), desc=f"train {config.model}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        loss = stepper.epoch(out_of_time)
+        if not np.isfinite(loss):
+            best.stop_reason = "time budget" if out_of_time() else "loss is not finite"
+            break
+        recall: float | None = None
+        if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time():
+            users, items = final_vectors(model, graph)
+            recall = evaluate_vectors(users, items, split.fit, split.valid, ks=(20,))[VALID_METRIC]
+            if recall > best.best_valid_recall:
+                best.user_vectors, best.item_vectors = users, items
+                best.best_epoch, best.best_valid_recall = epoch, recall
+                evaluations_without_gain = 0
+            else:
+                evaluations_without_gain += 1
+        best.history.append(EpochRecord(epoch, time.perf_counter() - started, loss, recall))
+        bar.set_postfix(loss=f"{loss:.4f}", valid_r20=f"{best.best_valid_recall:.4f}")
+        if evaluations_without_gain >= config.patience:
+            best.stop_reason = f"no validation gain in {config.patience} evaluations"
+            break
+        if out_of_time():
+            best.stop_reason = "time budget"
+            break
+    else:
+        best.stop_reason = "epoch limit"
+    bar.close()
+    best.seconds = time.perf_counter() - started
+    return best
