@@ -26,7 +26,9 @@ that the FAISS vectors equal the model's; any corruption is a
 :class:`~movierec.errors.BundleError` naming the file.
 
 Exactness (design §2) and the ranking rule are documented in
-:mod:`movierec.index.topk`.
+:mod:`movierec.index.topk`; the HNSW path in :mod:`movierec.index.faiss_index`.
+:func:`prune_versions` deletes old versions (never the current one). A serving
+process calls :func:`limit_serving_threads` once (see :mod:`movierec.index.threads`).
 """
 
 from movierec.index.build import build_index, newest_model_bundle, rebuild_index
