@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from movierec.index import ServingIndex, limit_serving_threads, open_index
 from movierec.server.engine import ServingEngine
-from movierec.server.limits import DEFAULT_SEARCH_THREADS, Limits
+from movierec.server.limits import Limits
 from movierec.server.servicer import DEFAULT_MAX_STREAM_BATCH, RecommenderServicer
 from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
@@ -42,8 +41,6 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH
-    # Threads that run stream searches off the event loop; 0 searches on the loop itself.
-    search_threads: int = DEFAULT_SEARCH_THREADS
 
 
 def load_index(path: Path) -> ServingIndex:
@@ -66,12 +63,7 @@ class RecommenderServer:
         """``interceptors`` wrap every call, health and reflection included (auth, metrics)."""
         self.config = config
         self.state = ServingState()
-        self._search_pool = (
-            ThreadPoolExecutor(config.search_threads, thread_name_prefix="search") if config.search_threads else None
-        )
-        self.servicer = RecommenderServicer(
-            self.state, max_stream_batch=config.max_stream_batch, search_pool=self._search_pool
-        )
+        self.servicer = RecommenderServicer(self.state, max_stream_batch=config.max_stream_batch)
         # grpc-stubs predates health.aio; the asyncio servicer is the one a grpc.aio server needs.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._loader = loader
@@ -104,8 +96,6 @@ class RecommenderServer:
         """NOT_SERVING at once, refuse new calls, let in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.config.grace_seconds if grace is None else grace)
-        if self._search_pool is not None:
-            self._search_pool.shutdown(wait=True, cancel_futures=True)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

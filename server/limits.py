@@ -1,4 +1,4 @@
-"""Serving limits and defaults; ``Limits`` bounds the work a single request can cause.
+"""What one request may ask for: bounds the work a single caller can cause.
 
 Kept apart from the engine (no numpy/faiss import) so ``recctl serve --help``
 can show the defaults without loading the serving stack.
@@ -6,14 +6,10 @@ can show the defaults without loading the serving stack.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 DEFAULT_MAX_K = 1000
 DEFAULT_MAX_EXCLUDE = 10_000
-# Threads that run stream searches off the event loop (one BLAS thread each); more than the
-# cores only adds contention.
-DEFAULT_SEARCH_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -253,23 +253,6 @@ def test_stream_exclusions_apply_per_message(stub: pb_grpc.RecommenderServiceStu
     assert [i.item_id for i in excl.items] == [i for i, _ in expected_items(index, 1, 8, exclude)]
 
 
-def test_stream_searching_on_the_event_loop_gives_the_same_answers(
-    index_root: Path, stub: pb_grpc.RecommenderServiceStub
-) -> None:
-    """``search_threads=0`` (``recctl serve --workers 0``) is a supported mode, not just a benchmark variant."""
-    requests = [pb.RecommendStreamRequest(request_id=str(n), user_id=user_id_of_row(n), k=5) for n in range(N_USERS)]
-    running = ServerThread(ServerConfig(index_root, search_threads=0))
-    try:
-        running.start_loading().result(30)
-        with grpc.insecure_channel(running.target) as channel:
-            inline = list(pb_grpc.RecommenderServiceStub(channel).RecommendStream(iter(requests), timeout=10))
-    finally:
-        running.stop()
-    pooled = list(stub.RecommendStream(iter(requests), timeout=10))
-    assert [[i.item_id for i in r.items] for r in inline] == [[i.item_id for i in r.items] for r in pooled]
-    assert all(len(r.items) == 5 for r in inline)
-
-
 def test_cancelled_stream_is_cleaned_up(server: ServerThread, stub: pb_grpc.RecommenderServiceStub) -> None:
     release = threading.Event()
 

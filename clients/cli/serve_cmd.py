@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from movierec.errors import MovierecError
-from movierec.server.limits import DEFAULT_MAX_EXCLUDE, DEFAULT_MAX_K, DEFAULT_SEARCH_THREADS, Limits
+from movierec.server.limits import DEFAULT_MAX_EXCLUDE, DEFAULT_MAX_K, Limits
 
 
 def register(commands: Any) -> None:
@@ -34,13 +34,6 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--grace", type=float, default=10.0, metavar="SECONDS", help="drain time on shutdown (default 10)"
     )
-    parser.add_argument(
-        "--workers",
-        type=_non_negative,
-        default=DEFAULT_SEARCH_THREADS,
-        metavar="N",
-        help=f"threads for stream searches; 0 = search on the event loop (default {DEFAULT_SEARCH_THREADS})",
-    )
     parser.add_argument("--json", action="store_true", help="one JSON object per lifecycle event on stdout")
     parser.set_defaults(func=_serve)
 
@@ -60,7 +53,6 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         limits=Limits(max_k=args.max_k, max_exclude_item_ids=args.max_exclude),
         grace_seconds=args.grace,
-        search_threads=args.workers,
     )
     try:
         asyncio.run(serve(config, announce))
