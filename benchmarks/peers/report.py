@@ -114,7 +114,7 @@ def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
     names = [row["name"] for row in measured]
     positions = np.arange(len(measured))
     height = 0.8 / len(CHART_METRICS)
-    figure, axes = plt.subplots(figsize=(9, 0.6 * len(measured) + 1.8))
+    figure, axes = plt.subplots(figsize=(10, 0.7 * len(measured) + 1.8))
     for offset, metric in enumerate(CHART_METRICS):
         values = [row["metrics"].get(metric, 0.0) for row in measured]
         bars = axes.barh(positions + offset * height, values, height, label=metric)
@@ -123,7 +123,7 @@ def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
     axes.invert_yaxis()
     axes.set_xlabel("metric value (test split, full ranking, train items masked)")
     axes.set_title(title)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
