@@ -55,7 +55,7 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from movierec.bundle import CSR, ItemMetadata, ModelBundle, read_model_bundle, write_model_bundle
