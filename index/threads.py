@@ -13,7 +13,7 @@ back: a serving process calls :func:`limit_serving_threads` once at start-up.
 from __future__ import annotations
 
 import faiss
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
+from threadpoolctl import threadpool_limits
 
 
 def limit_serving_threads(threads: int = 1) -> None:
