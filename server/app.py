@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,8 @@ class RecommenderServer:
         # grpc-stubs predates health.aio; the asyncio servicer is the one a grpc.aio server needs.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._loader = loader
-        self._server = grpc.aio.server(interceptors=interceptors)
+        # No SO_REUSEPORT: a port already in use (say, by an old instance) must fail loudly, not be shared.
+        self._server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_RecommenderServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -78,8 +80,9 @@ class RecommenderServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
         try:
+            _check_bindable(self.config.host, self.config.port)
             self.port = self._server.add_insecure_port(address)
-        except RuntimeError as exc:
+        except (OSError, RuntimeError) as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         await self._server.start()
         return self.port
@@ -103,6 +106,19 @@ class RecommenderServer:
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in HEALTH_SERVICES:
             await self.health.set(name, status)
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Raise OSError (e.g. "Address already in use") if ``host:port`` cannot be bound.
+
+    gRPC reports a failed bind only as a log line plus a bare RuntimeError;
+    trying the address first gives the operator the operating system's reason.
+    """
+    if port == 0:
+        return
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(sockaddr)
 
 
 @dataclass(frozen=True)

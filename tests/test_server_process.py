@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -101,6 +102,24 @@ def test_sigterm_drains_the_open_stream_then_exits_zero(serve_process: ServeProc
 
     assert serve_process.process.wait(15) == 0
     assert serve_process.next_event(5)["event"] == "stopped"
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_one_line_and_exit_one(index_root: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [RECCTL, "serve", "--index", str(index_root), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_TIMEOUT,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"recctl: error: cannot listen on 127.0.0.1:{port}")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
