@@ -48,13 +48,14 @@ from peers.inputs import training_data
 from peers.machine import describe_machine
 from peers.popularity import Popularity
 from peers.puresvd import PureSvd
-from peers.recctl import RecctlRow, RecctlRowError, run_recctl_row
+from peers.recctl import RecctlRow, RecctlRowError, run_recctl_row, split_differences
 from peers.report import write_chart, write_json, write_markdown
 from peers.spark_als import SparkAls, local_spark
 from peers.surprise_svd import SurpriseSvd
 from peers.tuning import Params, Trial, grid_search
 from tqdm import tqdm
 
+from movierec.bundle import read_model_bundle
 from movierec.paths import default_ml1m_dir
 from movierec.trainer.data import load_dataset, make_split
 from movierec.trainer.data.split import Split
@@ -296,6 +297,9 @@ def _run_cli_rows(
         for row in rows:
             try:
                 outcome = run_recctl_row(row, data_dir, Path(work_dir), split.protocol, expected_users, timeout)
+                differences = split_differences(read_model_bundle(Path(outcome.pop("bundle"))), split)
+                if differences:
+                    raise RecctlRowError(f"the bundle's split differs from the benchmark's in {', '.join(differences)}")
                 result = {"name": row.name, **outcome, "measured_at": _utc_now()}
             except RecctlRowError as error:
                 result = {"name": row.name, "error": str(error)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -277,3 +278,14 @@ def test_markdown_table_shows_why_a_row_was_not_run() -> None:
     assert "| 1.5 |" in lines[2]
     assert "l2=500" in lines[2]
     assert lines[3].startswith("| **NGCF** | not run |") and lines[3].endswith("recctl train exited 2 |")
+
+
+def test_split_differences_compare_id_maps_and_exact_positives() -> None:
+    train, test = planted_blocks()
+    user_ids = np.arange(train.n_rows, dtype=np.int64) * 10
+    item_ids = np.arange(train.n_cols, dtype=np.int64) + 100
+    split = SimpleNamespace(user_ids=user_ids, item_ids=item_ids, train=train, test=test)
+    assert recctl.split_differences(SimpleNamespace(**vars(split)), split) == []
+    moved = CSR.from_pairs([0], [1], train.n_rows, train.n_cols)
+    other = SimpleNamespace(user_ids=user_ids, item_ids=item_ids + 1, train=train, test=moved)
+    assert recctl.split_differences(other, split) == ["item_ids", "test"]

@@ -35,7 +35,7 @@ class ImplicitAls:
 
     def fit(self, data: TrainingData) -> None:
         from implicit.cpu.als import AlternatingLeastSquares  # type: ignore[import-untyped]
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+        from threadpoolctl import threadpool_limits
 
         # implicit parallelises over users itself; a multi-threaded BLAS underneath only oversubscribes
         # (implicit warns about it when the model is built, so the limit covers construction too).

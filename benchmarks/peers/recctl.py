@@ -16,9 +16,58 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from movierec.bundle.csr import CSR
 
 PROTOCOL_KEYS = ("split", "seed", "min_rating", "test_fraction", "valid_fraction")
+
+
+class SplitParts(Protocol):
+    """What a model bundle and a Split share: the id maps and the train/test positives."""
+
+    @property
+    def user_ids(self) -> npt.NDArray[np.int64]: ...
+
+    @property
+    def item_ids(self) -> npt.NDArray[np.int64]: ...
+
+    @property
+    def train(self) -> CSR: ...
+
+    @property
+    def test(self) -> CSR: ...
+
+
+def split_differences(bundle: SplitParts, split: SplitParts) -> list[str]:
+    """The parts in which a trained bundle's split differs from the benchmark's: the decisive same-split check.
+
+    Comparing the protocol settings is not enough (a split implementation can
+    change under the same seed); the id maps and the exact train and test
+    positives must be identical for the rows to be comparable.
+    """
+    same = {
+        "user_ids": _same_array(bundle.user_ids, split.user_ids),
+        "item_ids": _same_array(bundle.item_ids, split.item_ids),
+        "train": _same_csr(bundle.train, split.train),
+        "test": _same_csr(bundle.test, split.test),
+    }
+    return [name for name, equal in same.items() if not equal]
+
+
+def _same_csr(left: CSR, right: CSR) -> bool:
+    return (
+        left.n_cols == right.n_cols
+        and _same_array(left.indptr, right.indptr)
+        and _same_array(left.indices, right.indices)
+    )
+
+
+def _same_array(left: npt.NDArray[Any], right: npt.NDArray[Any]) -> bool:
+    return left.shape == right.shape and bool(np.array_equal(left, right))
 
 
 class RecctlRowError(RuntimeError):
@@ -98,6 +147,7 @@ def run_recctl_row(
         raise RecctlRowError(f"{row.name} was evaluated on another protocol ({'; '.join(mismatches)})")
     metrics = {key: float(value) for key, value in evaluation.items() if "@" in key}
     return {
+        "bundle": str(bundle),
         "metrics": metrics,
         "train_seconds": train_seconds,
         "train_command": " ".join(["recctl", *train_command[1:]]),
