@@ -34,11 +34,18 @@ def _seconds(value: Any) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     """One line per row; rows that could not be measured say why instead of showing numbers."""
-    header = ["Model", *(label for _, label in TABLE_METRICS), "Train wall (s)", "Tuning wall (s)", "Settings"]
+    header = [
+        "Model",
+        *(label for _, label in TABLE_METRICS),
+        "Train wall (s)",
+        "Tuning wall (s)",
+        "Load at start",
+        "Settings",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if "error" in row:
-            cells = [f"**{row['name']}**", *(["not run"] * len(TABLE_METRICS)), "—", "—", row["error"]]
+            cells = [f"**{row['name']}**", *(["not run"] * len(TABLE_METRICS)), "—", "—", "—", row["error"]]
         else:
             metrics = row["metrics"]
             cells = [
@@ -46,6 +53,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> list[str]:
                 *(f"{metrics[key]:.4f}" if key in metrics else "—" for key, _ in TABLE_METRICS),
                 _seconds(row.get("train_seconds")),
                 _seconds(row.get("tuning_seconds")),
+                _seconds(row.get("load_average_1min_at_start")),
                 _params_text(row.get("params")),
             ]
         lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in cells) + " |")
