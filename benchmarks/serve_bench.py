@@ -597,8 +597,22 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         load_generator_note(summary),
         "",
+        noise_note(table),
+        "",
     ]
     return "\n".join(lines)
+
+
+def noise_note(table: dict[str, dict[str, dict[str, float]]]) -> str:
+    """aio, aio-unbatched and aio-threads answer unary calls with the same code: their spread is pure noise."""
+    rates = [table[kind]["unary-0"]["per_second"] for kind in ("aio", "aio-unbatched", "aio-threads")]
+    return (
+        "Noise: `aio`, `aio-unbatched` and `aio-threads` run identical code for unary calls, so the spread of "
+        f"their unary calls/s ({min(rates):,.0f} to {max(rates):,.0f}, {max(rates) / min(rates):.1f}x) is what "
+        "background load alone does to one row here; trust ratios within a round and the CPU-per-call columns "
+        "more than any single wall-clock figure. On a busy machine a server with more threads also gets a larger "
+        "share of the CPU from the scheduler, which flatters `aio-threads` and `sync` in wall-clock terms."
+    )
 
 
 def load_generator_note(summary: dict[str, Any]) -> str:
