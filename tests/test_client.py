@@ -172,6 +172,14 @@ def test_recctl_recommend_unreachable_server(capsys: pytest.CaptureFixture[str])
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:", "127.0.0.1:http", ":50051", "127.0.0.1:70000"])
+def test_recctl_rejects_a_malformed_server_address(address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["recommend", "--server", address, "--user", "1"])
+    assert caught.value.code == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
 def test_recctl_similar_and_info(server: ServerThread, index: ServingIndex, capsys: pytest.CaptureFixture[str]) -> None:
     item = item_id_of_row(4)
     assert main(["similar", "--server", server.target, "--item", str(item), "-k", "3", "--json"]) == 0

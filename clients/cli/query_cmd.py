@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from movierec.clients.cli.output import print_json, print_table
-
 from movierec.errors import MovierecError
 
 if TYPE_CHECKING:
@@ -47,10 +46,22 @@ def register(commands: Any) -> None:
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--server", default=DEFAULT_SERVER, metavar="HOST:PORT", help=f"server address (default {DEFAULT_SERVER})"
+        "--server",
+        type=server_address,
+        default=DEFAULT_SERVER,
+        metavar="HOST:PORT",
+        help=f"server address (default {DEFAULT_SERVER})",
     )
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default 5)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def server_address(text: str) -> str:
+    """``HOST:PORT`` with a port in 1..65535 (IPv6 as ``[::1]:PORT``); gRPC would silently default to 443."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 1..65535, got {text!r}")
+    return text
 
 
 def _recommend(args: argparse.Namespace) -> int:
