@@ -26,18 +26,26 @@ that the FAISS vectors equal the model's; any corruption is a
 :class:`~movierec.errors.BundleError` naming the file.
 
 Exactness (design §2) and the ranking rule are documented in
-:mod:`movierec.index.topk`; the HNSW path in :mod:`movierec.index.faiss_index`.
+:mod:`movierec.index.topk`; the HNSW path in :mod:`movierec.index.faiss_index`;
+genre and year filters (exact, applied inside the search) in
+:mod:`movierec.index.filters`; the ``because`` item of a recommendation in
+:mod:`movierec.index.because`.
 :func:`prune_versions` deletes old versions (never the current one). A serving
 process calls :func:`limit_serving_threads` once (see :mod:`movierec.index.threads`).
 """
 
+from movierec.index.because import BecauseExplainer
 from movierec.index.build import build_index, newest_model_bundle, rebuild_index
+from movierec.index.filters import FilterError, ItemFilter
 from movierec.index.prune import prune_versions
 from movierec.index.serving import ServingIndex, open_index
 from movierec.index.threads import limit_serving_threads
 from movierec.index.topk import Recommendation
 
 __all__ = [
+    "BecauseExplainer",
+    "FilterError",
+    "ItemFilter",
     "Recommendation",
     "ServingIndex",
     "build_index",

@@ -19,8 +19,10 @@ import numpy.typing as npt
 from movierec.bundle import MANIFEST_NAME, Manifest, ModelBundle, VersionedStore, read_manifest, sha256_file
 from movierec.bundle.model import read_model_bundle
 from movierec.errors import BundleError
+from movierec.index.because import BecauseExplainer
 from movierec.index.events import CompactedEvents, merge_into_seen, read_events, rows_of
 from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
+from movierec.index.filters import CatalogFilters, ItemFilter
 from movierec.index.layout import FAISS_FILE, INDEX_KIND, MODEL_DIR
 from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
 
@@ -39,6 +41,12 @@ class ServingIndex:
     Batch-first like ``implicit``: :meth:`recommend` takes many user rows and
     answers them with one scoring pass. Every answer obeys the ranking rule of
     :mod:`movierec.index.topk` and never contains a seen or excluded item.
+
+    Every query method takes an optional :class:`~movierec.index.filters.ItemFilter`
+    (one per call, applied to every query of the batch): its compiled item mask
+    (cached per distinct filter) is applied inside the exact search, so the
+    answer is the brute-force top-K of the items that pass it. A filtered query
+    on an HNSW index is answered by the exact scan: still exact and K items.
 
     Safe to query from many threads at once (no search mutates shared state).
     A serving process should call :func:`movierec.index.limit_serving_threads`
@@ -71,6 +79,17 @@ class ServingIndex:
                 raise BundleError(f"manifest says hnsw but the file holds {type(faiss_index).__name__}", path=path)
             params = HnswParams.from_options(dict(manifest.meta["index"]["params"]))
             self._searcher = HnswSearcher(faiss_index, self._exact, params)
+        self._filters = CatalogFilters(model.items)
+        self._explainer = BecauseExplainer.from_model(self.model)
+
+    @property
+    def genres(self) -> list[str]:
+        """Every genre name a filter may use, sorted."""
+        return list(self._filters.genres)
+
+    def allowed_items(self, item_filter: ItemFilter | None) -> npt.NDArray[np.bool_] | None:
+        """The read-only mask of item rows ``item_filter`` allows (None: every item); FilterError if invalid."""
+        return self._filters.allowed(item_filter)
 
     @property
     def events_through(self) -> int:
@@ -102,10 +121,16 @@ class ServingIndex:
         return self.model.seen.row(user_row).astype(np.int32, copy=False)
 
     def recommend(
-        self, user_rows: Sequence[int], k: int, extra_exclude: Sequence[npt.NDArray[np.integer]] | None = None
+        self,
+        user_rows: Sequence[int],
+        k: int,
+        extra_exclude: Sequence[npt.NDArray[np.integer]] | None = None,
+        item_filter: ItemFilter | None = None,
     ) -> list[Recommendation]:
-        """Top-``k`` for each known user row, excluding their seen items and ``extra_exclude[i]``."""
+        """Top-``k`` for each known user row, excluding their seen items and ``extra_exclude[i]``,
+        among the items ``item_filter`` allows."""
         check_k(k)
+        allowed = self.allowed_items(item_filter)
         rows = [self._check_user_row(r) for r in user_rows]
         if extra_exclude is not None and len(extra_exclude) != len(rows):
             raise ValueError(f"extra_exclude has {len(extra_exclude)} lists for {len(rows)} users")
@@ -115,13 +140,19 @@ class ServingIndex:
             extra = as_exclusion(extra_exclude[position], self.n_items) if extra_exclude is not None else None
             excluded.append(seen if extra is None or extra.size == 0 else np.concatenate([seen, extra]))
         queries = np.ascontiguousarray(self.model.user_vectors[rows], dtype=np.float32)
-        return self._searcher.search(queries, k, excluded)
+        return self._search(queries, k, excluded, allowed)
 
     def recommend_vectors(
-        self, vectors: npt.NDArray[np.float32], k: int, exclude: Sequence[npt.NDArray[np.integer]]
+        self,
+        vectors: npt.NDArray[np.float32],
+        k: int,
+        exclude: Sequence[npt.NDArray[np.integer]],
+        item_filter: ItemFilter | None = None,
     ) -> list[Recommendation]:
-        """Top-``k`` for ad-hoc user vectors (fold-in users), excluding ``exclude[i]`` for vector ``i``."""
+        """Top-``k`` for ad-hoc user vectors (fold-in users), excluding ``exclude[i]`` for vector ``i``,
+        among the items ``item_filter`` allows."""
         check_k(k)
+        allowed = self.allowed_items(item_filter)
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.model.dim:
             raise ValueError(f"vectors must have shape (n, {self.model.dim}), got {queries.shape}")
@@ -129,26 +160,66 @@ class ServingIndex:
             raise ValueError("vectors contain NaN or infinity")
         if len(exclude) != queries.shape[0]:
             raise ValueError(f"exclude has {len(exclude)} lists for {queries.shape[0]} vectors")
-        return self._searcher.search(queries, k, [as_exclusion(e, self.n_items) for e in exclude])
+        return self._search(queries, k, [as_exclusion(e, self.n_items) for e in exclude], allowed)
 
-    def similar_items(self, item_row: int, k: int, exclude: npt.NDArray[np.integer] | None = None) -> Recommendation:
-        """Items nearest ``item_row`` by inner product of item vectors, never the item itself."""
+    def similar_items(
+        self,
+        item_row: int,
+        k: int,
+        exclude: npt.NDArray[np.integer] | None = None,
+        item_filter: ItemFilter | None = None,
+    ) -> Recommendation:
+        """Items nearest ``item_row`` by inner product of item vectors, never the item itself, among the items
+        ``item_filter`` allows (the query item itself need not pass it)."""
         check_k(k)
+        allowed = self.allowed_items(item_filter)
         if not 0 <= item_row < self.n_items:
             raise ValueError(f"item row {item_row} outside [0, {self.n_items})")
         excluded = np.array([item_row], dtype=np.int64)
         if exclude is not None:
             excluded = np.concatenate([excluded, as_exclusion(exclude, self.n_items)])
         query = self.model.item_vectors[item_row : item_row + 1]
-        return self._searcher.search(np.ascontiguousarray(query, dtype=np.float32), k, [excluded])[0]
+        return self._search(np.ascontiguousarray(query, dtype=np.float32), k, [excluded], allowed)[0]
+
+    def because(self, user_row: int, item_rows: npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
+        """For each of ``item_rows`` (e.g. one recommendation's), the user's item that contributes most to
+        its score (see :mod:`movierec.index.because`): among their training positives, else their seen items;
+        -1 where the user has neither. One small matrix product per call."""
+        row = self._check_user_row(user_row)
+        positives = self.model.train.row(row)
+        if positives.size == 0:
+            positives = self.model.seen.row(row)
+        return self._explainer.because(positives, item_rows)
+
+    def because_of(
+        self, positive_rows: npt.NDArray[np.integer], item_rows: npt.NDArray[np.integer]
+    ) -> npt.NDArray[np.int32]:
+        """:meth:`because` for a user given by their items (a fold-in user's liked rows); -1 if none given."""
+        return self._explainer.because(positive_rows, item_rows)
 
     def warm_up(self) -> None:
         """Touch every code path once (BLAS threads, FAISS graph pages) before reporting SERVING."""
         if self.n_users and self.n_items:
             users = list(range(min(WARM_UP_QUERIES, self.n_users)))
-            self.recommend(users[:1], 10)
+            first = self.recommend(users[:1], 10)[0]
             self.recommend(users, 10)
             self.similar_items(0, 10)
+            self.because(users[0], first.item_rows)
+            if self.genres:
+                self.recommend(users, 10, item_filter=ItemFilter(include_genres=frozenset(self.genres[:1])))
+
+    def _search(
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        excluded: Sequence[npt.NDArray[np.int64]],
+        allowed: npt.NDArray[np.bool_] | None,
+    ) -> list[Recommendation]:
+        """The configured searcher, or, under a filter, the exact scan with its mask: HNSW would need an ID
+        selector listing every blocked item for each query, and a walk through a narrow filter comes back short."""
+        if allowed is None:
+            return self._searcher.search(queries, k, excluded)
+        return self._exact.search(queries, k, excluded, allowed)
 
     def _check_user_row(self, row: int) -> int:
         if isinstance(row, bool) or not isinstance(row, int | np.integer) or not 0 <= row < self.n_users:

@@ -89,9 +89,18 @@ def _flat_view(array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 def top_k_from_scores(
-    scores: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]], k: int, *, finite: bool = False
+    scores: npt.NDArray[np.float32],
+    excluded: Sequence[npt.NDArray[np.int64]],
+    k: int,
+    *,
+    finite: bool = False,
+    allowed_items: npt.NDArray[np.bool_] | None = None,
 ) -> list[Recommendation]:
     """Exact top-``k`` of each row of ``scores`` (modified in place) minus that row's excluded items.
+
+    ``allowed_items`` (one bool per item, shared by every row: a compiled
+    :class:`~movierec.index.filters.ItemFilter`) excludes every item it marks
+    False, in the same pass and by the same rule as the per-row exclusions.
 
     Excluded cells are set to -inf; the k-th largest score of each row is found
     with a partition; every allowed item scoring at least that much is a
@@ -111,9 +120,11 @@ def top_k_from_scores(
     allowed = None
     if not finite:
         scores[np.isnan(scores)] = -np.inf
-        allowed = np.ones(scores.shape, dtype=bool)
+        allowed = np.ones(scores.shape, dtype=bool) if allowed_items is None else np.tile(allowed_items, (n_queries, 1))
         allowed.reshape(-1)[cells] = False
     _flat_view(scores)[cells] = -np.inf
+    if allowed_items is not None:
+        np.copyto(scores, np.float32(-np.inf), where=~allowed_items)  # broadcast over the rows: one pass
     pivot = n_items - width
     thresholds = np.partition(scores, pivot, axis=1)[:, pivot]
     answers = []
@@ -147,9 +158,14 @@ class ExactSearcher:
         return bool(bound < FINITE_BOUND)  # False for NaN/inf input too
 
     def search(
-        self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        excluded: Sequence[npt.NDArray[np.int64]],
+        allowed_items: npt.NDArray[np.bool_] | None = None,
     ) -> list[Recommendation]:
-        """One matrix product per block of queries; ``excluded[i]`` are validated item rows for query ``i``."""
+        """One matrix product per block of queries; ``excluded[i]`` are validated item rows for query ``i``;
+        ``allowed_items`` (every query's item filter, see :func:`top_k_from_scores`) None for all items."""
         block = max(1, MAX_BLOCK_CELLS // max(1, self.n_items))
         answers: list[Recommendation] = []
         for start in range(0, queries.shape[0], block):
@@ -157,5 +173,8 @@ class ExactSearcher:
             chunk = queries[start:stop]
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is ranked, not an error
                 scores = chunk @ self.item_vectors.T
-            answers.extend(top_k_from_scores(scores, excluded[start:stop], k, finite=self.scores_are_finite(chunk)))
+            finite = self.scores_are_finite(chunk)
+            answers.extend(
+                top_k_from_scores(scores, excluded[start:stop], k, finite=finite, allowed_items=allowed_items)
+            )
         return answers

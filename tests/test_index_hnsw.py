@@ -69,10 +69,14 @@ class CountingExact(ExactSearcher):
         self.queries = 0
 
     def search(
-        self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        excluded: Sequence[npt.NDArray[np.int64]],
+        allowed_items: npt.NDArray[np.bool_] | None = None,
     ) -> list[Recommendation]:
         self.queries += queries.shape[0]
-        return super().search(queries, k, excluded)
+        return super().search(queries, k, excluded, allowed_items)
 
 
 def test_light_exclusions_use_the_graph_and_find_the_true_neighbours() -> None:
