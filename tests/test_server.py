@@ -253,6 +253,22 @@ def test_stream_exclusions_apply_per_message(stub: pb_grpc.RecommenderServiceStu
     assert [i.item_id for i in excl.items] == [i for i, _ in expected_items(index, 1, 8, exclude)]
 
 
+def test_a_server_fault_ends_the_stream_instead_of_hanging_it(
+    server: ServerThread, stub: pb_grpc.RecommenderServiceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = server.server.state.engine
+    assert engine is not None
+
+    def broken(queries: object) -> NoReturn:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(engine, "recommend", broken)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.RecommendStream(iter([pb.RecommendStreamRequest(user_id=1, k=3)]), timeout=10))
+    assert caught.value.code() == grpc.StatusCode.UNKNOWN
+    assert server.server.servicer.active_streams == 0
+
+
 def test_cancelled_stream_is_cleaned_up(server: ServerThread, stub: pb_grpc.RecommenderServiceStub) -> None:
     release = threading.Event()
 
