@@ -84,7 +84,11 @@ def _info(args: argparse.Namespace) -> int:
     rows: list[tuple[str, Any]] = [
         (name, value) for name, value in dataclasses.asdict(info).items() if name != "training_metrics"
     ]
-    rows += [(f"metric {name}", value) for name, value in sorted(info.training_metrics.items())]
+    metrics = info.training_metrics
+    rows += [(f"metric {name}", value) for name, value in sorted(metrics.items()) if not isinstance(value, dict | list)]
+    nested = sorted(name for name, value in metrics.items() if isinstance(value, dict | list))
+    if nested:  # training history, protocol: too long for a table
+        rows.append(("more metrics", ", ".join(nested) + " (see --json)"))
     print_table(["field", "value"], [(name, str(value)) for name, value in rows])
     return 0
 
