@@ -82,22 +82,30 @@ def tuning_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _run_lines(run: dict[str, Any]) -> list[str]:
+    machine = run["machine"]
+    return [
+        f"- `{run['command']}` (finished {run['finished_at']}, {run['total_seconds']:.0f} s)",
+        f"  - CPU: {machine['cpu']}, {machine['usable_cpus']} usable of {machine['logical_cpus']} logical CPUs, "
+        f"{machine['memory_gib']} GiB RAM; load average at start {machine['load_average_1_5_15']}",
+        f"  - {machine['os']}; Python {machine['python']}; {machine['java']}",
+        "  - " + ", ".join(f"{name} {version}" for name, version in machine["libraries"].items() if version),
+    ]
+
+
 def write_markdown(path: Path, result: dict[str, Any], preamble: Sequence[str]) -> None:
-    """``accuracy.md``: the table, the protocol, the machine, then the tuning grids."""
-    machine = result["machine"]
+    """``accuracy.md``: the table, the runs that produced it (with their machine), then the tuning grids."""
     lines = [
         *preamble,
         "",
         *markdown_table(result["rows"]),
         "",
-        "## Machine",
+        "## Runs and machine",
         "",
-        f"- CPU: {machine['cpu']}, {machine['usable_cpus']} usable of {machine['logical_cpus']} logical CPUs, "
-        f"{machine['memory_gib']} GiB RAM; load average at start {machine['load_average_1_5_15']} "
-        "(a shared machine: wall times compare within this run only).",
-        f"- {machine['os']}; Python {machine['python']}; {machine['java']}",
-        "- " + ", ".join(f"{name} {version}" for name, version in machine["libraries"].items() if version),
-        f"- Command: `{result['command']}`; whole run {result['total_seconds']:.0f} s.",
+        "The machine is shared with other work: wall times compare within one run only, and each row "
+        "records the 1-minute load average when it started (column *Load at start*).",
+        "",
+        *(line for run in result["runs"] for line in _run_lines(run)),
         "",
         "## Tuning on the validation slice",
         "",
