@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -289,3 +289,22 @@ def test_split_differences_compare_id_maps_and_exact_positives() -> None:
     moved = CSR.from_pairs([0], [1], train.n_rows, train.n_cols)
     other = SimpleNamespace(user_ids=user_ids, item_ids=item_ids + 1, train=train, test=moved)
     assert recctl.split_differences(other, split) == ["item_ids", "test"]
+
+
+def test_every_benchmark_row_accepts_each_point_of_its_grid() -> None:
+    """A misspelt parameter would otherwise surface minutes into a benchmark run."""
+    import accuracy
+
+    rows = accuracy.peer_rows(lambda: cast(Any, object()))  # constructing SparkAls must not start Spark
+    keys = [row.key for row in rows] + [row.key for row in accuracy.RECCTL_ROWS]
+    assert len(set(keys)) == len(keys)
+    for row in rows:
+        assert row.grid, row.key
+        for params in row.grid:
+            row.make(**params)
+
+
+def test_grid_is_the_cartesian_product_in_the_order_given() -> None:
+    import accuracy
+
+    assert accuracy._grid(a=(1, 2), b=(3.0,)) == ({"a": 1, "b": 3.0}, {"a": 2, "b": 3.0})
