@@ -37,7 +37,7 @@ def test_a_popular_items_pull_is_discounted_by_its_degree() -> None:
     degrees = np.array([1, 1, 1, 16, 1])
     explainer = BecauseExplainer(VECTORS, degrees)
     assert explainer.because(rows(2, 3), rows(0)).tolist() == [2]
-    assert BecauseExplainer(VECTORS, np.ones(5)).because(rows(2, 3), rows(0)).tolist() == [3]
+    assert BecauseExplainer(VECTORS, np.ones(5, dtype=np.int64)).because(rows(2, 3), rows(0)).tolist() == [3]
 
 
 def test_degree_zero_counts_as_one_like_the_trainers_adjacency() -> None:
@@ -48,12 +48,12 @@ def test_degree_zero_counts_as_one_like_the_trainers_adjacency() -> None:
 
 def test_ties_go_to_the_lower_row_whatever_the_positives_order() -> None:
     vectors = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)  # rows 0-2 identical
-    explainer = BecauseExplainer(vectors, np.ones(4))
+    explainer = BecauseExplainer(vectors, np.ones(4, dtype=np.int64))
     assert explainer.because(rows(2, 1, 2, 3), rows(0, 3)).tolist() == [1, 3]
 
 
 def test_a_batch_answers_each_item_and_no_positive_gives_minus_one() -> None:
-    explainer = BecauseExplainer(VECTORS, np.ones(5))
+    explainer = BecauseExplainer(VECTORS, np.ones(5, dtype=np.int64))
     answer = explainer.because(rows(1, 3), rows(0, 1, 2, 4))
     assert answer.dtype == np.int32
     assert answer.tolist() == [3, 1, 3, 1]
@@ -74,7 +74,7 @@ def test_bad_rows_are_value_errors(
     positives: npt.NDArray[np.generic], items: npt.NDArray[np.generic], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        BecauseExplainer(VECTORS, np.ones(5)).because(positives, items)
+        BecauseExplainer(VECTORS, np.ones(5, dtype=np.int64)).because(positives, items)
 
 
 @settings(max_examples=100, deadline=None)
