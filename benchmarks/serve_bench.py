@@ -567,7 +567,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Exclusions (shipped server, unary, 1 in flight, random known movie ids on top of the ~165 seen):",
+        "Exclusions (shipped server, unary, 1 in flight, random known movie ids on top of the user's seen items):",
         "",
         "| excluded ids | p50 ms | p99 ms | server CPU us/call |",
         "|---:|---:|---:|---:|",
@@ -676,9 +676,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as workdir:
         index_dir = args.index if args.index is not None else synthetic_index(Path(workdir))
         index = open_index(index_dir)
+        source = str(index.model.dataset.get("name", "unknown data")) if args.index else "synthetic ML-1M-shaped"
+        seen = index.model.seen.nnz / max(index.n_users, 1)
         index_label = (
-            f"{'given' if args.index else 'synthetic ML-1M-shaped'} {index.kind} index, "
-            f"{index.n_users:,} users x {index.n_items:,} items, dim {index.model.dim}"
+            f"{index.kind} index of a {source} model, "
+            f"{index.n_users:,} users x {index.n_items:,} items, dim {index.model.dim}, {seen:.0f} seen items per user"
         )
         meta = {"machine": machine(), "index": index_label, "rounds": args.rounds, "seconds": args.seconds}
         summary = summarise(run_rounds(index_dir, args.rounds, args.seconds))
