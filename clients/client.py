@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
