@@ -68,6 +68,14 @@ def test_check_mode_fails_on_a_stale_stub(tmp_path: Path) -> None:
     assert "stale" in result.stderr
 
 
+def test_vendored_status_proto_is_the_one_the_runtime_uses() -> None:
+    """buf reads protos/google/rpc/status.proto; Python uses googleapis-common-protos: they must be one file."""
+    import google.rpc
+
+    shipped = Path(next(iter(google.rpc.__path__))) / "status.proto"
+    assert (REPO / "protos" / "google" / "rpc" / "status.proto").read_bytes() == shipped.read_bytes()
+
+
 def _fields(message: type) -> dict[str, tuple[int, int]]:
     return {f.name: (f.number, f.type) for f in message.DESCRIPTOR.fields}  # type: ignore[attr-defined]
 
