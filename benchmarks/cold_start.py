@@ -21,8 +21,9 @@ Protocol (written into the results with every number):
 * Variants: ``warm`` folds into the served model, which was trained with the
   held-out users' train positives (their edges shaped the item vectors: a mild
   leak); ``cold`` refits the model without the fold's users first (a true cold
-  start). Refitting is only possible for the stand-in, so a bundle run reports
-  ``warm`` only.
+  start): the stand-in on every fold, a bundle with its own ``recctl train``
+  settings on ``--refit-folds`` folds (default 1: each refit is a full training
+  run).
 * Reported: means over all held-out users, and per fold the difference
   propagation − mean, so a reader sees whether the gap exceeds the noise.
 
@@ -47,7 +48,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from movierec.bundle import CSR, read_model_bundle
+from movierec.bundle import CSR, ModelBundle, read_model_bundle
 from movierec.index.fold_in import FOLD_IN_METHODS, FoldIn
 from movierec.paths import default_ml1m_dir
 from movierec.trainer.evaluate import evaluate_vectors
@@ -68,7 +69,8 @@ TRAINED, POPULARITY = "trained vector", "popularity"
 METHODS = (TRAINED, *FOLD_IN_METHODS, POPULARITY)
 VARIANT_NOTES = {
     "warm": "fold into the served model (it was trained with these users' train positives)",
-    "cold": "model refitted without each fold's users (a true cold start; they have no trained vector)",
+    "cold": "model refitted without each fold's users (a true cold start); the trained vector row is the served "
+    "model's, for the same users",
 }
 
 
@@ -234,7 +236,8 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for variant in result["variants"]:
         rows = [r for r in result["summary"] if r["variant"] == variant]
-        lines += [f"## {variant}: {VARIANT_NOTES[variant]}", ""]
+        users = rows[0]["users"]
+        lines += [f"## {variant}: {VARIANT_NOTES[variant]} — {users} users", ""]
         header = "| method | " + " | ".join(f"liked={label} R@20 | liked={label} N@20" for label in labels) + " |"
         lines += [header, "|---" * (1 + 2 * len(labels)) + "|"]
         for method in METHODS:
@@ -271,50 +274,104 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--liked", type=int, nargs="+", default=[5, 20], help="liked-list sizes (plus all)")
     parser.add_argument("--factors", type=int, default=64, help="stand-in dimension")
+    parser.add_argument(
+        "--refit-folds",
+        type=int,
+        help="folds to refit without their users for the cold variant (default: all for the stand-in, "
+        "1 for a bundle, whose refit is a full training run)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
+    if args.refit_folds is None and args.bundle is not None:
+        args.refit_folds = 1
     if args.folds < 2 or min(args.liked) < 1:
         parser.error("--folds must be >= 2 and every --liked size >= 1")
     return args
 
 
-def load(args: argparse.Namespace) -> tuple[Problem, Model, str]:
-    """The split and the served ("warm") model: a bundle's, or the stand-in fitted on the standard split."""
+Refit = Callable[[npt.NDArray[np.int64]], Model]
+"""Fit the served model's recipe again with the given users' edges removed (their item vectors only)."""
+
+
+def csr_minus(a: CSR, b: CSR) -> CSR:
+    """The pairs of ``a`` that are not in ``b`` (same shape)."""
+    rows_a, cols_a = a.to_pairs()
+    rows_b, cols_b = b.to_pairs()
+    keep = ~np.isin(rows_a * a.n_cols + cols_a, rows_b * b.n_cols + cols_b)
+    return CSR.from_pairs(rows_a[keep], cols_a[keep], a.n_rows, a.n_cols)
+
+
+def bundle_refit(bundle: ModelBundle) -> Refit | None:
+    """Retrain with the bundle's own training settings (``recctl train``'s config), or None if it has none."""
+    settings = dict(bundle.config.get("train", {}))
+    if "preset" not in settings:
+        return None
+    from movierec.trainer.config import resolve_config
+    from movierec.trainer.data import Split
+    from movierec.trainer.train import train_model
+
+    config = resolve_config(settings.pop("preset"), **settings)
+    fit = csr_minus(bundle.train, bundle.valid)
+
+    def refit(users: npt.NDArray[np.int64]) -> Model:
+        split = Split(
+            user_ids=bundle.user_ids,
+            item_ids=bundle.item_ids,
+            seen=without_rows(bundle.seen, users),
+            train=without_rows(bundle.train, users),
+            fit=without_rows(fit, users),
+            valid=without_rows(bundle.valid, users),
+            test=without_rows(bundle.test, users),
+            protocol=dict(bundle.config.get("protocol", {})),
+        )
+        result = train_model(split, config, progress=False)
+        return Model(result.item_vectors, split.train, None)
+
+    return refit
+
+
+def load(args: argparse.Namespace) -> tuple[Problem, Model, Refit | None, str]:
+    """The split, the served ("warm") model, how to refit it without some users, and its name."""
     if args.bundle is not None:
         bundle = read_model_bundle(args.bundle)
-        protocol = {"bundle": str(args.bundle), "dataset": bundle.dataset, "split": bundle.config.get("split")}
-        name = f"bundle {args.bundle} ({bundle.config.get('model', 'unknown model')}, dim {bundle.dim})"
-        return (
-            Problem(bundle.train, bundle.test, protocol),
-            Model(bundle.item_vectors, bundle.train, bundle.user_vectors),
-            name,
+        train = bundle.config.get("train", {})
+        protocol = {"bundle": str(args.bundle), **bundle.config.get("protocol", {}), "training": train}
+        recall = float(bundle.metrics.get("recall@20", float("nan")))
+        name = (
+            f"bundle `{args.bundle}` ({train.get('model', 'unknown model')}, {train.get('layers', '?')} layers, "
+            f"{train.get('loss', '?')} loss, dim {bundle.dim}; test recall@20 {recall:.4f})"
         )
+        served = Model(bundle.item_vectors, bundle.train, bundle.user_vectors)
+        return Problem(bundle.train, bundle.test, protocol), served, bundle_refit(bundle), name
     if args.data is None:
         raise SystemExit("MovieLens-1M not found: pass --data or set MOVIEREC_DATA")
     problem = standard_problem(args.data, args.seed)
-    return (
-        problem,
-        fit_pure_svd(problem.train, args.factors, args.seed),
-        f"PureSVD stand-in (scipy svds), {args.factors} factors",
-    )
+
+    def refit(users: npt.NDArray[np.int64]) -> Model:
+        cold = fit_pure_svd(without_rows(problem.train, users), args.factors, args.seed)
+        return Model(cold.item_vectors, cold.train, None)
+
+    served = fit_pure_svd(problem.train, args.factors, args.seed)
+    return problem, served, refit, f"PureSVD stand-in (scipy svds), {args.factors} factors"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     load_average = os.getloadavg()[0]
-    problem, served, model_name = load(args)
+    problem, served, refit, model_name = load(args)
     rng = np.random.default_rng(args.seed)
     eligible = np.flatnonzero((problem.train.row_lengths() > 0) & (problem.test.row_lengths() > 0)).astype(np.int64)
     folds = [np.sort(fold) for fold in np.array_split(rng.permutation(eligible), args.folds)]
     sizes = sorted(set(args.liked))
     liked = {str(n): sample_liked(problem.train, n, rng) for n in sizes} | {"all": problem.train}
-    variants = ["warm"] if args.bundle is not None else ["warm", "cold"]
+    refit_folds = 0 if refit is None else args.folds if args.refit_folds is None else min(args.refit_folds, args.folds)
+    variants = ["warm", "cold"] if refit_folds else ["warm"]
     rows: list[dict[str, Any]] = []
-    for users in tqdm(folds, desc="cold start folds", unit="fold"):
+    for index, users in enumerate(tqdm(folds, desc="cold start folds", unit="fold")):
         rows += evaluate_fold("warm", served, users, problem, liked)
-        if "cold" in variants:
-            cold = fit_pure_svd(without_rows(problem.train, users), args.factors, args.seed)
-            rows += evaluate_fold("cold", Model(cold.item_vectors, cold.train, None), users, problem, liked)
+        if refit is not None and index < refit_folds:
+            reference = [{**row, "variant": "cold"} for row in rows if row["method"] == TRAINED][-1:]
+            rows += reference + evaluate_fold("cold", refit(users), users, problem, liked)
     result = {
         "command": " ".join(["benchmarks/cold_start.py", *(argv if argv is not None else sys.argv[1:])]),
         "model": model_name,
@@ -323,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **problem.protocol,
             "held_out_users": int(eligible.size),
             "folds": args.folds,
+            "refitted_folds": refit_folds,
             "seed": args.seed,
             "liked_labels": [*map(str, sizes), "all"],
             "metrics": "Recall@K = hits/|test|, NDCG@K binary relevance (movierec.trainer.evaluate); train masked",
