@@ -21,6 +21,7 @@ from movierec.errors import MovierecError
 MODELS = ("lightgcn", "ngcf")
 LOSSES = ("softmax", "bpr")
 PROPAGATIONS = ("csr", "edge_index")
+INFERENCE_GRAPHS = ("fit", "train")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class TrainConfig:
     time_budget: float = 0.0
     seed: int = 42
     init_std: float = 0.1
+    inference_graph: str = "train"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,14 +74,14 @@ PRESETS: dict[str, TrainConfig] = {
         preset="fast",
         loss="softmax",
         propagation="csr",
-        dim=64,
+        dim=256,
         layers=3,
-        lr=1e-2,
+        lr=3e-2,
         batch_size=1024,
         epochs=200,
-        weight_decay=1e-4,
+        weight_decay=5e-2,
         temperature=0.2,
-        eval_every=5,
+        eval_every=2,
         patience=5,
     ),
 }
@@ -106,6 +108,10 @@ def check_config(config: TrainConfig) -> None:
         raise MovierecError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     if config.propagation not in PROPAGATIONS:
         raise MovierecError(f"unknown propagation {config.propagation!r}; choose one of {', '.join(PROPAGATIONS)}")
+    if config.inference_graph not in INFERENCE_GRAPHS:
+        raise MovierecError(
+            f"inference graph must be one of {', '.join(INFERENCE_GRAPHS)}, got {config.inference_graph!r}"
+        )
     if config.model == "ngcf" and config.propagation != "csr":
         raise MovierecError("NGCF propagates over the normalised CSR adjacency only (use --preset fast)")
     for name in ("dim", "epochs", "batch_size", "eval_every", "patience"):

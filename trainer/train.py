@@ -7,6 +7,7 @@ final embeddings of the evaluation with the best validation Recall@20.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from movierec.bundle.csr import CSR
 from movierec.trainer.config import TrainConfig, check_config
 from movierec.trainer.data.split import Split
 from movierec.trainer.evaluate import evaluate_vectors
@@ -47,6 +49,7 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     stop_reason: str = ""
     seconds: float = 0.0
+    model: GraphRecommender | None = None  # holding the kept (best-validation) parameters
 
 
 def build_model(config: TrainConfig, n_users: int, n_items: int) -> GraphRecommender:
@@ -57,10 +60,11 @@ def build_model(config: TrainConfig, n_users: int, n_items: int) -> GraphRecomme
     return LightGCN(n_users, n_items, config.dim, config.layers, init_std=config.init_std)
 
 
-def build_graph(config: TrainConfig, split: Split) -> Tensor:
+def build_graph(config: TrainConfig, positives: CSR) -> Tensor:
+    """The graph to propagate over, in the form the configured back end takes."""
     if config.propagation == "edge_index":
-        return bipartite_edge_index(split.fit)
-    return normalized_adjacency(split.fit)
+        return bipartite_edge_index(positives)
+    return normalized_adjacency(positives)
 
 
 class _Stepper:
@@ -131,19 +135,28 @@ def final_vectors(model: GraphRecommender, graph: Tensor) -> tuple[npt.NDArray[n
 
 
 def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train on ``split.fit``, early-stop on ``split.valid``; return the best checkpoint's vectors."""
+    """Train on ``split.fit``, early-stop on ``split.valid``; return the best checkpoint's vectors.
+
+    Validation propagates over the fit graph only (the validation edges must
+    stay unseen). The returned vectors propagate the kept parameters over the
+    graph ``config.inference_graph`` names: ``train`` adds the validation
+    edges, so each user's vector also aggregates the items held out for early
+    stopping — they are known positives at serving time and are masked in the
+    test evaluation like every other training item.
+    """
     check_config(config)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     model = build_model(config, split.n_users, split.n_items)
-    graph = build_graph(config, split)
+    graph = build_graph(config, split.fit)
     stepper = _Stepper(config, split, model, graph)
     deadline = started + config.time_budget if config.time_budget > 0 else float("inf")
 
     def out_of_time() -> bool:
         return time.perf_counter() >= deadline
 
-    best = TrainResult(*final_vectors(model, graph), best_epoch=0, best_valid_recall=-1.0)
+    best = TrainResult(*final_vectors(model, graph), best_epoch=0, best_valid_recall=-1.0, model=model)
+    best_state = copy.deepcopy(model.state_dict())
     evaluations_without_gain = 0
     bar = tqdm(range(1, config.epochs + 1), desc=f"train {config.model}", unit="epoch", disable=not progress)
     for epoch in bar:
@@ -156,7 +169,7 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
             users, items = final_vectors(model, graph)
             recall = evaluate_vectors(users, items, split.fit, split.valid, ks=(20,))[VALID_METRIC]
             if recall > best.best_valid_recall:
-                best.user_vectors, best.item_vectors = users, items
+                best_state = copy.deepcopy(model.state_dict())
                 best.best_epoch, best.best_valid_recall = epoch, recall
                 evaluations_without_gain = 0
             else:
@@ -172,5 +185,8 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
     else:
         best.stop_reason = "epoch limit"
     bar.close()
+    model.load_state_dict(best_state)
+    inference_graph = graph if config.inference_graph == "fit" else build_graph(config, split.train)
+    best.user_vectors, best.item_vectors = final_vectors(model, inference_graph)
     best.seconds = time.perf_counter() - started
     return best
