@@ -32,6 +32,7 @@ class RecommendedItem(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     GENRES_FIELD_NUMBER: _builtins.int
     YEAR_FIELD_NUMBER: _builtins.int
+    BECAUSE_ITEM_ID_FIELD_NUMBER: _builtins.int
     item_id: _builtins.int
     """MovieLens movie id."""
     score: _builtins.float
@@ -43,6 +44,10 @@ class RecommendedItem(_message.Message):
     title: _builtins.str
     year: _builtins.int
     """Release year; absent when the dataset does not say."""
+    because_item_id: _builtins.int
+    """Personal results only: the user's movie that contributes most to this
+    score ("because you watched ..."); absent when there is none.
+    """
     @_builtins.property
     def genres(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -54,16 +59,68 @@ class RecommendedItem(_message.Message):
         title: _builtins.str = ...,
         genres: _abc.Iterable[_builtins.str] | None = ...,
         year: _builtins.int | None = ...,
+        because_item_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_year", b"_year", "year", b"year"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_because_item_id", b"_because_item_id", "_year", b"_year", "because_item_id", b"because_item_id", "year", b"year"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_year", b"_year", "genres", b"genres", "item_id", b"item_id", "rank", b"rank", "score", b"score", "title", b"title", "year", b"year"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_because_item_id", b"_because_item_id", "_year", b"_year", "because_item_id", b"because_item_id", "genres", b"genres", "item_id", b"item_id", "rank", b"rank", "score", b"score", "title", b"title", "year", b"year"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__because_item_id: _TypeAlias = _typing.Literal["because_item_id"]  # noqa: Y015
+    _WhichOneofArgType__because_item_id: _TypeAlias = _typing.Literal["_because_item_id", b"_because_item_id"]  # noqa: Y015
     _WhichOneofReturnType__year: _TypeAlias = _typing.Literal["year"]  # noqa: Y015
     _WhichOneofArgType__year: _TypeAlias = _typing.Literal["_year", b"_year"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__because_item_id) -> _WhichOneofReturnType__because_item_id | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__year) -> _WhichOneofReturnType__year | None: ...
 
 Global___RecommendedItem: _TypeAlias = RecommendedItem  # noqa: Y015
+
+@_typing.final
+class ItemFilter(_message.Message):
+    """Which movies may be recommended; all conditions must hold. Empty: any movie.
+    An unknown genre name is INVALID_ARGUMENT (see GetInfoResponse.genres).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_GENRES_FIELD_NUMBER: _builtins.int
+    EXCLUDE_GENRES_FIELD_NUMBER: _builtins.int
+    MIN_YEAR_FIELD_NUMBER: _builtins.int
+    MAX_YEAR_FIELD_NUMBER: _builtins.int
+    min_year: _builtins.int
+    """Inclusive release-year bounds; a movie of unknown year fails either bound."""
+    max_year: _builtins.int
+    @_builtins.property
+    def include_genres(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The movie has at least one of these genres (empty: no condition)."""
+
+    @_builtins.property
+    def exclude_genres(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The movie has none of these genres."""
+
+    def __init__(
+        self,
+        *,
+        include_genres: _abc.Iterable[_builtins.str] | None = ...,
+        exclude_genres: _abc.Iterable[_builtins.str] | None = ...,
+        min_year: _builtins.int | None = ...,
+        max_year: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_year", b"_max_year", "_min_year", b"_min_year", "max_year", b"max_year", "min_year", b"min_year"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_year", b"_max_year", "_min_year", b"_min_year", "exclude_genres", b"exclude_genres", "include_genres", b"include_genres", "max_year", b"max_year", "min_year", b"min_year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_year: _TypeAlias = _typing.Literal["max_year"]  # noqa: Y015
+    _WhichOneofArgType__max_year: _TypeAlias = _typing.Literal["_max_year", b"_max_year"]  # noqa: Y015
+    _WhichOneofReturnType__min_year: _TypeAlias = _typing.Literal["min_year"]  # noqa: Y015
+    _WhichOneofArgType__min_year: _TypeAlias = _typing.Literal["_min_year", b"_min_year"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_year) -> _WhichOneofReturnType__max_year | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_year) -> _WhichOneofReturnType__min_year | None: ...
+
+Global___ItemFilter: _TypeAlias = ItemFilter  # noqa: Y015
 
 @_typing.final
 class RecommendRequest(_message.Message):
@@ -73,6 +130,7 @@ class RecommendRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed in the response; free-form, for the caller's bookkeeping."""
     user_id: _builtins.int
@@ -85,6 +143,10 @@ class RecommendRequest(_message.Message):
         catalogue does not know are ignored. At most max_exclude_item_ids.
         """
 
+    @_builtins.property
+    def filter(self) -> Global___ItemFilter:
+        """Only movies passing this filter are recommended (still k while enough match)."""
+
     def __init__(
         self,
         *,
@@ -92,10 +154,11 @@ class RecommendRequest(_message.Message):
         user_id: _builtins.int = ...,
         k: _builtins.int = ...,
         exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        filter: Global___ItemFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,12 +205,17 @@ class RecommendStreamRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed in the matching response; callers should make it unique per stream."""
     user_id: _builtins.int
     k: _builtins.int
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def filter(self) -> Global___ItemFilter:
+        """Only movies passing this filter are recommended (still k while enough match)."""
+
     def __init__(
         self,
         *,
@@ -155,10 +223,11 @@ class RecommendStreamRequest(_message.Message):
         user_id: _builtins.int = ...,
         k: _builtins.int = ...,
         exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        filter: Global___ItemFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,6 +279,7 @@ class SimilarItemsRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     item_id: _builtins.int
     """MovieLens movie id to find neighbours of; it is never in its own answer."""
@@ -218,6 +288,8 @@ class SimilarItemsRequest(_message.Message):
     """When set, movies this user has rated are left out as well."""
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def filter(self) -> Global___ItemFilter: ...
     def __init__(
         self,
         *,
@@ -226,10 +298,11 @@ class SimilarItemsRequest(_message.Message):
         k: _builtins.int = ...,
         user_id: _builtins.int | None = ...,
         exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        filter: Global___ItemFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_user_id", b"_user_id", "user_id", b"user_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_user_id", b"_user_id", "filter", b"filter", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_id", b"_user_id", "exclude_item_ids", b"exclude_item_ids", "item_id", b"item_id", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_id", b"_user_id", "exclude_item_ids", b"exclude_item_ids", "filter", b"filter", "item_id", b"item_id", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__user_id: _TypeAlias = _typing.Literal["user_id"]  # noqa: Y015
     _WhichOneofArgType__user_id: _TypeAlias = _typing.Literal["_user_id", b"_user_id"]  # noqa: Y015
@@ -296,6 +369,12 @@ class GetInfoResponse(_message.Message):
     MAX_K_FIELD_NUMBER: _builtins.int
     MAX_EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     TRAINING_METRICS_FIELD_NUMBER: _builtins.int
+    SWAP_COUNT_FIELD_NUMBER: _builtins.int
+    LAST_RELOAD_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_REFUSED_VERSION_FIELD_NUMBER: _builtins.int
+    GENRES_FIELD_NUMBER: _builtins.int
+    EVENTS_THROUGH_FIELD_NUMBER: _builtins.int
+    EVENTS_LAST_OFFSET_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     index_version: _builtins.str
     user_count: _builtins.int
@@ -308,9 +387,26 @@ class GetInfoResponse(_message.Message):
     max_k: _builtins.int
     """Limits this server enforces on requests."""
     max_exclude_item_ids: _builtins.int
+    swap_count: _builtins.int
+    """Index versions published since start-up, the first load excluded."""
+    last_reload_error: _builtins.str
+    """Why the last attempt to load a new index version was refused (empty:
+    the last attempt succeeded, or none was made).
+    """
+    last_refused_version: _builtins.str
+    """The version that last_reload_error is about."""
+    events_through: _builtins.int
+    """Interaction-log offset compacted into the served index, and the newest
+    offset the log holds.
+    """
+    events_last_offset: _builtins.int
     @_builtins.property
     def training_metrics(self) -> _struct_pb2.Struct:
         """Evaluation results recorded by the trainer (metrics.json), as is."""
+
+    @_builtins.property
+    def genres(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Genre names a filter may use."""
 
     def __init__(
         self,
@@ -324,11 +420,202 @@ class GetInfoResponse(_message.Message):
         max_k: _builtins.int = ...,
         max_exclude_item_ids: _builtins.int = ...,
         training_metrics: _struct_pb2.Struct | None = ...,
+        swap_count: _builtins.int = ...,
+        last_reload_error: _builtins.str = ...,
+        last_refused_version: _builtins.str = ...,
+        genres: _abc.Iterable[_builtins.str] | None = ...,
+        events_through: _builtins.int = ...,
+        events_last_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training_metrics", b"training_metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "index_kind", b"index_kind", "index_version", b"index_version", "item_count", b"item_count", "max_exclude_item_ids", b"max_exclude_item_ids", "max_k", b"max_k", "model_version", b"model_version", "training_metrics", b"training_metrics", "user_count", b"user_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "events_last_offset", b"events_last_offset", "events_through", b"events_through", "genres", b"genres", "index_kind", b"index_kind", "index_version", b"index_version", "item_count", b"item_count", "last_refused_version", b"last_refused_version", "last_reload_error", b"last_reload_error", "max_exclude_item_ids", b"max_exclude_item_ids", "max_k", b"max_k", "model_version", b"model_version", "swap_count", b"swap_count", "training_metrics", b"training_metrics", "user_count", b"user_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInfoResponse: _TypeAlias = GetInfoResponse  # noqa: Y015
+
+@_typing.final
+class RecordInteractionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    RATINGS_FIELD_NUMBER: _builtins.int
+    TIMES_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    user_id: _builtins.int
+    """MovieLens user id; need not be known to the model."""
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Movies the user interacted with (1..max_items_per_call)."""
+
+    @_builtins.property
+    def ratings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Empty, or one rating per item id (>= 4 counts as liked for cold start;
+        an event without a rating counts as liked).
+        """
+
+    @_builtins.property
+    def times(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Empty, or one unix time (seconds) per item id; default: now."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        user_id: _builtins.int = ...,
+        item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        ratings: _abc.Iterable[_builtins.float] | None = ...,
+        times: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_ids", b"item_ids", "ratings", b"ratings", "request_id", b"request_id", "times", b"times", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInteractionsRequest: _TypeAlias = RecordInteractionsRequest  # noqa: Y015
+
+@_typing.final
+class RecordInteractionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    offset: _builtins.int
+    """Log offset of the last stored event: the events are durable when this returns."""
+    recorded: _builtins.int
+    """How many events were stored."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        recorded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "recorded", b"recorded", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInteractionsResponse: _TypeAlias = RecordInteractionsResponse  # noqa: Y015
+
+@_typing.final
+class RecommendForItemsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    k: _builtins.int
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Movies the user liked; ids the catalogue does not know are ignored, but
+        at least one must be known (else NOT_FOUND).
+        """
+
+    @_builtins.property
+    def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def filter(self) -> Global___ItemFilter: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        k: _builtins.int = ...,
+        exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        filter: Global___ItemFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "filter", b"filter", "item_ids", b"item_ids", "k", b"k", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendForItemsRequest: _TypeAlias = RecommendForItemsRequest  # noqa: Y015
+
+@_typing.final
+class RecommendForItemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    model_version: _builtins.str
+    index_version: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecommendedItem]:
+        """Best first; because_item_id names the liked movie that contributes most."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        items: _abc.Iterable[Global___RecommendedItem] | None = ...,
+        model_version: _builtins.str = ...,
+        index_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_version", b"index_version", "items", b"items", "model_version", b"model_version", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendForItemsResponse: _TypeAlias = RecommendForItemsResponse  # noqa: Y015
+
+@_typing.final
+class ReloadIndexRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadIndexRequest: _TypeAlias = ReloadIndexRequest  # noqa: Y015
+
+@_typing.final
+class ReloadIndexResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWAPPED_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    swapped: _builtins.bool
+    """True when a new version was loaded and published by this call."""
+    index_version: _builtins.str
+    """The version serving when the call returns."""
+    model_version: _builtins.str
+    error: _builtins.str
+    """Set when the store's CURRENT version was refused (the old one keeps serving)."""
+    def __init__(
+        self,
+        *,
+        swapped: _builtins.bool = ...,
+        index_version: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index_version", b"index_version", "model_version", b"model_version", "swapped", b"swapped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadIndexResponse: _TypeAlias = ReloadIndexResponse  # noqa: Y015

@@ -36,6 +36,11 @@ class RecommenderServiceStub:
     Errors: INVALID_ARGUMENT for k outside [1, max_k] or too many exclusions
     (with google.rpc.BadRequest details naming the field and the limit),
     NOT_FOUND for an unknown user or item, UNAVAILABLE while the index loads.
+
+    Live events: RecordInteractions stores "watched" events durably before it
+    answers; from then on they are excluded from that user's recommendations
+    (and survive a restart). A user the model never saw but who has liked
+    events is answered by folding those items into a user vector.
     """
 
     def __init__(self, channel):
@@ -64,6 +69,21 @@ class RecommenderServiceStub:
                 request_serializer=movierec_dot_v1_dot_recommender__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=movierec_dot_v1_dot_recommender__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.RecordInteractions = channel.unary_unary(
+                '/movierec.v1.RecommenderService/RecordInteractions',
+                request_serializer=movierec_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.FromString,
+                _registered_method=True)
+        self.RecommendForItems = channel.unary_unary(
+                '/movierec.v1.RecommenderService/RecommendForItems',
+                request_serializer=movierec_dot_v1_dot_recommender__pb2.RecommendForItemsRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_recommender__pb2.RecommendForItemsResponse.FromString,
+                _registered_method=True)
+        self.ReloadIndex = channel.unary_unary(
+                '/movierec.v1.RecommenderService/ReloadIndex',
+                request_serializer=movierec_dot_v1_dot_recommender__pb2.ReloadIndexRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_recommender__pb2.ReloadIndexResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -77,6 +97,11 @@ class RecommenderServiceServicer:
     Errors: INVALID_ARGUMENT for k outside [1, max_k] or too many exclusions
     (with google.rpc.BadRequest details naming the field and the limit),
     NOT_FOUND for an unknown user or item, UNAVAILABLE while the index loads.
+
+    Live events: RecordInteractions stores "watched" events durably before it
+    answers; from then on they are excluded from that user's recommendations
+    (and survive a restart). A user the model never saw but who has liked
+    events is answered by folding those items into a user vector.
     """
 
     def Recommend(self, request, context):
@@ -109,6 +134,30 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordInteractions(self, request, context):
+        """Store interactions durably (acknowledged only after they are committed to
+        disk); they are excluded from the user's very next recommendation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecommendForItems(self, request, context):
+        """Cold start: recommendations for someone known only by the movies they
+        liked (folded into a user vector), never including those movies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadIndex(self, request, context):
+        """Operator: load the index store's CURRENT version now, if it is not the
+        one being served (the server also polls CURRENT and reloads on SIGHUP).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +181,21 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     request_deserializer=movierec_dot_v1_dot_recommender__pb2.GetInfoRequest.FromString,
                     response_serializer=movierec_dot_v1_dot_recommender__pb2.GetInfoResponse.SerializeToString,
             ),
+            'RecordInteractions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInteractions,
+                    request_deserializer=movierec_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.SerializeToString,
+            ),
+            'RecommendForItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendForItems,
+                    request_deserializer=movierec_dot_v1_dot_recommender__pb2.RecommendForItemsRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_recommender__pb2.RecommendForItemsResponse.SerializeToString,
+            ),
+            'ReloadIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadIndex,
+                    request_deserializer=movierec_dot_v1_dot_recommender__pb2.ReloadIndexRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_recommender__pb2.ReloadIndexResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'movierec.v1.RecommenderService', rpc_method_handlers)
@@ -151,6 +215,11 @@ class RecommenderService:
     Errors: INVALID_ARGUMENT for k outside [1, max_k] or too many exclusions
     (with google.rpc.BadRequest details naming the field and the limit),
     NOT_FOUND for an unknown user or item, UNAVAILABLE while the index loads.
+
+    Live events: RecordInteractions stores "watched" events durably before it
+    answers; from then on they are excluded from that user's recommendations
+    (and survive a restart). A user the model never saw but who has liked
+    events is answered by folding those items into a user vector.
     """
 
     @staticmethod
@@ -251,6 +320,87 @@ class RecommenderService:
             '/movierec.v1.RecommenderService/GetInfo',
             movierec_dot_v1_dot_recommender__pb2.GetInfoRequest.SerializeToString,
             movierec_dot_v1_dot_recommender__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.RecommenderService/RecordInteractions',
+            movierec_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.SerializeToString,
+            movierec_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendForItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.RecommenderService/RecommendForItems',
+            movierec_dot_v1_dot_recommender__pb2.RecommendForItemsRequest.SerializeToString,
+            movierec_dot_v1_dot_recommender__pb2.RecommendForItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.RecommenderService/ReloadIndex',
+            movierec_dot_v1_dot_recommender__pb2.ReloadIndexRequest.SerializeToString,
+            movierec_dot_v1_dot_recommender__pb2.ReloadIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,11 @@ class RecommenderServiceStub:
     Errors: INVALID_ARGUMENT for k outside [1, max_k] or too many exclusions
     (with google.rpc.BadRequest details naming the field and the limit),
     NOT_FOUND for an unknown user or item, UNAVAILABLE while the index loads.
+
+    Live events: RecordInteractions stores "watched" events durably before it
+    answers; from then on they are excluded from that user's recommendations
+    (and survive a restart). A user the model never saw but who has liked
+    events is answered by folding those items into a user vector.
     """
 
     @_typing.overload
@@ -54,6 +59,18 @@ class RecommenderServiceStub:
     """Movies nearest to one movie by the item vectors ("more like this")."""
     GetInfo: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.GetInfoRequest, _recommender_pb2.GetInfoResponse]
     """What is being served: versions, catalogue size, limits, training metrics."""
+    RecordInteractions: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.RecordInteractionsRequest, _recommender_pb2.RecordInteractionsResponse]
+    """Store interactions durably (acknowledged only after they are committed to
+    disk); they are excluded from the user's very next recommendation.
+    """
+    RecommendForItems: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.RecommendForItemsRequest, _recommender_pb2.RecommendForItemsResponse]
+    """Cold start: recommendations for someone known only by the movies they
+    liked (folded into a user vector), never including those movies.
+    """
+    ReloadIndex: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.ReloadIndexRequest, _recommender_pb2.ReloadIndexResponse]
+    """Operator: load the index store's CURRENT version now, if it is not the
+    one being served (the server also polls CURRENT and reloads on SIGHUP).
+    """
 
 @_typing.type_check_only
 class RecommenderServiceAsyncStub(RecommenderServiceStub):
@@ -67,6 +84,11 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
     Errors: INVALID_ARGUMENT for k outside [1, max_k] or too many exclusions
     (with google.rpc.BadRequest details naming the field and the limit),
     NOT_FOUND for an unknown user or item, UNAVAILABLE while the index loads.
+
+    Live events: RecordInteractions stores "watched" events durably before it
+    answers; from then on they are excluded from that user's recommendations
+    (and survive a restart). A user the model never saw but who has liked
+    events is answered by folding those items into a user vector.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,6 +103,18 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
     """Movies nearest to one movie by the item vectors ("more like this")."""
     GetInfo: _aio.UnaryUnaryMultiCallable[_recommender_pb2.GetInfoRequest, _recommender_pb2.GetInfoResponse]  # type: ignore[assignment]
     """What is being served: versions, catalogue size, limits, training metrics."""
+    RecordInteractions: _aio.UnaryUnaryMultiCallable[_recommender_pb2.RecordInteractionsRequest, _recommender_pb2.RecordInteractionsResponse]  # type: ignore[assignment]
+    """Store interactions durably (acknowledged only after they are committed to
+    disk); they are excluded from the user's very next recommendation.
+    """
+    RecommendForItems: _aio.UnaryUnaryMultiCallable[_recommender_pb2.RecommendForItemsRequest, _recommender_pb2.RecommendForItemsResponse]  # type: ignore[assignment]
+    """Cold start: recommendations for someone known only by the movies they
+    liked (folded into a user vector), never including those movies.
+    """
+    ReloadIndex: _aio.UnaryUnaryMultiCallable[_recommender_pb2.ReloadIndexRequest, _recommender_pb2.ReloadIndexResponse]  # type: ignore[assignment]
+    """Operator: load the index store's CURRENT version now, if it is not the
+    one being served (the server also polls CURRENT and reloads on SIGHUP).
+    """
 
 class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Personal movie recommendations from a LightGCN model, served by exact
@@ -93,6 +127,11 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
     Errors: INVALID_ARGUMENT for k outside [1, max_k] or too many exclusions
     (with google.rpc.BadRequest details naming the field and the limit),
     NOT_FOUND for an unknown user or item, UNAVAILABLE while the index loads.
+
+    Live events: RecordInteractions stores "watched" events durably before it
+    answers; from then on they are excluded from that user's recommendations
+    (and survive a restart). A user the model never saw but who has liked
+    events is answered by folding those items into a user vector.
     """
 
     @_abc_1.abstractmethod
@@ -129,5 +168,35 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_pb2.GetInfoResponse, _abc.Awaitable[_recommender_pb2.GetInfoResponse]]:
         """What is being served: versions, catalogue size, limits, training metrics."""
+
+    @_abc_1.abstractmethod
+    def RecordInteractions(
+        self,
+        request: _recommender_pb2.RecordInteractionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_pb2.RecordInteractionsResponse, _abc.Awaitable[_recommender_pb2.RecordInteractionsResponse]]:
+        """Store interactions durably (acknowledged only after they are committed to
+        disk); they are excluded from the user's very next recommendation.
+        """
+
+    @_abc_1.abstractmethod
+    def RecommendForItems(
+        self,
+        request: _recommender_pb2.RecommendForItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_pb2.RecommendForItemsResponse, _abc.Awaitable[_recommender_pb2.RecommendForItemsResponse]]:
+        """Cold start: recommendations for someone known only by the movies they
+        liked (folded into a user vector), never including those movies.
+        """
+
+    @_abc_1.abstractmethod
+    def ReloadIndex(
+        self,
+        request: _recommender_pb2.ReloadIndexRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_pb2.ReloadIndexResponse, _abc.Awaitable[_recommender_pb2.ReloadIndexResponse]]:
+        """Operator: load the index store's CURRENT version now, if it is not the
+        one being served (the server also polls CURRENT and reloads on SIGHUP).
+        """
 
 def add_RecommenderServiceServicer_to_server(servicer: RecommenderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
