@@ -137,6 +137,10 @@ RECCTL_ROWS = [
 ]
 
 
+# The training settings shown in the table for CLI rows (the whole config is in the JSON).
+CLI_SETTINGS_SHOWN = ("preset", "loss", "dim", "layers", "lr", "batch_size", "weight_decay", "epochs")
+
+
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -316,10 +320,14 @@ def _run_cli_rows(
             provenance = _provenance()
             try:
                 outcome = run_recctl_row(row, data_dir, Path(work_dir), split.protocol, expected_users, timeout)
-                differences = split_differences(read_model_bundle(Path(outcome.pop("bundle"))), split)
+                bundle = read_model_bundle(Path(outcome.pop("bundle")))
+                differences = split_differences(bundle, split)
                 if differences:
                     raise RecctlRowError(f"the bundle's split differs from the benchmark's in {', '.join(differences)}")
-                result = {"name": row.name, **outcome, **provenance}
+                # The settings the bundle was actually trained with: presets change as the trainer evolves.
+                train_config = dict(bundle.config.get("train", {}))
+                params = {key: train_config[key] for key in CLI_SETTINGS_SHOWN if key in train_config}
+                result = {"name": row.name, **outcome, "params": params, "train_config": train_config, **provenance}
             except RecctlRowError as error:
                 result = {"name": row.name, "error": str(error)}
             tqdm.write(f"{row.name}: {_summary(result)}")
