@@ -7,17 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 tree=build/typecheck
-rm -rf "$tree"
+# Updated in place (never removed) so that concurrent runs do not pull the tree from under each other.
 mkdir -p "$tree/movierec"
+find "$tree" -xtype l -delete
 for entry in movierec/*; do
-    ln -s "$repo/$entry" "$tree/movierec/"
+    ln -sfn "$repo/$entry" "$tree/movierec/$(basename "$entry")"
 done
 for layer in trainer index server clients; do
-    ln -s "$repo/$layer" "$tree/movierec/$layer"
+    ln -sfn "$repo/$layer" "$tree/movierec/$layer"
 done
-ln -s "$repo/clients/generated/movierec/v1" "$tree/movierec/v1"
+ln -sfn "$repo/clients/generated/movierec/v1" "$tree/movierec/v1"
 for extra in tests benchmarks scripts; do
-    [ -d "$extra" ] && ln -s "$repo/$extra" "$tree/$extra"
+    if [ -d "$extra" ]; then ln -sfn "$repo/$extra" "$tree/$extra"; fi
 done
 cd "$tree"
 mapfile -t sources < <(find -L . -name '*.py' -not -path '*/generated/*' -not -path './movierec/v1/*' -not -path '*/__pycache__/*' | sort)
