@@ -1,10 +1,16 @@
-"""The gRPC server process: bind first, load second, drain on SIGTERM.
+"""The gRPC server process: bind first, load second, hot-swap new index versions, drain on SIGTERM.
 
 Order matters to operators: the port is bound and the health service answers
 NOT_SERVING before the (possibly slow) index load, so orchestrators can tell
 "starting" from "dead"; only after the index is verified and warmed up does
 health report SERVING. On SIGTERM/SIGINT health flips to NOT_SERVING, new
 calls are refused and in-flight calls get ``grace_seconds`` to finish.
+
+While serving a store root, the server follows its ``CURRENT`` pointer
+(:mod:`movierec.server.reload`: polled, on SIGHUP, and on the ``ReloadIndex``
+RPC), and keeps live events in an interaction log beside the store
+(:mod:`movierec.server.interaction_log`), replayed from the offset the served
+index has compacted.
 """
 
 from __future__ import annotations
@@ -15,14 +21,21 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from movierec.bundle import MANIFEST_NAME
+from movierec.errors import MovierecError
 from movierec.index import ServingIndex, limit_serving_threads, open_index
+from movierec.server.auth import BearerTokenInterceptor, read_token_file, server_credentials
 from movierec.server.engine import ServingEngine
+from movierec.server.interaction_log import LOG_FILE_NAME, InteractionLog
 from movierec.server.limits import Limits
+from movierec.server.metrics import MetricsHttpServer, MetricsInterceptor, ServerMetrics
+from movierec.server.reload import DEFAULT_POLL_SECONDS, IndexReloader
 from movierec.server.servicer import DEFAULT_MAX_STREAM_BATCH, RecommenderServicer
 from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
@@ -42,6 +55,28 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH
+    # Interaction log; None: ``interactions.sqlite3`` in the store root (beside a single version).
+    events_path: Path | None = None
+    # How often CURRENT is checked for a new version; 0 turns polling off (SIGHUP and ReloadIndex still work).
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    # Prometheus text on http://127.0.0.1:<metrics_port>/metrics (None: no metrics server).
+    metrics_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # A file holding the bearer token every call must carry (health and reflection excepted).
+    token_file: Path | None = None
+
+    @property
+    def store_root(self) -> Path | None:
+        """The index store followed for hot swaps; None when ``index_path`` is one fixed version."""
+        return None if (self.index_path / MANIFEST_NAME).is_file() else self.index_path
+
+    @property
+    def log_path(self) -> Path:
+        if self.events_path is not None:
+            return self.events_path
+        root = self.store_root
+        return (self.index_path.parent if root is None else root) / LOG_FILE_NAME
 
 
 def load_index(path: Path) -> ServingIndex:
@@ -59,12 +94,19 @@ class RecommenderServer:
         config: ServerConfig,
         *,
         loader: Callable[[Path], ServingIndex] = load_index,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+        credentials: grpc.ServerCredentials | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
-        """``interceptors`` wrap every call, health and reflection included (auth, metrics)."""
+        """``interceptors`` wrap every call, health and reflection included (auth, metrics);
+        ``credentials`` make the port TLS-only."""
         self.config = config
-        self.state = ServingState()
+        self.state = ServingState(metrics)
         self.servicer = RecommenderServicer(self.state, max_stream_batch=config.max_stream_batch)
+        self.log: InteractionLog | None = None
+        self.reloader: IndexReloader | None = None
+        self._credentials = credentials
+        self._watching: asyncio.Task[None] | None = None
         # grpc-stubs predates health.aio; the asyncio servicer is the one a grpc.aio server needs.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._loader = loader
@@ -81,24 +123,44 @@ class RecommenderServer:
         address = f"{self.config.host}:{self.config.port}"
         try:
             _check_bindable(self.config.host, self.config.port)
-            self.port = self._server.add_insecure_port(address)
+            if self._credentials is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, self._credentials)
         except (OSError, RuntimeError) as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         await self._server.start()
         return self.port
 
     async def load(self) -> ServingEngine:
-        """Load the index off the event loop (health keeps answering), then publish it and report SERVING."""
+        """Load the index and replay the interaction log off the event loop (health keeps answering),
+        then publish, report SERVING and start following the store's CURRENT."""
         index = await asyncio.to_thread(self._loader, self.config.index_path)
-        engine = ServingEngine(index, self.config.limits)
+        self.log = await asyncio.to_thread(InteractionLog, self.config.log_path, replay_after=index.events_through)
+        engine = self._make_engine(index)
         self.state.publish(engine)
+        self.servicer.log = self.log
+        root = self.config.store_root
+        if root is not None:
+            self.reloader = IndexReloader(root, self.state, self._loader, self._make_engine, self.log)
+            self.servicer.reloader = self.reloader
+            if self.config.poll_seconds > 0:
+                self._watching = asyncio.create_task(self.reloader.watch(self.config.poll_seconds))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return engine
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING at once, refuse new calls, let in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
         await self._server.stop(self.config.grace_seconds if grace is None else grace)
+        if self.log is not None:
+            self.log.close()
+
+    def _make_engine(self, index: ServingIndex) -> ServingEngine:
+        return ServingEngine(index, self.config.limits, self.log)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
@@ -137,16 +199,33 @@ async def serve(config: ServerConfig, announce: Callable[[ServerEvent], None]) -
     of :func:`movierec.index.limit_serving_threads`: one BLAS thread per search.
     """
     limit_serving_threads()
-    server = RecommenderServer(config)
+    metrics = ServerMetrics() if config.metrics_port is not None else None
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    if metrics is not None:  # outermost, so calls refused by the token check are counted too
+        interceptors.append(MetricsInterceptor(metrics))
+    if config.token_file is not None:
+        interceptors.append(BearerTokenInterceptor(read_token_file(config.token_file)))
+    credentials = _credentials(config)
+    server = RecommenderServer(config, interceptors=interceptors, credentials=credentials, metrics=metrics)
     port = await server.start()
-    address = {"host": config.host, "port": port}
+    address = {"host": config.host, "port": port, "tls": credentials is not None}
     announce(
         ServerEvent("listening", f"listening on {config.host}:{port} (NOT_SERVING while the index loads)", address)
     )
+    metrics_http = _serve_metrics(metrics, config, announce)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def reload_now() -> None:  # SIGHUP: the operator says "look at CURRENT now", retrying a refused version
+        if server.reloader is not None:
+            task: asyncio.Task[object] = asyncio.create_task(server.reloader.reload(force=True))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_now)
     loading = asyncio.create_task(server.load())
     stopping = asyncio.create_task(stop_requested.wait())
     try:
@@ -174,6 +253,30 @@ async def serve(config: ServerConfig, announce: Callable[[ServerEvent], None]) -
             task.cancel()
         await asyncio.gather(loading, stopping, return_exceptions=True)
         await server.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        if metrics_http is not None:
+            metrics_http.close()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     announce(ServerEvent("stopped", "stopped"))
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise MovierecError("TLS needs both --tls-cert and --tls-key")
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    return server_credentials(config.tls_cert, config.tls_key)
+
+
+def _serve_metrics(
+    metrics: ServerMetrics | None, config: ServerConfig, announce: Callable[[ServerEvent], None]
+) -> MetricsHttpServer | None:
+    """Metrics always bind loopback: they reveal load and versions, and carry no authentication."""
+    if metrics is None or config.metrics_port is None:
+        return None
+    try:
+        http = metrics.serve_http("127.0.0.1", config.metrics_port)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on 127.0.0.1:{config.metrics_port}: {exc}") from None
+    announce(ServerEvent("metrics", f"metrics on http://127.0.0.1:{http.port}/metrics", {"metrics_port": http.port}))
+    return http

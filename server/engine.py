@@ -1,10 +1,17 @@
 """Answer recommendation requests from one loaded index, independent of gRPC plumbing.
 
-The engine validates each request (k range, exclusion limit, known user),
-runs the exact top-k through :class:`movierec.index.ServingIndex` and turns
-item rows into wire items. Requests are answered in batches so the stream can
-fold many users into one matrix product; a request that fails validation
-becomes a :class:`RequestError` in its slot and never spoils the others.
+The engine validates each request (k range, exclusion limit, filter, known
+user), runs the exact top-k through :class:`movierec.index.ServingIndex` and
+turns item rows into wire items. Requests are answered in batches so the
+stream can fold many users into one matrix product; a request that fails
+validation becomes a :class:`RequestError` in its slot and never spoils the
+others.
+
+Live events (the interaction log) are read per request, not baked into the
+engine: the log is shared by every index version the server swaps in, and an
+event recorded a moment ago must already be excluded from the next answer. A
+user the model never saw but who has liked items (live or compacted events)
+is answered from a fold-in vector (:mod:`movierec.index.fold_in`).
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import struct_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from movierec.index import Recommendation, ServingIndex
+from movierec.index import FilterError, ItemFilter, Recommendation, ServingIndex
+from movierec.index.events import rows_of
+from movierec.index.fold_in import FoldIn
 from movierec.server.errors import RequestError, invalid_argument, not_found
 from movierec.server.limits import Limits
 from movierec.v1 import recommender_pb2 as pb
@@ -35,22 +45,93 @@ class RecommendQuery(Protocol):
     def k(self) -> int: ...
     @property
     def exclude_item_ids(self) -> Sequence[int]: ...
+    @property
+    def filter(self) -> pb.ItemFilter: ...
+
+
+class LiveSeen(Protocol):
+    """Live events not yet compacted into the index (``movierec.server.interaction_log.InteractionLog`` fits)."""
+
+    def extra_seen(self, user_id: int) -> npt.NDArray[np.int64]: ...
+    def liked(self, user_id: int) -> npt.NDArray[np.int64]: ...
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One personal answer: the items, best first, and for each the user's item behind it (-1: none)."""
+
+    result: Recommendation
+    because: npt.NDArray[np.int32]
+
+    @property
+    def item_rows(self) -> npt.NDArray[np.int32]:
+        return self.result.item_rows
+
+    @property
+    def scores(self) -> npt.NDArray[np.float32]:
+        return self.result.scores
 
 
 @dataclass(frozen=True)
 class _Valid:
-    """A validated query: internal user row and excluded item rows."""
+    """A validated query: a model user (``user_row``) or a fold-in user (``liked_rows``), and its exclusions."""
 
     slot: int
-    user_row: int
     k: int
+    item_filter: ItemFilter | None
     exclude_rows: npt.NDArray[np.int32]
+    user_row: int | None
+    liked_rows: npt.NDArray[np.int32]
 
 
-Answer = Recommendation | RequestError
+Answer = Answered | RequestError
 _NO_ROWS: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
+_NO_IDS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
 # Largest item id served through a dense id -> row table (64 MiB of int32); beyond it, binary search.
 MAX_LOOKUP_IDS = 1 << 24
+
+
+class _NoLiveEvents:
+    """Stands in for the interaction log when the server runs without one."""
+
+    def extra_seen(self, user_id: int) -> npt.NDArray[np.int64]:
+        return _NO_IDS
+
+    def liked(self, user_id: int) -> npt.NDArray[np.int64]:
+        return _NO_IDS
+
+
+def item_filter_of(message: pb.ItemFilter) -> ItemFilter | None:
+    """The index filter a request asks for (None: no condition); INVALID_ARGUMENT for an impossible one."""
+    if not message.ByteSize():  # the common case: no filter at all
+        return None
+    try:
+        return ItemFilter(
+            include_genres=frozenset(message.include_genres),
+            exclude_genres=frozenset(message.exclude_genres),
+            min_year=message.min_year if message.HasField("min_year") else None,
+            max_year=message.max_year if message.HasField("max_year") else None,
+        )
+    except FilterError as error:
+        raise invalid_argument("filter", str(error)) from None
+
+
+def _unknown_user_events(index: ServingIndex) -> dict[int, npt.NDArray[np.int64]]:
+    """Compacted events of users the model never saw, by user id (sorted unique item ids each).
+
+    ``merge_into_seen`` can only put known users' events into the seen CSR;
+    the others are still theirs to exclude and to fold in from.
+    """
+    events = index.events
+    if not len(events):
+        return {}
+    unknown = rows_of(index.model.user_ids, events.user_ids) < 0
+    users, items = events.user_ids[unknown], events.item_ids[unknown]
+    order = np.lexsort((items, users))
+    users, items = users[order], items[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.empty(0, dtype=np.int64)
+    ends = np.r_[starts[1:], users.size].astype(np.int64)
+    return {int(users[s]): np.unique(items[s:e]) for s, e in zip(starts, ends, strict=True)}
 
 
 def model_version(index: ServingIndex) -> str:
@@ -78,12 +159,15 @@ def _dense_lookup(item_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int32] | No
 class ServingEngine:
     """Everything one index version needs to answer requests; immutable once built, so swapping is atomic."""
 
-    def __init__(self, index: ServingIndex, limits: Limits) -> None:
+    def __init__(self, index: ServingIndex, limits: Limits, live: LiveSeen | None = None) -> None:
         self.index = index
         self.limits = limits
+        self.live: LiveSeen = _NoLiveEvents() if live is None else live
         self.index_version = str(index.version)
         self.model_version = model_version(index)
         self._item_lookup = _dense_lookup(index.model.item_ids)
+        self._fold_in = FoldIn.from_model(index.model)
+        self._compacted_unknown = _unknown_user_events(index)
         # One ready-made wire item per catalogue row (id, title, genres, year): a response copies
         # k of them and sets score and rank, which is cheaper than building each item field by field.
         items = index.model.items
@@ -95,46 +179,84 @@ class ServingEngine:
         ]
 
     def recommend(self, queries: Sequence[RecommendQuery]) -> list[Answer]:
-        """One answer per query, same order; valid queries with the same k share one search."""
+        """One answer per query, same order; valid queries with the same k and filter share one search."""
         answers: dict[int, Answer] = {}
-        by_k: dict[int, list[_Valid]] = defaultdict(list)
+        groups: dict[tuple[int, ItemFilter | None, bool], list[_Valid]] = defaultdict(list)
         for slot, query in enumerate(queries):
             try:
                 valid = self._validate(slot, query)
             except RequestError as error:
                 answers[slot] = error
                 continue
-            by_k[valid.k].append(valid)
-        for k, group in by_k.items():
-            extra = [v.exclude_rows for v in group]
-            results = self.index.recommend(
-                [v.user_row for v in group], k, extra_exclude=extra if any(e.size for e in extra) else None
+            groups[valid.k, valid.item_filter, valid.user_row is None].append(valid)
+        for (k, item_filter, folded), group in groups.items():
+            results = (
+                self._fold_in_search(group, k, item_filter) if folded else self._model_search(group, k, item_filter)
             )
             for valid, result in zip(group, results, strict=True):
-                answers[valid.slot] = result
+                answers[valid.slot] = Answered(result, self._because(valid, result))
         return [answers[slot] for slot in range(len(queries))]
+
+    def recommend_for_items(self, request: pb.RecommendForItemsRequest) -> Answered:
+        """Cold start: fold the liked items into a user vector; never recommends them back."""
+        self._check_k(request.k)
+        self._check_exclusions(request.exclude_item_ids)
+        if not request.item_ids:
+            raise invalid_argument("item_ids", "item_ids is empty: give at least one liked movie")
+        if len(request.item_ids) > self.limits.max_exclude_item_ids:
+            raise invalid_argument(
+                "item_ids",
+                f"at most {self.limits.max_exclude_item_ids} item_ids are allowed (max_exclude_item_ids), "
+                f"got {len(request.item_ids)}",
+            )
+        item_filter = self._filter(request.filter)
+        liked = self._item_rows(request.item_ids)
+        if liked.size == 0:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, "none of the item_ids is a movie the model knows")
+        valid = _Valid(
+            0, request.k, item_filter, np.concatenate([liked, self._item_rows(request.exclude_item_ids)]), None, liked
+        )
+        (result,) = self._fold_in_search([valid], request.k, item_filter)
+        return Answered(result, self._because(valid, result))
 
     def similar_items(self, request: pb.SimilarItemsRequest) -> Recommendation:
         """Nearest items to ``request.item_id``, minus the item, the user's seen items and the exclusions."""
         self._check_k(request.k)
         self._check_exclusions(request.exclude_item_ids)
+        item_filter = self._filter(request.filter)
         item_rows = self.index.item_rows([request.item_id])
         if item_rows.size == 0:
             raise not_found("item", request.item_id)
         excluded = [self._item_rows(request.exclude_item_ids)]
         if request.HasField("user_id"):
-            user_row = self._user_row(request.user_id)
-            excluded.append(self.index.seen_rows(user_row).astype(np.int32))
-        return self.index.similar_items(int(item_rows[0]), request.k, exclude=np.concatenate(excluded))
+            user_row = self.index.user_row(request.user_id)
+            if user_row is not None:
+                excluded.append(self.index.seen_rows(user_row).astype(np.int32))
+            elif not self._known_by_events(request.user_id):
+                raise not_found("user", request.user_id)
+            excluded.append(self._live_seen_rows(request.user_id, user_row))
+        return self.index.similar_items(
+            int(item_rows[0]), request.k, exclude=np.concatenate(excluded), item_filter=item_filter
+        )
 
-    def write_items(self, items: RepeatedCompositeFieldContainer[pb.RecommendedItem], result: Recommendation) -> None:
-        """Append ``result`` to a response's ``items``, best first, with 1-based ranks."""
+    def write_items(
+        self,
+        items: RepeatedCompositeFieldContainer[pb.RecommendedItem],
+        result: Recommendation | Answered,
+    ) -> None:
+        """Append ``result`` to a response's ``items``, best first, with 1-based ranks (and ``because``)."""
         templates = self._templates
-        for rank, (row, score) in enumerate(zip(result.item_rows.tolist(), result.scores.tolist(), strict=True), 1):
+        rows = result.item_rows.tolist()
+        for rank, (row, score) in enumerate(zip(rows, result.scores.tolist(), strict=True), 1):
             item = items.add()
             item.CopyFrom(templates[row])
             item.score = score
             item.rank = rank
+        if isinstance(result, Answered):
+            item_ids = self.index.model.item_ids
+            for item, because in zip(items[len(items) - len(rows) :], result.because.tolist(), strict=True):
+                if because >= 0:
+                    item.because_item_id = int(item_ids[because])
 
     def info(self) -> pb.GetInfoResponse:
         model = self.index.model
@@ -150,14 +272,72 @@ class ServingEngine:
             max_k=self.limits.max_k,
             max_exclude_item_ids=self.limits.max_exclude_item_ids,
             training_metrics=metrics,
+            genres=self.index.genres,
+            events_through=self.index.events_through,
         )
+
+    def _model_search(self, group: list[_Valid], k: int, item_filter: ItemFilter | None) -> list[Recommendation]:
+        extra = [v.exclude_rows for v in group]
+        return self.index.recommend(
+            [v.user_row for v in group if v.user_row is not None],
+            k,
+            extra_exclude=extra if any(e.size for e in extra) else None,
+            item_filter=item_filter,
+        )
+
+    def _fold_in_search(self, group: list[_Valid], k: int, item_filter: ItemFilter | None) -> list[Recommendation]:
+        vectors = np.stack([self._fold_in.user_vector(v.liked_rows) for v in group])
+        return self.index.recommend_vectors(vectors, k, [v.exclude_rows for v in group], item_filter=item_filter)
+
+    def _because(self, valid: _Valid, result: Recommendation) -> npt.NDArray[np.int32]:
+        if valid.user_row is None:
+            return self.index.because_of(valid.liked_rows, result.item_rows)
+        return self.index.because(valid.user_row, result.item_rows)
 
     def _validate(self, slot: int, query: RecommendQuery) -> _Valid:
         self._check_k(query.k)
         self._check_exclusions(query.exclude_item_ids)
-        user_row = self._user_row(query.user_id)
+        item_filter = self._filter(query.filter)
         exclude_rows = self._item_rows(query.exclude_item_ids)
-        return _Valid(slot, user_row, query.k, exclude_rows)
+        user_id = query.user_id
+        user_row = self.index.user_row(user_id)
+        live_rows = self._live_seen_rows(user_id, user_row)
+        if live_rows.size:
+            exclude_rows = np.concatenate([exclude_rows, live_rows]) if exclude_rows.size else live_rows
+        if user_row is not None:
+            return _Valid(slot, query.k, item_filter, exclude_rows, user_row, _NO_ROWS)
+        liked = self._item_rows(self._liked_ids(user_id))
+        if liked.size == 0:
+            raise not_found("user", user_id)
+        return _Valid(slot, query.k, item_filter, exclude_rows, None, liked)
+
+    def _live_seen_rows(self, user_id: int, user_row: int | None) -> npt.NDArray[np.int32]:
+        """Rows of the user's live events, plus their compacted ones when the model cannot hold them."""
+        seen = self.live.extra_seen(user_id)
+        if user_row is None:
+            compacted = self._compacted_unknown.get(user_id)
+            if compacted is not None:
+                seen = np.concatenate([seen, compacted])
+        return self._item_rows(seen)
+
+    def _liked_ids(self, user_id: int) -> npt.NDArray[np.int64]:
+        """Fold-in input of an unknown user: compacted events (no ratings survive compaction) and live likes."""
+        liked = self.live.liked(user_id)
+        compacted = self._compacted_unknown.get(user_id)
+        return liked if compacted is None else np.union1d(liked, compacted)
+
+    def _known_by_events(self, user_id: int) -> bool:
+        return user_id in self._compacted_unknown or self.live.extra_seen(user_id).size > 0
+
+    def _filter(self, message: pb.ItemFilter) -> ItemFilter | None:
+        """The request's filter, checked against this catalogue (an unknown genre is INVALID_ARGUMENT)."""
+        item_filter = item_filter_of(message)
+        if item_filter is not None:
+            try:
+                self.index.allowed_items(item_filter)
+            except FilterError as error:
+                raise invalid_argument("filter", str(error)) from None
+        return item_filter
 
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= self.limits.max_k:
@@ -171,22 +351,17 @@ class ServingEngine:
                 f"at most {limit} exclude_item_ids are allowed (max_exclude_item_ids), got {len(exclude_item_ids)}",
             )
 
-    def _item_rows(self, item_ids: Sequence[int]) -> npt.NDArray[np.int32]:
+    def _item_rows(self, item_ids: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
         """Rows of the known ids; unknown ids are dropped, as excluding a movie never recommended is a no-op.
 
         ``np.array`` reads a protobuf repeated field directly, far cheaper than going through a list.
         """
-        if not item_ids:  # the common case: skip the id lookup altogether
+        if len(item_ids) == 0:  # the common case: skip the id lookup altogether
             return _NO_ROWS
         wanted = np.array(item_ids, dtype=np.int64)
         if self._item_lookup is None:
             return self.index.item_rows(wanted)
         wanted = wanted[(wanted >= 0) & (wanted < self._item_lookup.shape[0])]
-        rows = self._item_lookup[wanted]
-        return rows[rows >= 0]
-
-    def _user_row(self, user_id: int) -> int:
-        row = self.index.user_row(user_id)
-        if row is None:
-            raise not_found("user", user_id)
-        return row
+        rows: npt.NDArray[np.int32] = self._item_lookup[wanted]
+        known: npt.NDArray[np.int32] = rows[rows >= 0]
+        return known

@@ -21,7 +21,9 @@ import grpc
 from grpc_status import rpc_status
 
 from movierec.server.engine import Answer, ServingEngine
-from movierec.server.errors import RequestError
+from movierec.server.errors import RequestError, invalid_argument, not_ready
+from movierec.server.interaction_log import InteractionLog, InteractionLogError, InvalidInteractions
+from movierec.server.reload import IndexReloader
 from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
@@ -42,6 +44,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self._state = state
         self._max_stream_batch = max_stream_batch
         self.active_streams = 0
+        # Set by the server once the first index is loaded (the log replays from that index's offset).
+        self.log: InteractionLog | None = None
+        self.reloader: IndexReloader | None = None
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
@@ -126,7 +131,75 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext[pb.GetInfoRequest, pb.GetInfoResponse]
     ) -> pb.GetInfoResponse:
         engine = await self._engine_or_abort(context)
-        return engine.info()
+        info = engine.info()
+        info.swap_count = self._state.swap_count
+        info.last_reload_error = self._state.last_reload_error
+        info.last_refused_version = self._state.last_refused_version
+        if self.log is not None:
+            info.events_last_offset = self.log.last_offset
+        return info
+
+    async def RecordInteractions(
+        self,
+        request: pb.RecordInteractionsRequest,
+        context: grpc.aio.ServicerContext[pb.RecordInteractionsRequest, pb.RecordInteractionsResponse],
+    ) -> pb.RecordInteractionsResponse:
+        """Answers only after the events are committed (fsync'd); a worker thread waits for the disk."""
+        log = self.log
+        if log is None:
+            await _abort(context, not_ready())
+        ratings = list(request.ratings) if request.ratings else None
+        times = list(request.times) if request.times else None
+        try:
+            offset = await asyncio.to_thread(log.record, request.user_id, list(request.item_ids), ratings, times)
+        except InvalidInteractions as error:
+            await _abort(context, invalid_argument(_blamed_field(str(error)), str(error)))
+        except InteractionLogError as error:
+            await _abort(context, RequestError(grpc.StatusCode.UNAVAILABLE, f"events not stored: {error}"))
+        return pb.RecordInteractionsResponse(
+            request_id=request.request_id, offset=offset, recorded=len(request.item_ids)
+        )
+
+    async def RecommendForItems(
+        self,
+        request: pb.RecommendForItemsRequest,
+        context: grpc.aio.ServicerContext[pb.RecommendForItemsRequest, pb.RecommendForItemsResponse],
+    ) -> pb.RecommendForItemsResponse:
+        engine = await self._engine_or_abort(context)
+        await _abort_if_expired(context)
+        try:
+            answer = engine.recommend_for_items(request)
+        except RequestError as error:
+            await _abort(context, error)
+        response = pb.RecommendForItemsResponse(
+            request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
+        )
+        engine.write_items(response.items, answer)
+        return response
+
+    async def ReloadIndex(
+        self,
+        request: pb.ReloadIndexRequest,
+        context: grpc.aio.ServicerContext[pb.ReloadIndexRequest, pb.ReloadIndexResponse],
+    ) -> pb.ReloadIndexResponse:
+        """Look at CURRENT now, retrying a version refused before (the operator may have repaired it)."""
+        await self._engine_or_abort(context)
+        if self.reloader is None:
+            await _abort(
+                context,
+                RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "this server serves one fixed index version, not a store: there is nothing to reload",
+                ),
+            )
+        outcome = await self.reloader.reload(force=True)
+        engine = self._state.require_engine()
+        return pb.ReloadIndexResponse(
+            swapped=outcome.swapped,
+            index_version=engine.index_version,
+            model_version=engine.model_version,
+            error=outcome.error,
+        )
 
     def _answer_stream_batch(self, batch: Sequence[pb.RecommendStreamRequest]) -> list[pb.RecommendStreamResponse]:
         """One response per request, in order; the engine is read once so a batch never mixes versions."""
@@ -152,6 +225,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             return self._state.require_engine()
         except RequestError as error:
             await _abort(context, error)
+
+
+def _blamed_field(message: str) -> str:
+    """The request field an interaction-log validation message is about (for google.rpc.BadRequest)."""
+    for field in ("user_id", "ratings", "times"):
+        if field in message or field.rstrip("s") in message:
+            return field
+    return "item_ids"
 
 
 async def _read_all(requests: AsyncIterator[object], inbox: asyncio.Queue[object]) -> None:

@@ -37,7 +37,7 @@ class ServerThread:
         config: ServerConfig,
         *,
         loader: Callable[[Path], ServingIndex] = load_index,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-grpc-server", daemon=True)
@@ -66,7 +66,7 @@ class ServerThread:
 async def _create(
     config: ServerConfig,
     loader: Callable[[Path], ServingIndex],
-    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]],
 ) -> RecommenderServer:
     """Built inside the loop: grpc.aio binds a server to the loop that creates it."""
     return RecommenderServer(config, loader=loader, interceptors=interceptors)

@@ -52,12 +52,12 @@ def test_a_batch_mixes_valid_and_invalid_queries_and_groups_by_k(index: ServingI
     ]
     answers = engine.recommend(queries)
     assert [type(a).__name__ for a in answers] == [
-        "Recommendation",
+        "Answered",
         "RequestError",
-        "Recommendation",
+        "Answered",
         "RequestError",
         "RequestError",
-        "Recommendation",
+        "Answered",
     ]
     for slot, user_row, k, extra in ((0, 0, 5, []), (2, 2, 7, [3]), (5, 4, 5, [])):
         (expected,) = index.recommend([user_row], k, extra_exclude=[np.array(extra, dtype=np.int32)])
