@@ -35,7 +35,10 @@ training config is needed, only item vectors and training-graph degrees.
 A user's ranking is invariant to scaling their vector, so ``1/sqrt(|N_u|)``
 does not change which items come first; what distinguishes the rule from a
 plain mean of the liked vectors is the ``1/sqrt(|N_i|)`` weight, which
-discounts popular items. ``benchmarks/cold_start.py`` measures both.
+discounts popular items. ``benchmarks/cold_start.py`` measures both
+(``benchmarks/results/cold_start.md``): on a LightGCN bundle the rule beats
+the mean by 0.02-0.035 NDCG@20 from 20 liked items up, in every fold, and
+trails it by under 0.01 with 5, so ``propagation`` is the default.
 """
 
 from __future__ import annotations
