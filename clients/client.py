@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -37,6 +38,42 @@ class RecommendedItem:
     title: str
     genres: tuple[str, ...]
     year: int | None
+    # Personal results: the user's movie that contributes most to this score (None: none / not personal).
+    because_item_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """Which movies may be recommended (all conditions hold); the default allows every movie."""
+
+    include_genres: Sequence[str] = ()
+    exclude_genres: Sequence[str] = ()
+    min_year: int | None = None
+    max_year: int | None = None
+
+    def to_proto(self) -> pb.ItemFilter:
+        message = pb.ItemFilter(include_genres=list(self.include_genres), exclude_genres=list(self.exclude_genres))
+        if self.min_year is not None:
+            message.min_year = self.min_year
+        if self.max_year is not None:
+            message.max_year = self.max_year
+        return message
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Acknowledgement of :meth:`RecommenderClient.record_interactions`: the events are durable."""
+
+    offset: int
+    recorded: int
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    swapped: bool
+    index_version: str
+    model_version: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +94,7 @@ class StreamQuery:
     user_id: int
     k: int = 10
     exclude_item_ids: Sequence[int] = ()
+    item_filter: ItemFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +108,12 @@ class ServerInfo:
     max_k: int
     max_exclude_item_ids: int
     training_metrics: dict[str, Any] = field(default_factory=dict)
+    swap_count: int = 0
+    last_reload_error: str = ""
+    last_refused_version: str = ""
+    genres: tuple[str, ...] = ()
+    events_through: int = 0
+    events_last_offset: int = 0
 
 
 class RecommenderError(Exception):
@@ -99,11 +143,16 @@ class DeadlineExceededError(RecommenderError):
     """No answer within the timeout."""
 
 
+class UnauthenticatedError(RecommenderError):
+    """The server wants a bearer token (``token``) and got none or a wrong one."""
+
+
 _ERROR_TYPES: dict[grpc.StatusCode, type[RecommenderError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 
@@ -118,13 +167,23 @@ class RecommenderClient:
     """Blocking client over one channel; thread-safe, like the gRPC channel under it.
 
     ``timeout`` (seconds) is the default deadline of every unary call; each
-    method accepts its own. Use as a context manager, or call :meth:`close`.
+    method accepts its own. ``tls_ca`` (a PEM file) makes the channel TLS,
+    trusting that CA; ``token`` is sent as ``authorization: Bearer`` on every
+    call. Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, target: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, target: str, *, timeout: float = DEFAULT_TIMEOUT, tls_ca: Path | None = None, token: str | None = None
+    ) -> None:
+        from movierec.server.auth import bearer_metadata, channel_credentials
+
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target)
+        self._metadata = bearer_metadata(token) if token is not None else None
+        if tls_ca is None:
+            self._channel = grpc.insecure_channel(target)
+        else:
+            self._channel = grpc.secure_channel(target, channel_credentials(tls_ca))
         self._stub = pb_grpc.RecommenderServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -134,14 +193,61 @@ class RecommenderClient:
         k: int = 10,
         exclude_item_ids: Iterable[int] = (),
         *,
+        item_filter: ItemFilter | None = None,
         request_id: str = "",
         timeout: float | None = None,
     ) -> Recommendations:
         request = pb.RecommendRequest(
-            request_id=request_id, user_id=user_id, k=k, exclude_item_ids=list(exclude_item_ids)
+            request_id=request_id,
+            user_id=user_id,
+            k=k,
+            exclude_item_ids=list(exclude_item_ids),
+            filter=item_filter.to_proto() if item_filter is not None else None,
         )
         response = self._call(self._stub.Recommend, request, timeout)
         return _recommendations(response)
+
+    def recommend_for_items(
+        self,
+        liked_item_ids: Iterable[int],
+        k: int = 10,
+        exclude_item_ids: Iterable[int] = (),
+        *,
+        item_filter: ItemFilter | None = None,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Recommendations:
+        """Cold start: recommendations for someone known only by the movies they liked (never those movies)."""
+        request = pb.RecommendForItemsRequest(
+            request_id=request_id,
+            item_ids=list(liked_item_ids),
+            k=k,
+            exclude_item_ids=list(exclude_item_ids),
+            filter=item_filter.to_proto() if item_filter is not None else None,
+        )
+        return _recommendations(self._call(self._stub.RecommendForItems, request, timeout))
+
+    def record_interactions(
+        self,
+        user_id: int,
+        item_ids: Iterable[int],
+        *,
+        ratings: Iterable[float] = (),
+        times: Iterable[int] = (),
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Recorded:
+        """Store watched events; when this returns they are durable and excluded from the user's next answer."""
+        request = pb.RecordInteractionsRequest(
+            request_id=request_id, user_id=user_id, item_ids=list(item_ids), ratings=list(ratings), times=list(times)
+        )
+        response: pb.RecordInteractionsResponse = self._call(self._stub.RecordInteractions, request, timeout)
+        return Recorded(offset=response.offset, recorded=response.recorded)
+
+    def reload_index(self, *, timeout: float | None = None) -> ReloadResult:
+        """Ask the server to load its store's CURRENT version now (a refused version is retried)."""
+        response: pb.ReloadIndexResponse = self._call(self._stub.ReloadIndex, pb.ReloadIndexRequest(), timeout)
+        return ReloadResult(response.swapped, response.index_version, response.model_version, response.error)
 
     def recommend_stream(
         self, queries: Iterable[StreamQuery], *, timeout: float | None = None
@@ -154,11 +260,15 @@ class RecommenderClient:
         """
         requests = (
             pb.RecommendStreamRequest(
-                request_id=q.request_id, user_id=q.user_id, k=q.k, exclude_item_ids=list(q.exclude_item_ids)
+                request_id=q.request_id,
+                user_id=q.user_id,
+                k=q.k,
+                exclude_item_ids=list(q.exclude_item_ids),
+                filter=q.item_filter.to_proto() if q.item_filter is not None else None,
             )
             for q in queries
         )
-        responses = self._stub.RecommendStream(requests, timeout=timeout)
+        responses = self._stub.RecommendStream(requests, timeout=timeout, metadata=self._metadata)
         try:
             for response in responses:
                 if response.HasField("error") and response.error.code != grpc.StatusCode.OK.value[0]:
@@ -177,9 +287,15 @@ class RecommenderClient:
         *,
         user_id: int | None = None,
         exclude_item_ids: Iterable[int] = (),
+        item_filter: ItemFilter | None = None,
         timeout: float | None = None,
     ) -> Recommendations:
-        request = pb.SimilarItemsRequest(item_id=item_id, k=k, exclude_item_ids=list(exclude_item_ids))
+        request = pb.SimilarItemsRequest(
+            item_id=item_id,
+            k=k,
+            exclude_item_ids=list(exclude_item_ids),
+            filter=item_filter.to_proto() if item_filter is not None else None,
+        )
         if user_id is not None:
             request.user_id = user_id
         return _recommendations(self._call(self._stub.SimilarItems, request, timeout))
@@ -196,6 +312,12 @@ class RecommenderClient:
             max_k=response.max_k,
             max_exclude_item_ids=response.max_exclude_item_ids,
             training_metrics=json_format.MessageToDict(response.training_metrics),
+            swap_count=response.swap_count,
+            last_reload_error=response.last_reload_error,
+            last_refused_version=response.last_refused_version,
+            genres=tuple(response.genres),
+            events_through=response.events_through,
+            events_last_offset=response.events_last_offset,
         )
 
     def is_serving(self, *, timeout: float | None = None) -> bool:
@@ -234,7 +356,7 @@ class RecommenderClient:
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise self._translate(exc) from None
 
@@ -272,6 +394,7 @@ def _item(item: pb.RecommendedItem) -> RecommendedItem:
         title=item.title,
         genres=tuple(item.genres),
         year=item.year if item.HasField("year") else None,
+        because_item_id=item.because_item_id if item.HasField("because_item_id") else None,
     )
 
 

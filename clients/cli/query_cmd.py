@@ -1,4 +1,4 @@
-"""``recctl recommend | similar | info``: ask a running server (see ``recctl serve``).
+"""``recctl recommend | similar | info | record | reload``: ask a running server (see ``recctl serve``).
 
 Any failed call becomes one line on stderr and exit status 1; an unreachable
 server says so plainly instead of printing a gRPC status dump.
@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from movierec.clients.cli.output import print_json, print_table
 from movierec.errors import MovierecError
 
 if TYPE_CHECKING:
-    from movierec.clients.client import Recommendations, RecommenderClient
+    from movierec.clients.client import ItemFilter, Recommendations, RecommenderClient
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -23,13 +24,20 @@ T = TypeVar("T")
 
 
 def register(commands: Any) -> None:
-    recommend = commands.add_parser("recommend", help="top-k unseen movies for a user from a running server")
+    recommend = commands.add_parser(
+        "recommend", help="top-k unseen movies for a user (or for a list of liked movies) from a running server"
+    )
     _add_connection_options(recommend)
-    recommend.add_argument("--user", type=int, required=True, metavar="ID", help="MovieLens user id")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, metavar="ID", help="MovieLens user id")
+    who.add_argument(
+        "--liked", type=int, nargs="+", metavar="ID", help="cold start: movie ids someone liked (never recommended)"
+    )
     recommend.add_argument("-k", type=int, default=10, help="how many movies (default 10)")
     recommend.add_argument(
         "--exclude", type=int, nargs="+", default=[], metavar="ID", help="movie ids to leave out as well"
     )
+    _add_filter_options(recommend)
     recommend.set_defaults(func=_recommend)
 
     similar = commands.add_parser("similar", help="movies nearest to a movie by the model's item vectors")
@@ -37,7 +45,21 @@ def register(commands: Any) -> None:
     similar.add_argument("--item", type=int, required=True, metavar="ID", help="MovieLens movie id")
     similar.add_argument("-k", type=int, default=10, help="how many movies (default 10)")
     similar.add_argument("--user", type=int, metavar="ID", help="also leave out what this user has rated")
+    _add_filter_options(similar)
     similar.set_defaults(func=_similar)
+
+    record = commands.add_parser("record", help="store watched events for a user (durable when it answers)")
+    _add_connection_options(record)
+    record.add_argument("--user", type=int, required=True, metavar="ID", help="MovieLens user id (may be new)")
+    record.add_argument("--items", type=int, nargs="+", required=True, metavar="ID", help="movie ids watched")
+    record.add_argument(
+        "--ratings", type=float, nargs="+", default=[], metavar="R", help="one rating per movie (default: none)"
+    )
+    record.set_defaults(func=_record)
+
+    reload = commands.add_parser("reload", help="make a running server load its index store's CURRENT version now")
+    _add_connection_options(reload)
+    reload.set_defaults(func=_reload)
 
     info = commands.add_parser("info", help="what a running server serves: versions, counts, limits, metrics")
     _add_connection_options(info)
@@ -53,7 +75,26 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         help=f"server address (default {DEFAULT_SERVER})",
     )
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default 5)")
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="connect over TLS, trusting this CA certificate")
+    parser.add_argument("--token-file", type=Path, metavar="FILE", help="send the bearer token stored in FILE")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_filter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--genre", nargs="+", default=[], metavar="NAME", help="only movies with any of these genres")
+    parser.add_argument(
+        "--exclude-genre", nargs="+", default=[], metavar="NAME", help="no movie with any of these genres"
+    )
+    parser.add_argument("--min-year", type=int, metavar="YEAR", help="only movies released in YEAR or later")
+    parser.add_argument("--max-year", type=int, metavar="YEAR", help="only movies released in YEAR or earlier")
+
+
+def _item_filter(args: argparse.Namespace) -> ItemFilter | None:
+    from movierec.clients.client import ItemFilter
+
+    if not (args.genre or args.exclude_genre) and args.min_year is None and args.max_year is None:
+        return None
+    return ItemFilter(tuple(args.genre), tuple(args.exclude_genre), args.min_year, args.max_year)
 
 
 def server_address(text: str) -> str:
@@ -65,13 +106,45 @@ def server_address(text: str) -> str:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    result = _ask(args, lambda client: client.recommend(args.user, args.k, args.exclude))
-    _print_recommendations(result, args.json, f"Top {len(result.items)} for user {args.user}")
+    item_filter = _item_filter(args)
+    if args.liked is not None:
+        result = _ask(
+            args, lambda client: client.recommend_for_items(args.liked, args.k, args.exclude, item_filter=item_filter)
+        )
+        heading = f"Top {len(result.items)} for someone who liked {', '.join(map(str, args.liked))}"
+    else:
+        result = _ask(args, lambda client: client.recommend(args.user, args.k, args.exclude, item_filter=item_filter))
+        heading = f"Top {len(result.items)} for user {args.user}"
+    _print_recommendations(result, args.json, heading)
     return 0
 
 
+def _record(args: argparse.Namespace) -> int:
+    recorded = _ask(args, lambda client: client.record_interactions(args.user, args.items, ratings=args.ratings))
+    if args.json:
+        print_json(dataclasses.asdict(recorded))
+    else:
+        print(f"recorded {recorded.recorded} event(s) for user {args.user} (log offset {recorded.offset})")
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    result = _ask(args, lambda client: client.reload_index())
+    if args.json:
+        print_json(dataclasses.asdict(result))
+    elif result.error:
+        print(f"refused the store's CURRENT version: {result.error}; still serving {result.index_version}")
+    else:
+        verb = "swapped to" if result.swapped else "already serving"
+        print(f"{verb} index {result.index_version} (model {result.model_version})")
+    return 1 if result.error else 0
+
+
 def _similar(args: argparse.Namespace) -> int:
-    result = _ask(args, lambda client: client.similar_items(args.item, args.k, user_id=args.user))
+    item_filter = _item_filter(args)
+    result = _ask(
+        args, lambda client: client.similar_items(args.item, args.k, user_id=args.user, item_filter=item_filter)
+    )
     _print_recommendations(result, args.json, f"{len(result.items)} movies similar to {args.item}")
     return 0
 
@@ -96,8 +169,10 @@ def _info(args: argparse.Namespace) -> int:
 def _ask(args: argparse.Namespace, call: Callable[[RecommenderClient], T]) -> T:
     """Run one call; every RecommenderError becomes a one-line MovierecError (exit 1)."""
     from movierec.clients.client import RecommenderClient, RecommenderError, ServerUnavailableError
+    from movierec.server.auth import read_token_file
 
-    with RecommenderClient(args.server, timeout=args.timeout) as client:
+    token = read_token_file(args.token_file) if args.token_file is not None else None
+    with RecommenderClient(args.server, timeout=args.timeout, tls_ca=args.tls_ca, token=token) as client:
         try:
             return call(client)
         except ServerUnavailableError as exc:
@@ -111,5 +186,15 @@ def _print_recommendations(result: Recommendations, as_json: bool, heading: str)
         print_json(dataclasses.asdict(result))
         return
     print(f"{heading} (index {result.index_version}, model {result.model_version})")
-    rows = [(item.rank, item.title, "|".join(item.genres), item.item_id, round(item.score, 4)) for item in result.items]
-    print_table(["rank", "title", "genres", "movie id", "score"], rows)
+    rows = [
+        (
+            item.rank,
+            item.title,
+            "|".join(item.genres),
+            item.item_id,
+            round(item.score, 4),
+            "" if item.because_item_id is None else item.because_item_id,
+        )
+        for item in result.items
+    ]
+    print_table(["rank", "title", "genres", "movie id", "score", "because"], rows)

@@ -16,7 +16,10 @@ def register(commands: Any) -> None:
         "serve",
         help="serve recommendations over gRPC (health + reflection included)",
         description="Bind, report NOT_SERVING while the index loads and warms up, then SERVING. "
-        "SIGTERM or Ctrl-C drains in-flight calls for up to --grace seconds and exits 0.",
+        "SIGTERM or Ctrl-C drains in-flight calls for up to --grace seconds and exits 0. "
+        "Serving a store root, the server follows its CURRENT pointer (every --poll seconds, on SIGHUP and on "
+        "the ReloadIndex RPC) and swaps versions without dropping a call; a version that fails to load is "
+        "refused (see recctl info) and the old one keeps serving.",
     )
     parser.add_argument(
         "--index", type=Path, required=True, metavar="DIR", help="index store (follows CURRENT) or one version"
@@ -33,6 +36,30 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--grace", type=float, default=10.0, metavar="SECONDS", help="drain time on shutdown (default 10)"
+    )
+    parser.add_argument(
+        "--events",
+        type=Path,
+        metavar="FILE",
+        help="interaction log for RecordInteractions (default: interactions.sqlite3 in the index store)",
+    )
+    parser.add_argument(
+        "--poll",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to check the store's CURRENT for a new version; 0: only on SIGHUP/ReloadIndex (default 1)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=_port, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free)"
+    )
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS only, with this certificate chain")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="require 'authorization: Bearer <token>' with the token in FILE (health and reflection stay open)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per lifecycle event on stdout")
     parser.set_defaults(func=_serve)
@@ -53,7 +80,15 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         limits=Limits(max_k=args.max_k, max_exclude_item_ids=args.max_exclude),
         grace_seconds=args.grace,
+        events_path=args.events,
+        poll_seconds=args.poll,
+        metrics_port=args.metrics_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token_file=args.token_file,
     )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise MovierecError("TLS needs both --tls-cert and --tls-key")
     try:
         asyncio.run(serve(config, announce))
     except OSError as exc:
@@ -79,4 +114,11 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
