@@ -29,6 +29,15 @@ What is measured, all in one run so the ratios share the machine's load:
 * Latency: wall time of one call, methods interleaved round by round; p50/p99 over ``--rounds`` rounds.
   recall@10 of ``hnsw`` = |hnsw ∩ exact| / |exact|, summed over ``RECALL_QUERIES`` random users (queries)
   with the same number of extra exclusions (the timed batches are too small to estimate it).
+* Filters (``ml1m``, the served ``kind=flat`` path, seen items excluded, batch 1 and 64): ``recommend``
+  with each filter of ``FILTERS`` (genre and year, wide and narrow), interleaved round by round with
+  no filter; the compiled mask is cached per filter, so this is the steady-state cost. Next to it the
+  alternative the served path does not take: score every item and blank the filtered-out ones to -inf
+  (passed to ``recommend`` as extra exclusions; same answers). The first use of a filter (compiling its
+  mask) is timed separately over one single-year filter per distinct year.
+  The stand-in's titles, years and genres are ML-1M's ``movies.dat`` (via the trainer's parser).
+* ``because`` (``ml1m``): one call per answer of k = 10, for ``BECAUSE_QUERIES`` random users, next to
+  ``recommend`` of one user.
 
 Usage::
 
@@ -59,7 +68,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from movierec.bundle import CSR, ItemMetadata, ModelBundle, read_model_bundle, write_model_bundle
-from movierec.index import ServingIndex, build_index, limit_serving_threads, open_index
+from movierec.index import ItemFilter, ServingIndex, build_index, limit_serving_threads, open_index
 from movierec.index.faiss_index import HnswParams, HnswSearcher, create_index
 from movierec.index.topk import ExactSearcher, Recommendation
 from movierec.paths import default_ml1m_dir
@@ -69,6 +78,14 @@ BATCH_SIZES = (1, 64)
 EXTRA_EXCLUDED = (0, 100, 2000)
 RESULTS_NAME = "index"
 RECALL_QUERIES = 500
+BECAUSE_QUERIES = 300
+FILTERS = {
+    "none": ItemFilter(),
+    "genre Drama (wide)": ItemFilter(include_genres=frozenset({"Drama"})),
+    "genre Film-Noir (narrow)": ItemFilter(include_genres=frozenset({"Film-Noir"})),
+    "years 1990-1999": ItemFilter(min_year=1990, max_year=1999),
+    "Comedy, not Romance, 1980-1989": ItemFilter(frozenset({"Comedy"}), frozenset({"Romance"}), 1980, 1989),
+}
 
 Search = Callable[[], list[Recommendation] | list[npt.NDArray[np.int64]]]
 SearchFunction = Callable[[npt.NDArray[np.float32], Sequence[npt.NDArray[np.int64]]], list[Recommendation]]
@@ -85,16 +102,35 @@ class Catalog:
     source: str
 
 
-def ml1m_ratings(folder: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(user row, item row) of every rating; rows follow sorted dataset ids, as in a bundle."""
+def ml1m_ratings(folder: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(user row, item row) of every rating and the movie id of each item row; rows follow sorted dataset
+    ids, as in a bundle."""
     raw = (folder / "ratings.dat").read_bytes().replace(b"::", b" ")
     table = np.array(raw.split(), dtype=np.int64).reshape(-1, 4)
     _, users = np.unique(table[:, 0], return_inverse=True)
-    _, items = np.unique(table[:, 1], return_inverse=True)
-    return users, items
+    item_ids, items = np.unique(table[:, 1], return_inverse=True)
+    return users, items, item_ids
 
 
-def pure_svd(users: npt.NDArray[np.int64], items: npt.NDArray[np.int64], dim: int) -> ModelBundle:
+def ml1m_items(folder: Path, item_ids: npt.NDArray[np.int64]) -> ItemMetadata:
+    """Titles, years and genres of ``item_ids`` from ``movies.dat``, parsed as the trainer does."""
+    from movierec.trainer.data.metadata import read_dat_movies
+
+    movies = read_dat_movies(folder / "movies.dat")
+    row_of = {int(movie_id): row for row, movie_id in enumerate(movies.item_ids.tolist())}
+    rows = [row_of[int(i)] for i in item_ids.tolist()]
+    return ItemMetadata(
+        [movies.titles[r] for r in rows], [movies.years[r] for r in rows], [list(movies.genres[r]) for r in rows]
+    )
+
+
+def pure_svd(
+    users: npt.NDArray[np.int64],
+    items: npt.NDArray[np.int64],
+    item_ids: npt.NDArray[np.int64],
+    metadata: ItemMetadata,
+    dim: int,
+) -> ModelBundle:
     """Rank-``dim`` PureSVD of the binary rating matrix (randomized SVD with two power iterations)."""
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
     matrix = np.zeros((n_users, n_items), dtype=np.float32)
@@ -107,13 +143,12 @@ def pure_svd(users: npt.NDArray[np.int64], items: npt.NDArray[np.int64], dim: in
     scale = np.sqrt(singular[:dim])
     seen = CSR.from_pairs(users, items, n_users, n_items)
     empty = CSR.from_pairs([], [], n_users, n_items)
-    item_ids = np.arange(1, n_items + 1, dtype=np.int64)
     return ModelBundle(
         user_vectors=np.ascontiguousarray((basis @ small_u[:, :dim]) * scale, dtype=np.float32),
         item_vectors=np.ascontiguousarray(vt[:dim].T * scale, dtype=np.float32),
         user_ids=np.arange(1, n_users + 1, dtype=np.int64),
         item_ids=item_ids,
-        items=ItemMetadata.unknown(item_ids),
+        items=metadata,
         seen=seen,
         train=seen,
         valid=empty,
@@ -283,7 +318,8 @@ def run_ml1m(args: argparse.Namespace, work: Path, progress: tqdm) -> tuple[list
         if folder is None:
             raise SystemExit("MovieLens-1M not found: pass --data or --model, or set MOVIEREC_DATA")
         model_dir, source = work / "model", f"PureSVD dim {args.dim} of ML-1M ratings ({folder})"
-        write_model_bundle(pure_svd(*ml1m_ratings(Path(folder)), args.dim), model_dir)
+        users, items, item_ids = ml1m_ratings(Path(folder))
+        write_model_bundle(pure_svd(users, items, item_ids, ml1m_items(Path(folder), item_ids), args.dim), model_dir)
     start = time.perf_counter()
     flat = open_index(build_index(model_dir, work / "index"))
     flat_build = time.perf_counter() - start
@@ -309,6 +345,7 @@ def run_ml1m(args: argparse.Namespace, work: Path, progress: tqdm) -> tuple[list
     for _ in range(args.rounds):
         flat.recommend(user_rows, K)
     per_call = (time.perf_counter() - start) / args.rounds
+    filters = measure_filters(flat, args.rounds)
     info = {
         "source": source,
         "n_items": model.n_items,
@@ -318,8 +355,70 @@ def run_ml1m(args: argparse.Namespace, work: Path, progress: tqdm) -> tuple[list
         "seen_per_user_max": int(np.max(model.seen.row_lengths())),
         "build_seconds": {"flat": flat_build, "hnsw": hnsw_build},
         "recommend_64_users_ms": per_call * 1e3,
+        "filters": filters,
     }
     return rows, info
+
+
+def measure_filters(index: ServingIndex, rounds: int) -> dict[str, Any]:
+    """Served ``recommend`` per filter (cached masks) vs none, first-use mask compilation, ``because`` for k=10."""
+    rng = np.random.default_rng(3)
+    known = set(index.genres)
+    usable = {name: f for name, f in FILTERS.items() if f.include_genres | f.exclude_genres <= known}
+    rows = []
+    for batch in BATCH_SIZES:
+        users = rng.choice(index.n_users, size=batch, replace=False).tolist()
+        methods: dict[str, Search] = {}
+        for name, item_filter in usable.items():
+            methods[name] = functools.partial(index.recommend, users, K, None, item_filter)
+            allowed = index.allowed_items(item_filter)
+            if allowed is not None:
+                blocked = [np.flatnonzero(~allowed)] * batch
+                methods[f"{name} [blank -inf]"] = functools.partial(index.recommend, users, K, blocked)
+        timings = time_interleaved(methods, rounds)
+        for name, item_filter in usable.items():
+            allowed = index.allowed_items(item_filter)
+            seconds = timings[name]
+            blanked = timings.get(f"{name} [blank -inf]")
+            rows.append(
+                {
+                    "batch": batch,
+                    "filter": name,
+                    "allowed_items": index.n_items if allowed is None else int(allowed.sum()),
+                    "p50_ms": percentile_ms(seconds, 50),
+                    "p99_ms": percentile_ms(seconds, 99),
+                    "p50_vs_none": percentile_ms(seconds, 50) / percentile_ms(timings["none"], 50),
+                    "blank_inf_p50_ms": percentile_ms(blanked, 50) if blanked else None,
+                }
+            )
+    compile_seconds = []
+    for year in sorted({y for y in index.model.items.years if y is not None}):
+        start = time.perf_counter()
+        index.allowed_items(ItemFilter(min_year=year, max_year=year))  # a new filter: a cache miss
+        compile_seconds.append(time.perf_counter() - start)
+    because_users = rng.choice(index.n_users, size=min(BECAUSE_QUERIES, index.n_users), replace=False).tolist()
+    answers = index.recommend(because_users, K)
+    because_seconds = []
+    for user, answer in zip(because_users, answers, strict=True):
+        start = time.perf_counter()
+        index.because(user, answer.item_rows)
+        because_seconds.append(time.perf_counter() - start)
+    positives = index.model.train.row_lengths()[because_users]
+    return {
+        "skipped": sorted(set(FILTERS) - set(usable)),
+        "rows": rows,
+        "first_use_compile_ms": {
+            "filters": len(compile_seconds),
+            "p50": percentile_ms(compile_seconds, 50) if compile_seconds else None,
+            "p99": percentile_ms(compile_seconds, 99) if compile_seconds else None,
+        },
+        "because_k10_ms": {
+            "queries": len(because_seconds),
+            "p50": percentile_ms(because_seconds, 50),
+            "p99": percentile_ms(because_seconds, 99),
+            "mean_train_positives": float(np.mean(positives)),
+        },
+    }
 
 
 def run_large(args: argparse.Namespace, progress: tqdm) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -401,6 +500,7 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
                 + f" | {row['hnsw_recall_at_10']:.3f} |"
             )
         lines.append("")
+    lines += filter_lines(result["catalogs"]["ml1m"]["filters"])
     lines += ["## Exclusion cost of the served path (`exact`, p50, relative to 0 extra excluded)", ""]
     for row in result["rows"]:
         base = next(
@@ -413,6 +513,40 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
             f"{row['exact_p50_ms'] / base['exact_p50_ms']:.2f}x"
         )
     (out / f"{RESULTS_NAME}.md").write_text("\n".join(lines) + "\n")
+
+
+def filter_lines(filters: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Filters and `because` (`ml1m`, served `recommend`, seen items excluded, k = 10)",
+        "",
+        "Filters are exact: the served path scans only the allowed items (exclusions inside that scan).",
+        "Masks are cached per distinct filter, so these are steady-state latencies, interleaved round by",
+        "round with `none` and with `blank -inf`, the alternative not served (every item scored, the",
+        "filtered-out ones blanked to -inf; same answers).",
+        "",
+        "| batch | filter | allowed items | served p50 / p99 ms | served p50 vs none | blank -inf p50 ms |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in filters["rows"]:
+        blanked = "" if row["blank_inf_p50_ms"] is None else f"{row['blank_inf_p50_ms']:.3f}"
+        lines.append(
+            f"| {row['batch']} | {row['filter']} | {row['allowed_items']} | "
+            f"{row['p50_ms']:.3f} / {row['p99_ms']:.3f} | {row['p50_vs_none']:.2f}x | {blanked} |"
+        )
+    compile_cost, because = filters["first_use_compile_ms"], filters["because_k10_ms"]
+    if compile_cost["filters"]:
+        lines += [
+            "",
+            f"- First use of a filter (mask compiled, then cached): p50 {compile_cost['p50']:.3f} ms, "
+            f"p99 {compile_cost['p99']:.3f} ms over {compile_cost['filters']} single-year filters.",
+        ]
+    lines += [
+        f"- `because` for one answer of k = 10: p50 {because['p50']:.3f} ms, p99 {because['p99']:.3f} ms over "
+        f"{because['queries']} users (mean {because['mean_train_positives']:.0f} training positives each).",
+    ]
+    if filters["skipped"]:
+        lines.append(f"- Skipped (genres absent from this catalog): {', '.join(filters['skipped'])}.")
+    return [*lines, ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Exact item filters (genres to include or exclude, a release-year range) as boolean item masks.
 
 A filter never post-filters a short list: it compiles to an ``allowed`` mask
-over the whole catalog that the exact search (:mod:`movierec.index.topk`)
-applies in the same place as the exclusions, by blanking scores to -inf. So
+over the whole catalog, and the exact search (:mod:`movierec.index.topk`)
+scans only the allowed items, exclusions applied inside that scan as usual. So
 a filtered answer is the brute-force top-K of the catalog minus the excluded
 items minus the items that fail the filter, with the usual order and tie rule,
 and has ``min(k, allowed)`` items.

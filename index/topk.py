@@ -17,6 +17,18 @@ scores by id. Scoring the batch with one BLAS matrix product (what
 ``IndexFlatIP`` does internally), blanking the excluded cells and selecting
 with ``argpartition`` is one pass for the whole batch and exact by
 construction; ``benchmarks/index_bench.py`` measures the alternatives.
+
+An item filter (a boolean mask shared by the whole batch, see
+:mod:`movierec.index.filters`) restricts the search to the allowed item rows:
+the same search over that sub-catalog, its answers mapped back to item rows.
+The rows stay in ascending order, so the tie rule is unchanged, and the answer
+is the brute-force top-K of the catalog minus the excluded and the filtered-out
+items. The sub-catalog's scores come from its own gathered vectors, or, when
+copying those would cost more than the products it saves (one query, a wide
+filter), from the full product with the allowed columns kept. Blanking the
+filtered-out cells to -inf in the full score matrix instead gives the same
+answer but leaves the partition thousands of equal -inf values, which it
+handles slowly; ``benchmarks/index_bench.py`` (filters section) times both.
 """
 
 from __future__ import annotations
@@ -89,18 +101,9 @@ def _flat_view(array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 def top_k_from_scores(
-    scores: npt.NDArray[np.float32],
-    excluded: Sequence[npt.NDArray[np.int64]],
-    k: int,
-    *,
-    finite: bool = False,
-    allowed_items: npt.NDArray[np.bool_] | None = None,
+    scores: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]], k: int, *, finite: bool = False
 ) -> list[Recommendation]:
     """Exact top-``k`` of each row of ``scores`` (modified in place) minus that row's excluded items.
-
-    ``allowed_items`` (one bool per item, shared by every row: a compiled
-    :class:`~movierec.index.filters.ItemFilter`) excludes every item it marks
-    False, in the same pass and by the same rule as the per-row exclusions.
 
     Excluded cells are set to -inf; the k-th largest score of each row is found
     with a partition; every allowed item scoring at least that much is a
@@ -120,11 +123,9 @@ def top_k_from_scores(
     allowed = None
     if not finite:
         scores[np.isnan(scores)] = -np.inf
-        allowed = np.ones(scores.shape, dtype=bool) if allowed_items is None else np.tile(allowed_items, (n_queries, 1))
+        allowed = np.ones(scores.shape, dtype=bool)
         allowed.reshape(-1)[cells] = False
     _flat_view(scores)[cells] = -np.inf
-    if allowed_items is not None:
-        np.copyto(scores, np.float32(-np.inf), where=~allowed_items)  # broadcast over the rows: one pass
     pivot = n_items - width
     thresholds = np.partition(scores, pivot, axis=1)[:, pivot]
     answers = []
@@ -165,16 +166,40 @@ class ExactSearcher:
         allowed_items: npt.NDArray[np.bool_] | None = None,
     ) -> list[Recommendation]:
         """One matrix product per block of queries; ``excluded[i]`` are validated item rows for query ``i``;
-        ``allowed_items`` (every query's item filter, see :func:`top_k_from_scores`) None for all items."""
-        block = max(1, MAX_BLOCK_CELLS // max(1, self.n_items))
+        ``allowed_items`` (one bool per item, for every query) limits the search to the items marked True."""
+        if allowed_items is None:
+            return self._scan(self.item_vectors, queries, k, excluded)
+        if allowed_items.shape != (self.n_items,) or allowed_items.dtype != np.bool_:
+            raise ValueError(f"allowed_items must be a bool mask of shape ({self.n_items},)")
+        rows = np.flatnonzero(allowed_items)
+        # Exclusions as positions among the allowed rows (rows is sorted; filtered-out exclusions drop out).
+        positions = [np.searchsorted(rows, e[allowed_items[e]]) for e in excluded]
+        # Gathering the allowed vectors reads and writes each of them (~2 passes over the rows kept) to save
+        # scoring the others once per query; with one query and a wide filter the full product is cheaper.
+        if queries.shape[0] * (self.n_items - rows.size) > 2 * rows.size:
+            answers = self._scan(self.item_vectors[rows], queries, k, positions)
+        else:
+            answers = self._scan(self.item_vectors, queries, k, positions, columns=rows)
+        return [Recommendation(rows[a.item_rows].astype(np.int32), a.scores) for a in answers]
+
+    def _scan(
+        self,
+        item_vectors: npt.NDArray[np.float32],
+        queries: npt.NDArray[np.float32],
+        k: int,
+        excluded: Sequence[npt.NDArray[np.int64]],
+        columns: npt.NDArray[np.int64] | None = None,
+    ) -> list[Recommendation]:
+        """Exact top-``k`` over ``item_vectors`` (all items, or the allowed ones), or over the ``columns`` of
+        their scores (the allowed ones); ``excluded`` and the answers index those items."""
+        block = max(1, MAX_BLOCK_CELLS // max(1, item_vectors.shape[0]))  # the full width bounds the memory
         answers: list[Recommendation] = []
         for start in range(0, queries.shape[0], block):
             stop = start + block
             chunk = queries[start:stop]
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is ranked, not an error
-                scores = chunk @ self.item_vectors.T
-            finite = self.scores_are_finite(chunk)
-            answers.extend(
-                top_k_from_scores(scores, excluded[start:stop], k, finite=finite, allowed_items=allowed_items)
-            )
+                scores = chunk @ item_vectors.T
+            if columns is not None:
+                scores = np.take(scores, columns, axis=1)  # C-contiguous, as top_k_from_scores needs
+            answers.extend(top_k_from_scores(scores, excluded[start:stop], k, finite=self.scores_are_finite(chunk)))
         return answers

@@ -21,7 +21,7 @@ from movierec.bundle import ItemMetadata, write_model_bundle
 from movierec.errors import MovierecError
 from movierec.index import FilterError, ItemFilter, ServingIndex, build_index, open_index
 from movierec.index.filters import CatalogFilters
-from movierec.index.topk import ExactSearcher, top_k_from_scores
+from movierec.index.topk import ExactSearcher
 
 GENRE_POOL = ("Action", "Comedy", "Drama", "Film-Noir", "Sci-Fi")
 YEARS = (1990, 1995, 2000)
@@ -70,6 +70,13 @@ def catalog_genres(items: ItemMetadata) -> tuple[str, ...]:
     return tuple(sorted({g for genres in items.genres for g in genres}))
 
 
+class GeneralPathSearcher(ExactSearcher):
+    """Always takes the path for possibly non-finite scores (allowed mask, NaN pass)."""
+
+    def scores_are_finite(self, queries: npt.NDArray[np.float32]) -> bool:
+        return False
+
+
 @settings(max_examples=200, deadline=None)
 @given(search_cases(), st.data())
 def test_filtered_search_equals_brute_force_of_the_items_that_pass(
@@ -82,7 +89,7 @@ def test_filtered_search_equals_brute_force_of_the_items_that_pass(
     allowed = CatalogFilters(metadata).allowed(item_filter)
     failing = failing_rows(item_filter, metadata)
     exact = ExactSearcher(items_vectors).search(queries, k, excluded, allowed)
-    general = top_k_from_scores(queries @ items_vectors.T, excluded, k, finite=False, allowed_items=allowed)
+    general = GeneralPathSearcher(items_vectors).search(queries, k, excluded, allowed)
     for fast, slow, query, excl in zip(exact, general, queries, excluded, strict=True):
         assert_matches_reference(fast, query, items_vectors, np.concatenate([excl, failing]), k)
         assert_matches_reference(slow, query, items_vectors, np.concatenate([excl, failing]), k)
@@ -184,6 +191,24 @@ def test_unknown_genre_is_an_error_listing_the_valid_ones(served: ServingIndex) 
     assert isinstance(error.value, MovierecError) and isinstance(error.value, ValueError)
     with pytest.raises(FilterError, match="'drama'"):  # names are case-sensitive, as the dataset spells them
         served.similar_items(0, 5, item_filter=ItemFilter(include_genres=frozenset({"drama"})))
+
+
+@pytest.mark.parametrize("n_allowed", [5, 45])  # 5 of 50: allowed vectors gathered; 45: full product, columns kept
+def test_both_ways_of_scoring_a_filtered_catalog_equal_brute_force(n_allowed: int) -> None:
+    rng = np.random.default_rng(n_allowed)
+    items = rng.integers(-2, 3, size=(50, 4)).astype(np.float32)
+    allowed = np.zeros(50, dtype=bool)
+    allowed[rng.choice(50, size=n_allowed, replace=False)] = True
+    query = rng.integers(-2, 3, size=(1, 4)).astype(np.float32)
+    excluded = rng.choice(50, size=10, replace=False).astype(np.int64)
+    answer = ExactSearcher(items).search(query, 3, [excluded], allowed)[0]
+    assert_matches_reference(answer, query[0], items, np.concatenate([excluded, np.flatnonzero(~allowed)]), 3)
+
+
+def test_a_mask_of_the_wrong_shape_is_refused() -> None:
+    searcher = ExactSearcher(np.ones((3, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        searcher.search(np.ones((1, 2), dtype=np.float32), 2, [np.empty(0, np.int64)], np.ones(4, dtype=bool))
 
 
 @pytest.mark.parametrize(
