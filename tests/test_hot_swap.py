@@ -1,0 +1,151 @@
+"""Hot swap under load: new index versions are published while a stream runs, and broken ones are refused."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from bundle_factory import make_model_bundle, user_id_of_row
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_harness import ServerThread
+
+from movierec.bundle import VersionedStore
+from movierec.index import build_index, open_index
+from movierec.server.app import ServerConfig
+from movierec.v1 import recommender_pb2 as pb
+from movierec.v1 import recommender_pb2_grpc as pb_grpc
+
+N_USERS = 12
+K = 5
+POLL_SECONDS = 0.02
+SWAP_TIMEOUT = 30.0
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    """An index store at v0001, plus two other models (different vectors) ready to be indexed."""
+    for seed in range(3):
+        make_model_bundle(tmp_path / f"model{seed}", n_users=N_USERS, n_items=60, dim=6, seed=seed)
+    build_index(tmp_path / "model0", tmp_path / "index")
+    return tmp_path / "index"
+
+
+@pytest.fixture()
+def server(store: Path) -> Iterator[ServerThread]:
+    thread = ServerThread(ServerConfig(index_path=store, poll_seconds=POLL_SECONDS))
+    try:
+        thread.start_loading().result(30)
+        yield thread
+    finally:
+        thread.stop()
+
+
+def _wait_for(condition: object, what: str) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + SWAP_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(POLL_SECONDS)
+
+
+def _expected(version_dir: Path) -> dict[int, list[int]]:
+    """Each user's top-K item ids as that version answers them (the exact reference)."""
+    index = open_index(version_dir)
+    answers = index.recommend(list(range(N_USERS)), K)
+    return {user_id_of_row(row): index.model.item_ids[answer.item_rows].tolist() for row, answer in enumerate(answers)}
+
+
+def test_versions_swap_under_a_running_stream_without_a_failed_request(store: Path, server: ServerThread) -> None:
+    outgoing: queue.Queue[pb.RecommendStreamRequest | None] = queue.Queue()
+    responses: list[pb.RecommendStreamResponse] = []
+    health_seen: set[int] = set()
+    stop = threading.Event()
+
+    def requests() -> Iterator[pb.RecommendStreamRequest]:
+        while (request := outgoing.get(timeout=30)) is not None:
+            yield request
+
+    def feed() -> None:
+        sent = 0
+        while not stop.is_set():
+            outgoing.put(pb.RecommendStreamRequest(request_id=str(sent), user_id=user_id_of_row(sent % N_USERS), k=K))
+            sent += 1
+            if sent % 32 == 0:
+                time.sleep(0.001)
+        outgoing.put(None)
+
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        call = stub.RecommendStream(requests(), timeout=60)
+        reader = threading.Thread(target=lambda: responses.extend(call), daemon=True)
+        reader.start()
+        for model in ("model1", "model2"):
+            before = len(responses)
+            version = build_index(store.parent / model, store).name
+            _wait_for(lambda v=version: stub.GetInfo(pb.GetInfoRequest()).index_version == v, f"swap to {version}")
+            _wait_for(lambda b=before: len(responses) > b + 50, "responses after the swap")
+            health_seen.add(health.Check(health_pb2.HealthCheckRequest()).status)
+        stop.set()
+        feeder.join(10)
+        reader.join(30)
+        info = stub.GetInfo(pb.GetInfoRequest())
+
+    expected = {v: _expected(store / v) for v in ("v0001", "v0002", "v0003")}
+    assert responses and [r.request_id for r in responses] == [str(i) for i in range(len(responses))]
+    assert all(r.error.code == 0 for r in responses), "a request failed during a swap"
+    for response, request_number in zip(responses, range(len(responses)), strict=True):
+        user_id = user_id_of_row(request_number % N_USERS)
+        assert [item.item_id for item in response.items] == expected[response.index_version][user_id]
+    served = [r.index_version for r in responses]
+    assert served == sorted(served), "a response came from an older version after a newer one answered"
+    assert {"v0001", "v0003"} <= set(served)
+    assert health_seen == {health_pb2.HealthCheckResponse.SERVING}
+    assert info.swap_count == 2 and info.index_version == "v0003" and info.last_reload_error == ""
+
+
+def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(store: Path, server: ServerThread) -> None:
+    broken = build_index(store.parent / "model1", store, make_current=False)
+    vectors = broken / "model" / "item_vectors.npy"
+    assert vectors.is_file()
+    data = bytearray(vectors.read_bytes())
+    data[-1] ^= 0xFF
+    vectors.write_bytes(bytes(data))
+    VersionedStore(store).set_current(broken.name)
+
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        _wait_for(lambda: stub.GetInfo(pb.GetInfoRequest()).last_refused_version == broken.name, "the refusal")
+        info = stub.GetInfo(pb.GetInfoRequest())
+        assert info.index_version == "v0001" and info.swap_count == 0
+        assert "item_vectors.npy" in info.last_reload_error
+        answer = stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(0), k=K))
+        assert answer.index_version == "v0001" and len(answer.items) == K
+
+        # The operator's reload retries it and reports the same reason; nothing changes.
+        reload = stub.ReloadIndex(pb.ReloadIndexRequest())
+        assert not reload.swapped and reload.index_version == "v0001" and "item_vectors.npy" in reload.error
+
+        # A good version afterwards is taken, and the refusal is cleared.
+        repaired = build_index(store.parent / "model2", store).name
+        _wait_for(lambda: stub.GetInfo(pb.GetInfoRequest()).index_version == repaired, "the repaired version")
+        info = stub.GetInfo(pb.GetInfoRequest())
+        assert info.swap_count == 1 and info.last_reload_error == "" and info.last_refused_version == ""
+
+
+def test_reload_is_refused_for_a_single_version_server(store: Path) -> None:
+    thread = ServerThread(ServerConfig(index_path=store / "v0001"))
+    try:
+        thread.start_loading().result(30)
+        with grpc.insecure_channel(thread.target) as channel, pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.RecommenderServiceStub(channel).ReloadIndex(pb.ReloadIndexRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        thread.stop()
