@@ -8,10 +8,14 @@ exactly like an outside client; ``stop`` always tears it down.
 from __future__ import annotations
 
 import asyncio
+import json
+import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import grpc
 from bundle_factory import make_model_bundle
@@ -20,6 +24,8 @@ from movierec.index import ServingIndex, build_index
 from movierec.server.app import RecommenderServer, ServerConfig, load_index
 
 T = TypeVar("T")
+RECCTL = str(Path(sys.executable).with_name("recctl"))
+STARTUP_TIMEOUT = 60.0
 
 
 def make_index(root: Path, **bundle_shape: int) -> Path:
@@ -70,3 +76,38 @@ async def _create(
 ) -> RecommenderServer:
     """Built inside the loop: grpc.aio binds a server to the loop that creates it."""
     return RecommenderServer(config, loader=loader, interceptors=interceptors)
+
+
+class ServeProcess:
+    """``recctl serve --json`` in a subprocess; its stdout events are read on a thread so nothing blocks."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [RECCTL, "serve", "--json", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        assert self.process.stdout is not None
+        threading.Thread(target=self._pump, args=(self.process.stdout,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.events.put(json.loads(line))
+
+    def next_event(self, timeout: float = STARTUP_TIMEOUT) -> dict[str, Any]:
+        return self.events.get(timeout=timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+    def wait_serving(self) -> dict[str, dict[str, Any]]:
+        """Read lifecycle events up to "serving"; returns them by kind ("listening" carries the port)."""
+        events: dict[str, dict[str, Any]] = {}
+        while "serving" not in events:
+            event = self.next_event()
+            events[event["event"]] = event
+        return events

@@ -2,59 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import queue
 import signal
 import socket
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
 
 import grpc
 import pytest
 from bundle_factory import user_id_of_row
-from server_harness import make_index
+from server_harness import RECCTL, STARTUP_TIMEOUT, ServeProcess, make_index
 
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
-
-RECCTL = str(Path(sys.executable).with_name("recctl"))
-STARTUP_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
 def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_index(tmp_path_factory.mktemp("process"), n_users=10, n_items=40, dim=4, seen_per_user=3)
-
-
-class ServeProcess:
-    """``recctl serve --json`` in a subprocess; its stdout events are read on a thread so nothing blocks."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [RECCTL, "serve", "--json", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        assert self.process.stdout is not None
-        threading.Thread(target=self._pump, args=(self.process.stdout,), daemon=True).start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.events.put(json.loads(line))
-
-    def next_event(self, timeout: float = STARTUP_TIMEOUT) -> dict[str, Any]:
-        return self.events.get(timeout=timeout)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
 
 
 @pytest.fixture()
