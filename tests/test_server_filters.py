@@ -55,9 +55,9 @@ def test_filtered_answers_equal_the_index_reference(index: ServingIndex, stub: p
 
 def test_bad_filters_are_invalid_argument_and_the_stream_goes_on(stub: pb_grpc.RecommenderServiceStub) -> None:
     user = user_id_of_row(0)
-    for bad in (pb.ItemFilter(include_genres=["NoSuchGenre"]), pb.ItemFilter(min_year=2000, max_year=1990)):
+    for impossible in (pb.ItemFilter(include_genres=["NoSuchGenre"]), pb.ItemFilter(min_year=2000, max_year=1990)):
         with pytest.raises(grpc.RpcError) as refused:
-            stub.Recommend(pb.RecommendRequest(user_id=user, k=K, filter=bad), timeout=5)
+            stub.Recommend(pb.RecommendRequest(user_id=user, k=K, filter=impossible), timeout=5)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     requests = [
         pb.RecommendStreamRequest(request_id="bad", user_id=user, k=K, filter=pb.ItemFilter(exclude_genres=["x"])),
