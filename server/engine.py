@@ -127,11 +127,13 @@ def _unknown_user_events(index: ServingIndex) -> dict[int, npt.NDArray[np.int64]
         return {}
     unknown = rows_of(index.model.user_ids, events.user_ids) < 0
     users, items = events.user_ids[unknown], events.item_ids[unknown]
-    order = np.lexsort((items, users))
+    if not users.size:  # every compacted event is already in the seen CSR
+        return {}
+    order = np.argsort(users, kind="stable")
     users, items = users[order], items[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.empty(0, dtype=np.int64)
-    ends = np.r_[starts[1:], users.size].astype(np.int64)
-    return {int(users[s]): np.unique(items[s:e]) for s, e in zip(starts, ends, strict=True)}
+    distinct, starts = np.unique(users, return_index=True)
+    groups = np.split(items, starts[1:])
+    return {int(user): np.unique(group) for user, group in zip(distinct.tolist(), groups, strict=True)}
 
 
 def model_version(index: ServingIndex) -> str:

@@ -64,3 +64,25 @@ def test_a_batch_mixes_valid_and_invalid_queries_and_groups_by_k(index: ServingI
         answer = answers[slot]
         assert not isinstance(answer, RequestError)
         assert answer.item_rows.tolist() == expected.item_rows.tolist()
+
+
+@pytest.mark.parametrize("new_users", [0, 2], ids=["known-users-only", "with-new-users"])
+def test_compacted_events_exclude_for_known_and_new_users(tmp_path: Path, new_users: int) -> None:
+    """A version whose compacted events are all of known users (the common case) must load too."""
+    from movierec.index import build_index
+    from movierec.server.interaction_log import InteractionLog
+
+    root = make_index(tmp_path, n_users=6, n_items=30, dim=4, seen_per_user=2)
+    known, watched = user_id_of_row(1), [item_id_of_row(3), item_id_of_row(4)]
+    with InteractionLog(tmp_path / "events.sqlite3") as log:
+        log.record(known, watched)
+        for new_user in range(2, 2 + 2 * new_users, 2):  # even ids: users the model never saw
+            log.record(new_user, [*watched, item_id_of_row(new_user)])
+        build_index(tmp_path / "model", root, new_events=log.export())
+    engine = ServingEngine(open_index(root), Limits())
+    users = [known, *range(2, 2 + 2 * new_users, 2)]
+    answers = engine.recommend([pb.RecommendRequest(user_id=user, k=20) for user in users])
+    for user, answer in zip(users, answers, strict=True):
+        assert not isinstance(answer, RequestError), f"user {user}: {answer}"
+        ids = set(engine.index.model.item_ids[answer.item_rows].tolist())
+        assert not ids & set(watched) and (user == known or item_id_of_row(user) not in ids)
