@@ -13,27 +13,35 @@ if TYPE_CHECKING:
     from movierec.clients.client import (
         DeadlineExceededError,
         InvalidArgumentError,
+        ItemFilter,
         NotFoundError,
         Recommendations,
         RecommendedItem,
         RecommenderClient,
         RecommenderError,
+        Recorded,
+        ReloadResult,
         ServerInfo,
         ServerUnavailableError,
         StreamQuery,
+        UnauthenticatedError,
     )
 
 __all__ = [
     "DeadlineExceededError",
     "InvalidArgumentError",
+    "ItemFilter",
     "NotFoundError",
     "Recommendations",
     "RecommendedItem",
     "RecommenderClient",
     "RecommenderError",
+    "Recorded",
+    "ReloadResult",
     "ServerInfo",
     "ServerUnavailableError",
     "StreamQuery",
+    "UnauthenticatedError",
 ]
 
 
