@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
 import numpy as np
@@ -342,7 +342,13 @@ def test_buf_curl_answers_through_reflection(server: ServerThread, index: Servin
     assert answer["indexVersion"] == index.version
 
 
-class _MethodRecorder(grpc.aio.ServerInterceptor):
+if TYPE_CHECKING:  # generic in the type stubs only; subscripting it at run time fails
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class _MethodRecorder(_ServerInterceptor):
     def __init__(self) -> None:
         self.methods: list[str] = []
 
