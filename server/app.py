@@ -102,7 +102,7 @@ class RecommenderServer:
         ``credentials`` make the port TLS-only."""
         self.config = config
         self.state = ServingState(metrics)
-        self.servicer = RecommenderServicer(self.state, max_stream_batch=config.max_stream_batch)
+        self.servicer = RecommenderServicer(self.state, max_stream_batch=config.max_stream_batch, metrics=metrics)
         self.log: InteractionLog | None = None
         self.reloader: IndexReloader | None = None
         self._credentials = credentials

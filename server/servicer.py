@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 from movierec.server.engine import Answer, ServingEngine
 from movierec.server.errors import RequestError, invalid_argument, not_ready
 from movierec.server.interaction_log import InteractionLog, InteractionLogError, InvalidInteractions
+from movierec.server.metrics import ServerMetrics
 from movierec.server.reload import IndexReloader
 from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
@@ -33,16 +34,25 @@ DEFAULT_MAX_STREAM_BATCH = 64
 QUEUE_BATCHES = 4
 
 _END_OF_STREAM = object()
+STREAM_METHOD = f"/{pb.DESCRIPTOR.services_by_name['RecommenderService'].full_name}/RecommendStream"
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Stateless request handling over the engine that :class:`ServingState` holds right now."""
 
-    def __init__(self, state: ServingState, *, max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH) -> None:
+    def __init__(
+        self,
+        state: ServingState,
+        *,
+        max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        """``metrics`` hears of stream messages answered with an error (the call itself still succeeds)."""
         if max_stream_batch < 1:
             raise ValueError("max_stream_batch must be >= 1")
         self._state = state
         self._max_stream_batch = max_stream_batch
+        self._metrics = metrics
         self.active_streams = 0
         # Set by the server once the first index is loaded (the log replays from that index's offset).
         self.log: InteractionLog | None = None
@@ -212,6 +222,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         for request, answer in zip(batch, answers, strict=True):
             if isinstance(answer, RequestError):
                 responses.append(pb.RecommendStreamResponse(request_id=request.request_id, error=answer.to_status()))
+                if self._metrics is not None:
+                    self._metrics.stream_message_error(STREAM_METHOD, answer.code)
                 continue
             response = pb.RecommendStreamResponse(
                 request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version

@@ -16,6 +16,7 @@ from movierec.clients.client import (
     InvalidArgumentError,
     RecommenderClient,
     ServerUnavailableError,
+    StreamQuery,
     UnauthenticatedError,
 )
 
@@ -74,11 +75,12 @@ def test_metrics_count_calls_by_method_and_code(secured: tuple[str, int, Path], 
         client.recommend(user_id_of_row(2), 3)
         with pytest.raises(InvalidArgumentError):
             client.recommend(user_id_of_row(2), 0)
+        (bad,) = client.recommend_stream([StreamQuery("bad", user_id_of_row(2), k=0)])
+        assert isinstance(bad, InvalidArgumentError)
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
 
-    def handled(method: str, code: str) -> float:
-        prefix = "grpc_server_handled_total{"
+    def handled(method: str, code: str, prefix: str = "grpc_server_handled_total{") -> float:
         for line in text.splitlines():
             if line.startswith(prefix) and f'grpc_method="{method}"' in line and f'grpc_code="{code}"' in line:
                 return float(line.rsplit(" ", 1)[1])
@@ -86,4 +88,6 @@ def test_metrics_count_calls_by_method_and_code(secured: tuple[str, int, Path], 
 
     assert handled("Recommend", "OK") >= 1
     assert handled("Recommend", "INVALID_ARGUMENT") >= 1
+    assert handled("RecommendStream", "INVALID_ARGUMENT", "movierec_stream_message_errors_total{") >= 1
+    assert handled("RecommendStream", "OK") >= 1
     assert 'index_version="v0001"' in text
