@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import grpc
 import pytest
 from bundle_factory import make_model_bundle, user_id_of_row
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_harness import ServerThread
+from server_harness import ServeProcess, ServerThread
 
 from movierec.bundle import VersionedStore
 from movierec.index import build_index, open_index
@@ -149,3 +150,19 @@ def test_reload_is_refused_for_a_single_version_server(store: Path) -> None:
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         thread.stop()
+
+
+@pytest.mark.slow
+def test_sighup_reloads_a_server_that_does_not_poll(store: Path) -> None:
+    process = ServeProcess("--index", str(store), "--poll", "0")
+    try:
+        target = f"127.0.0.1:{process.wait_serving()['listening']['port']}"
+        version = build_index(store.parent / "model1", store).name
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            time.sleep(0.5)
+            assert stub.GetInfo(pb.GetInfoRequest(), timeout=5).index_version == "v0001", "--poll 0 still polled"
+            process.process.send_signal(signal.SIGHUP)
+            _wait_for(lambda: stub.GetInfo(pb.GetInfoRequest(), timeout=5).index_version == version, "SIGHUP reload")
+    finally:
+        process.close()
