@@ -67,10 +67,10 @@ def write_ratings(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("loss", ["softmax", "bpr"])
-def test_loss_decreases_and_validation_beats_chance(loss: str) -> None:
+@pytest.mark.parametrize(("loss", "batch_size", "lr"), [("softmax", 64, 0.02), ("bpr", 256, 0.05)])
+def test_loss_decreases_and_validation_beats_chance(loss: str, batch_size: int, lr: float) -> None:
     config = resolve_config(
-        "fast", loss=loss, dim=16, layers=2, lr=0.02, batch_size=64, epochs=30, eval_every=5, patience=10
+        "fast", loss=loss, dim=16, layers=2, lr=lr, batch_size=batch_size, epochs=30, eval_every=5, patience=10
     )
     result = train_model(tiny_split(), config, progress=False)
     losses = [record.loss for record in result.history]

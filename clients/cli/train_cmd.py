@@ -8,6 +8,7 @@ torch inside its handler.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ def register(commands: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # Must precede torch's import. On a shared machine, OpenMP threads that spin while waiting steal
+    # the cores the other thread needs: measured 2.4x slower epochs (benchmarks/results/train_speed.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from movierec.trainer.config import resolve_config
     from movierec.trainer.pipeline import train_bundle
 
