@@ -38,7 +38,7 @@ class RecommendedItem:
     title: str
     genres: tuple[str, ...]
     year: int | None
-    # Personal results: the user's movie that contributes most to this score (None: none / not personal).
+    # Asked with explain: the user's movie that contributes most to this score (None: none / not asked).
     because_item_id: int | None = None
 
 
@@ -95,6 +95,7 @@ class StreamQuery:
     k: int = 10
     exclude_item_ids: Sequence[int] = ()
     item_filter: ItemFilter | None = None
+    explain: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,15 +195,18 @@ class RecommenderClient:
         exclude_item_ids: Iterable[int] = (),
         *,
         item_filter: ItemFilter | None = None,
+        explain: bool = False,
         request_id: str = "",
         timeout: float | None = None,
     ) -> Recommendations:
+        """Top-``k`` unseen movies; ``explain`` fills each item's ``because_item_id``."""
         request = pb.RecommendRequest(
             request_id=request_id,
             user_id=user_id,
             k=k,
             exclude_item_ids=list(exclude_item_ids),
             filter=item_filter.to_proto() if item_filter is not None else None,
+            explain=explain,
         )
         response = self._call(self._stub.Recommend, request, timeout)
         return _recommendations(response)
@@ -214,6 +218,7 @@ class RecommenderClient:
         exclude_item_ids: Iterable[int] = (),
         *,
         item_filter: ItemFilter | None = None,
+        explain: bool = False,
         request_id: str = "",
         timeout: float | None = None,
     ) -> Recommendations:
@@ -224,6 +229,7 @@ class RecommenderClient:
             k=k,
             exclude_item_ids=list(exclude_item_ids),
             filter=item_filter.to_proto() if item_filter is not None else None,
+            explain=explain,
         )
         return _recommendations(self._call(self._stub.RecommendForItems, request, timeout))
 
@@ -265,6 +271,7 @@ class RecommenderClient:
                 k=q.k,
                 exclude_item_ids=list(q.exclude_item_ids),
                 filter=q.item_filter.to_proto() if q.item_filter is not None else None,
+                explain=q.explain,
             )
             for q in queries
         )

@@ -47,6 +47,8 @@ class RecommendQuery(Protocol):
     def exclude_item_ids(self) -> Sequence[int]: ...
     @property
     def filter(self) -> pb.ItemFilter: ...
+    @property
+    def explain(self) -> bool: ...
 
 
 class LiveSeen(Protocol):
@@ -58,10 +60,11 @@ class LiveSeen(Protocol):
 
 @dataclass(frozen=True)
 class Answered:
-    """One personal answer: the items, best first, and for each the user's item behind it (-1: none)."""
+    """One personal answer: the items, best first, and for each the user's item behind it (-1: none; None when
+    the request did not ask)."""
 
     result: Recommendation
-    because: npt.NDArray[np.int32]
+    because: npt.NDArray[np.int32] | None
 
     @property
     def item_rows(self) -> npt.NDArray[np.int32]:
@@ -82,6 +85,7 @@ class _Valid:
     exclude_rows: npt.NDArray[np.int32]
     user_row: int | None
     liked_rows: npt.NDArray[np.int32]
+    explain: bool
 
 
 Answer = Answered | RequestError
@@ -215,9 +219,8 @@ class ServingEngine:
         liked = self._item_rows(request.item_ids)
         if liked.size == 0:
             raise RequestError(grpc.StatusCode.NOT_FOUND, "none of the item_ids is a movie the model knows")
-        valid = _Valid(
-            0, request.k, item_filter, np.concatenate([liked, self._item_rows(request.exclude_item_ids)]), None, liked
-        )
+        exclude = np.concatenate([liked, self._item_rows(request.exclude_item_ids)])
+        valid = _Valid(0, request.k, item_filter, exclude, None, liked, request.explain)
         (result,) = self._fold_in_search([valid], request.k, item_filter)
         return Answered(result, self._because(valid, result))
 
@@ -254,7 +257,7 @@ class ServingEngine:
             item.CopyFrom(templates[row])
             item.score = score
             item.rank = rank
-        if isinstance(result, Answered):
+        if isinstance(result, Answered) and result.because is not None:
             item_ids = self.index.model.item_ids
             for item, because in zip(items[len(items) - len(rows) :], result.because.tolist(), strict=True):
                 if because >= 0:
@@ -291,7 +294,9 @@ class ServingEngine:
         vectors = np.stack([self._fold_in.user_vector(v.liked_rows) for v in group])
         return self.index.recommend_vectors(vectors, k, [v.exclude_rows for v in group], item_filter=item_filter)
 
-    def _because(self, valid: _Valid, result: Recommendation) -> npt.NDArray[np.int32]:
+    def _because(self, valid: _Valid, result: Recommendation) -> npt.NDArray[np.int32] | None:
+        if not valid.explain:
+            return None
         if valid.user_row is None:
             return self.index.because_of(valid.liked_rows, result.item_rows)
         return self.index.because(valid.user_row, result.item_rows)
@@ -307,11 +312,11 @@ class ServingEngine:
         if live_rows.size:
             exclude_rows = np.concatenate([exclude_rows, live_rows]) if exclude_rows.size else live_rows
         if user_row is not None:
-            return _Valid(slot, query.k, item_filter, exclude_rows, user_row, _NO_ROWS)
+            return _Valid(slot, query.k, item_filter, exclude_rows, user_row, _NO_ROWS, query.explain)
         liked = self._item_rows(self._liked_ids(user_id))
         if liked.size == 0:
             raise not_found("user", user_id)
-        return _Valid(slot, query.k, item_filter, exclude_rows, None, liked)
+        return _Valid(slot, query.k, item_filter, exclude_rows, None, liked, query.explain)
 
     def _live_seen_rows(self, user_id: int, user_row: int | None) -> npt.NDArray[np.int32]:
         """Rows of the user's live events, plus their compacted ones when the model cannot hold them."""

@@ -45,7 +45,7 @@ def test_client_records_then_recommends_without_the_watched_items(client: Recomm
     before = [item.item_id for item in client.recommend(user, K + 1).items]
     recorded = client.record_interactions(user, before[:1], ratings=[5.0])
     assert recorded.recorded == 1 and recorded.offset >= 1
-    after = client.recommend(user, K)
+    after = client.recommend(user, K, explain=True)
     assert [item.item_id for item in after.items] == before[1:]
     assert all(item.because_item_id is not None for item in after.items)
     (streamed,) = client.recommend_stream([StreamQuery("s", user, K)])

@@ -90,7 +90,7 @@ def test_a_new_user_with_liked_events_gets_fold_in_recommendations(
     assert answer == index.model.item_ids[expected.item_rows].tolist()
     # The same user as a cold-start query of the liked items (the disliked one still excluded by hand).
     cold = stub.RecommendForItems(
-        pb.RecommendForItemsRequest(item_ids=liked, k=K, exclude_item_ids=[disliked]), timeout=5
+        pb.RecommendForItemsRequest(item_ids=liked, k=K, exclude_item_ids=[disliked], explain=True), timeout=5
     )
     assert [item.item_id for item in cold.items] == answer
     assert all(item.because_item_id in liked for item in cold.items)

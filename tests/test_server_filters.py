@@ -72,12 +72,14 @@ def test_because_names_the_users_own_item_as_the_index_explains_it(
     index: ServingIndex, stub: pb_grpc.RecommenderServiceStub
 ) -> None:
     for row in range(4):
-        answer = stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(row), k=K), timeout=5)
+        answer = stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(row), k=K, explain=True), timeout=5)
         rows = index.item_rows([item.item_id for item in answer.items])
         expected = index.model.item_ids[index.because(row, rows)].tolist()
         assert [item.because_item_id for item in answer.items] == expected
         seen = set(index.model.item_ids[index.seen_rows(row)].tolist())
         assert {item.because_item_id for item in answer.items} <= seen
+    unasked = stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(0), k=K), timeout=5)
+    assert not any(item.HasField("because_item_id") for item in unasked.items)
     similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id=int(index.model.item_ids[0]), k=K), timeout=5)
     assert not any(item.HasField("because_item_id") for item in similar.items)
 

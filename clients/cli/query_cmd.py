@@ -109,11 +109,17 @@ def _recommend(args: argparse.Namespace) -> int:
     item_filter = _item_filter(args)
     if args.liked is not None:
         result = _ask(
-            args, lambda client: client.recommend_for_items(args.liked, args.k, args.exclude, item_filter=item_filter)
+            args,
+            lambda client: client.recommend_for_items(
+                args.liked, args.k, args.exclude, item_filter=item_filter, explain=True
+            ),
         )
         heading = f"Top {len(result.items)} for someone who liked {', '.join(map(str, args.liked))}"
     else:
-        result = _ask(args, lambda client: client.recommend(args.user, args.k, args.exclude, item_filter=item_filter))
+        result = _ask(
+            args,
+            lambda client: client.recommend(args.user, args.k, args.exclude, item_filter=item_filter, explain=True),
+        )
         heading = f"Top {len(result.items)} for user {args.user}"
     _print_recommendations(result, args.json, heading)
     return 0

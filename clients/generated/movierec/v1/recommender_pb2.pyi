@@ -45,8 +45,8 @@ class RecommendedItem(_message.Message):
     year: _builtins.int
     """Release year; absent when the dataset does not say."""
     because_item_id: _builtins.int
-    """Personal results only: the user's movie that contributes most to this
-    score ("because you watched ..."); absent when there is none.
+    """Personal results asked with explain: the user's movie that contributes
+    most to this score ("because you watched ..."); absent when there is none.
     """
     @_builtins.property
     def genres(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -131,12 +131,17 @@ class RecommendRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed in the response; free-form, for the caller's bookkeeping."""
     user_id: _builtins.int
     """MovieLens user id."""
     k: _builtins.int
     """How many movies to return, 1..max_k (see GetInfoResponse.max_k)."""
+    explain: _builtins.bool
+    """Fill each item's because_item_id (costs about one more small matrix
+    product per request, so it is asked for, not always paid for).
+    """
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Movies to leave out on top of everything the user has rated; ids the
@@ -155,10 +160,11 @@ class RecommendRequest(_message.Message):
         k: _builtins.int = ...,
         exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
         filter: Global___ItemFilter | None = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,10 +212,15 @@ class RecommendStreamRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed in the matching response; callers should make it unique per stream."""
     user_id: _builtins.int
     k: _builtins.int
+    explain: _builtins.bool
+    """Fill each item's because_item_id (costs about one more small matrix
+    product per request, so it is asked for, not always paid for).
+    """
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -224,10 +235,11 @@ class RecommendStreamRequest(_message.Message):
         k: _builtins.int = ...,
         exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
         filter: Global___ItemFilter | None = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,8 +526,13 @@ class RecommendForItemsRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     k: _builtins.int
+    explain: _builtins.bool
+    """Fill each item's because_item_id (costs about one more small matrix
+    product per request, so it is asked for, not always paid for).
+    """
     @_builtins.property
     def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Movies the user liked; ids the catalogue does not know are ignored, but
@@ -534,10 +551,11 @@ class RecommendForItemsRequest(_message.Message):
         k: _builtins.int = ...,
         exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
         filter: Global___ItemFilter | None = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "filter", b"filter", "item_ids", b"item_ids", "k", b"k", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "filter", b"filter", "item_ids", b"item_ids", "k", b"k", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
