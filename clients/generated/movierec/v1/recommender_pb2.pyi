@@ -461,7 +461,9 @@ class RecordInteractionsRequest(_message.Message):
     """MovieLens user id; need not be known to the model."""
     @_builtins.property
     def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Movies the user interacted with (1..max_items_per_call)."""
+        """Movies the user interacted with (1 to 10,000 per call). Ids the served
+        catalogue does not know are stored too: a later model may know them.
+        """
 
     @_builtins.property
     def ratings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:

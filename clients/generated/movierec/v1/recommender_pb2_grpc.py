@@ -137,6 +137,9 @@ class RecommenderServiceServicer:
     def RecordInteractions(self, request, context):
         """Store interactions durably (acknowledged only after they are committed to
         disk); they are excluded from the user's very next recommendation.
+        INVALID_ARGUMENT for an empty or oversized call, or ratings/times whose
+        count differs from item_ids; UNAVAILABLE when the log cannot be written
+        (nothing is stored then).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

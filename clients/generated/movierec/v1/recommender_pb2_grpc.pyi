@@ -62,6 +62,9 @@ class RecommenderServiceStub:
     RecordInteractions: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.RecordInteractionsRequest, _recommender_pb2.RecordInteractionsResponse]
     """Store interactions durably (acknowledged only after they are committed to
     disk); they are excluded from the user's very next recommendation.
+    INVALID_ARGUMENT for an empty or oversized call, or ratings/times whose
+    count differs from item_ids; UNAVAILABLE when the log cannot be written
+    (nothing is stored then).
     """
     RecommendForItems: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.RecommendForItemsRequest, _recommender_pb2.RecommendForItemsResponse]
     """Cold start: recommendations for someone known only by the movies they
@@ -106,6 +109,9 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
     RecordInteractions: _aio.UnaryUnaryMultiCallable[_recommender_pb2.RecordInteractionsRequest, _recommender_pb2.RecordInteractionsResponse]  # type: ignore[assignment]
     """Store interactions durably (acknowledged only after they are committed to
     disk); they are excluded from the user's very next recommendation.
+    INVALID_ARGUMENT for an empty or oversized call, or ratings/times whose
+    count differs from item_ids; UNAVAILABLE when the log cannot be written
+    (nothing is stored then).
     """
     RecommendForItems: _aio.UnaryUnaryMultiCallable[_recommender_pb2.RecommendForItemsRequest, _recommender_pb2.RecommendForItemsResponse]  # type: ignore[assignment]
     """Cold start: recommendations for someone known only by the movies they
@@ -177,6 +183,9 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_recommender_pb2.RecordInteractionsResponse, _abc.Awaitable[_recommender_pb2.RecordInteractionsResponse]]:
         """Store interactions durably (acknowledged only after they are committed to
         disk); they are excluded from the user's very next recommendation.
+        INVALID_ARGUMENT for an empty or oversized call, or ratings/times whose
+        count differs from item_ids; UNAVAILABLE when the log cannot be written
+        (nothing is stored then).
         """
 
     @_abc_1.abstractmethod
