@@ -76,7 +76,7 @@ class IndexReloader:
             except Exception as exc:  # any failure to load means "do not serve it", never "stop serving"
                 return self._refuse(current, f"{type(exc).__name__}: {exc}")
             self._state.publish(engine)
-            logger.warning("hot swap: now serving index %s (model %s)", engine.index_version, engine.model_version)
+            logger.info("hot swap: now serving index %s (model %s)", engine.index_version, engine.model_version)
             self._compact_log(serving, engine)
             return ReloadOutcome(swapped=True)
 
@@ -105,4 +105,4 @@ class IndexReloader:
         if self._log is None or through <= (0 if old is None else old.index.events_through):
             return
         deleted = self._log.truncate_through(through)
-        logger.warning("interaction log: %d events now compacted into index %s", deleted, new.index_version)
+        logger.info("interaction log: %d events now compacted into index %s", deleted, new.index_version)

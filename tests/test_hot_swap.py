@@ -166,3 +166,25 @@ def test_sighup_reloads_a_server_that_does_not_poll(store: Path) -> None:
             _wait_for(lambda: stub.GetInfo(pb.GetInfoRequest(), timeout=5).index_version == version, "SIGHUP reload")
     finally:
         process.close()
+
+
+@pytest.mark.slow
+def test_a_refused_version_and_its_reason_are_logged(store: Path) -> None:
+    broken = build_index(store.parent / "model1", store, make_current=False)
+    (broken / "index.faiss").write_bytes(b"not a faiss index")
+    process = ServeProcess("--index", str(store), "--poll", "0")
+    try:
+        target = f"127.0.0.1:{process.wait_serving()['listening']['port']}"
+        VersionedStore(store).set_current(broken.name)
+        process.process.send_signal(signal.SIGHUP)
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            _wait_for(lambda: stub.GetInfo(pb.GetInfoRequest(), timeout=5).last_refused_version == broken.name, "log")
+        process.process.send_signal(signal.SIGTERM)
+        assert process.process.wait(30) == 0
+        assert process.process.stderr is not None
+        log = process.process.stderr.read()
+    finally:
+        process.close()
+    refusal = [line for line in log.splitlines() if f"refused index {broken.name}" in line]
+    assert len(refusal) == 1 and "ERROR" in refusal[0] and "index.faiss" in refusal[0]

@@ -67,8 +67,13 @@ def register(commands: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
 
     from movierec.server.app import ServerConfig, ServerEvent, serve
+
+    # Swaps, refused versions (with the reason) and log compaction go to stderr; stdout stays lifecycle events.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("movierec").setLevel(logging.INFO)
 
     def announce(event: ServerEvent) -> None:
         line = json.dumps({"event": event.kind, "message": event.message, **event.data}) if args.json else event.message
