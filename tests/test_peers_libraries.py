@@ -39,7 +39,7 @@ def test_surprise_svd_scores_are_its_unclipped_predictions() -> None:
     pytest.importorskip("surprise")
     import pandas as pd
     from peers.surprise_svd import SurpriseSvd
-    from surprise import SVD, Dataset, Reader  # type: ignore[import-untyped]
+    from surprise import SVD, Dataset, Reader
 
     from movierec.bundle.csr import CSR
 

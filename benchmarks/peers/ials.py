@@ -34,7 +34,7 @@ class ImplicitAls:
         self._item_vectors: npt.NDArray[np.float32] | None = None
 
     def fit(self, data: TrainingData) -> None:
-        from implicit.cpu.als import AlternatingLeastSquares  # type: ignore[import-untyped]
+        from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
         # implicit parallelises over users itself; a multi-threaded BLAS underneath only oversubscribes

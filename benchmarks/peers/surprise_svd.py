@@ -39,7 +39,7 @@ class SurpriseSvd:
 
     def fit(self, data: TrainingData) -> None:
         import pandas as pd
-        from surprise import SVD, Dataset, Reader  # type: ignore[import-untyped]
+        from surprise import SVD, Dataset, Reader
 
         ratings = _require_ratings(data)
         frame = pd.DataFrame({"user": ratings.rows, "item": ratings.cols, "rating": ratings.values})
