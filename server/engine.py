@@ -59,20 +59,11 @@ class LiveSeen(Protocol):
 
 
 @dataclass(frozen=True)
-class Answered:
-    """One personal answer: the items, best first, and for each the user's item behind it (-1: none; None when
-    the request did not ask)."""
+class Answered(Recommendation):
+    """A personal answer: a :class:`Recommendation` plus, when the request asked (``explain``), the user's item
+    behind each recommended one (-1: none)."""
 
-    result: Recommendation
-    because: npt.NDArray[np.int32] | None
-
-    @property
-    def item_rows(self) -> npt.NDArray[np.int32]:
-        return self.result.item_rows
-
-    @property
-    def scores(self) -> npt.NDArray[np.float32]:
-        return self.result.scores
+    because: npt.NDArray[np.int32] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +191,7 @@ class ServingEngine:
                 self._fold_in_search(group, k, item_filter) if folded else self._model_search(group, k, item_filter)
             )
             for valid, result in zip(group, results, strict=True):
-                answers[valid.slot] = Answered(result, self._because(valid, result))
+                answers[valid.slot] = Answered(result.item_rows, result.scores, self._because(valid, result))
         return [answers[slot] for slot in range(len(queries))]
 
     def recommend_for_items(self, request: pb.RecommendForItemsRequest) -> Answered:
@@ -222,7 +213,7 @@ class ServingEngine:
         exclude = np.concatenate([liked, self._item_rows(request.exclude_item_ids)])
         valid = _Valid(0, request.k, item_filter, exclude, None, liked, request.explain)
         (result,) = self._fold_in_search([valid], request.k, item_filter)
-        return Answered(result, self._because(valid, result))
+        return Answered(result.item_rows, result.scores, self._because(valid, result))
 
     def similar_items(self, request: pb.SimilarItemsRequest) -> Recommendation:
         """Nearest items to ``request.item_id``, minus the item, the user's seen items and the exclusions."""
@@ -247,7 +238,7 @@ class ServingEngine:
     def write_items(
         self,
         items: RepeatedCompositeFieldContainer[pb.RecommendedItem],
-        result: Recommendation | Answered,
+        result: Recommendation,
     ) -> None:
         """Append ``result`` to a response's ``items``, best first, with 1-based ranks (and ``because``)."""
         templates = self._templates
