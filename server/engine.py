@@ -306,6 +306,12 @@ class ServingEngine:
             return _Valid(slot, query.k, item_filter, exclude_rows, user_row, _NO_ROWS, query.explain)
         liked = self._item_rows(self._liked_ids(user_id))
         if liked.size == 0:
+            if self._known_by_events(user_id):
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"user id {user_id} is not in the model and has no liked movie the model knows to start from",
+                    not_found("user", user_id).details,
+                )
             raise not_found("user", user_id)
         return _Valid(slot, query.k, item_filter, exclude_rows, None, liked, query.explain)
 

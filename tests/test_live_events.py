@@ -164,3 +164,12 @@ def test_acknowledged_events_survive_kill_9(store: Path) -> None:
             assert stub.GetInfo(pb.GetInfoRequest()).events_last_offset == 2
     finally:
         restarted.close()
+
+
+def test_a_new_user_with_only_disliked_events_is_not_found_with_a_reason(stub: pb_grpc.RecommenderServiceStub) -> None:
+    stub.RecordInteractions(
+        pb.RecordInteractionsRequest(user_id=NEW_USER, item_ids=[item_id_of_row(1)], ratings=[1.0]), timeout=5
+    )
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.Recommend(pb.RecommendRequest(user_id=NEW_USER, k=K), timeout=5)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "no liked movie" in (missing.value.details() or "")
