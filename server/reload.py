@@ -90,9 +90,10 @@ class IndexReloader:
         return self._make_engine(self._loader(path))
 
     def _refuse(self, version: str, reason: str) -> ReloadOutcome:
+        """Record a refusal once: polling a broken CURRENT every second must not flood the log or the counter."""
         if version != self._state.last_refused_version or reason != self._state.last_reload_error:
             logger.error("refused index %s; the old version keeps serving: %s", version, reason)
-        self._state.refuse(version, reason)
+            self._state.refuse(version, reason)
         return ReloadOutcome(swapped=False, error=reason)
 
     def _compact_log(self, old: ServingEngine | None, new: ServingEngine) -> None:
