@@ -168,8 +168,13 @@ def _info(args: argparse.Namespace) -> int:
     nested = sorted(name for name, value in metrics.items() if isinstance(value, dict | list))
     if nested:  # training history, protocol: too long for a table
         rows.append(("more metrics", ", ".join(nested) + " (see --json)"))
-    print_table(["field", "value"], [(name, str(value)) for name, value in rows])
+    print_table(["field", "value"], [(name, _cell(value)) for name, value in rows])
     return 0
+
+
+def _cell(value: Any) -> str:
+    """Lists (the genres) as comma-separated names rather than a Python tuple."""
+    return ", ".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
 
 
 def _ask(args: argparse.Namespace, call: Callable[[RecommenderClient], T]) -> T:
