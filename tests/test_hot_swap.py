@@ -61,6 +61,7 @@ def _expected(version_dir: Path) -> dict[int, list[int]]:
     return {user_id_of_row(row): index.model.item_ids[answer.item_rows].tolist() for row, answer in enumerate(answers)}
 
 
+@pytest.mark.slow
 def test_versions_swap_under_a_running_stream_without_a_failed_request(store: Path, server: ServerThread) -> None:
     outgoing: queue.Queue[pb.RecommendStreamRequest | None] = queue.Queue()
     responses: list[pb.RecommendStreamResponse] = []
