@@ -93,7 +93,7 @@ def test_responses_carry_the_contract_fields(response_type: type) -> None:
 def test_items_and_stream_errors_have_the_contract_shape() -> None:
     assert ITEM_FIELDS.items() <= _fields(pb.RecommendedItem).items()
     error = pb.RecommendStreamResponse.DESCRIPTOR.fields_by_name["error"]
-    assert error.message_type.full_name == "google.rpc.Status"
+    assert error.message_type is not None and error.message_type.full_name == "google.rpc.Status"
 
 
 def test_service_methods_and_streaming_shape() -> None:
@@ -106,3 +106,16 @@ def test_service_methods_and_streaming_shape() -> None:
     assert (stream.client_streaming, stream.server_streaming) == (True, True)
     assert stream.input_type.name == "RecommendStreamRequest"
     assert stream.output_type.name == "RecommendStreamResponse"
+
+
+def test_issue_5_additions_keep_every_old_field_number() -> None:
+    """Live events, cold start, reload, filters and because were added as new RPCs and fields only."""
+    methods = {m.name: m for m in pb.DESCRIPTOR.services_by_name["RecommenderService"].methods}
+    for name in ("RecordInteractions", "RecommendForItems", "ReloadIndex"):
+        assert (methods[name].client_streaming, methods[name].server_streaming) == (False, False)
+    for request in (pb.RecommendRequest, pb.RecommendStreamRequest):
+        fields = request.DESCRIPTOR.fields_by_name
+        assert [fields[n].number for n in ("request_id", "user_id", "k", "exclude_item_ids")] == [1, 2, 3, 4]
+        assert (fields["filter"].number, fields["explain"].number) == (5, 6)
+    because = pb.RecommendedItem.DESCRIPTOR.fields_by_name["because_item_id"]
+    assert because.number == 7 and because.has_presence  # absent, not 0, when there is no because item
