@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from movierec.trainer.data import Dataset, load_dataset
 
 from movierec.paths import default_ml1m_dir
+from movierec.trainer.data import Dataset, load_dataset
 
 RESULTS_NAME = "load"
 SEED_CALL = "pd.read_csv('ratings.dat', sep='::', engine='python', names=[user, item, rating, timestamp])"

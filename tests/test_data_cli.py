@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from movierec.clients.cli import main
 
 RATINGS_DAT = "1::10::5::100\n1::20::3::101\n2::10::4::102\n2::30::4::103\n3::20::2::104\n3::30::5::105\n"

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from movierec.trainer.data import load_dataset
-from movierec.trainer.data.download import download_ml1m
 
 from movierec.errors import DataError
+from movierec.trainer.data import load_dataset
+from movierec.trainer.data.download import download_ml1m
 
 RATINGS = "".join(f"{u}::{i}::{(u + i) % 5 + 1}::{1000 + i}\n" for u in range(1, 30) for i in range(1, 40))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from movierec.trainer.data import load_dataset
 
 from movierec.errors import DataError
+from movierec.trainer.data import load_dataset
 
 GOOD_DAT = "1::10::5::100\n1::20::3::101\n2::10::4::102\n"
 

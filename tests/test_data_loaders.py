@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from movierec.trainer.data import dataset_stats, detect_format, item_metadata, load_dataset
 
 from movierec.errors import DataError
+from movierec.trainer.data import dataset_stats, detect_format, item_metadata, load_dataset
 
 # The same five ratings in every format: (user, item, rating, timestamp).
 ROWS = [(1, 10, 5.0, 100), (1, 20, 3.0, 101), (2, 10, 4.0, 102), (2, 30, 1.0, 103), (3, 20, 4.0, 104)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from movierec.clients.cli import main
 from movierec.trainer.data import dataset_stats, item_metadata, load_dataset, make_split
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from movierec.trainer.data import load_dataset, make_split
 
 from movierec.errors import DataError
+from movierec.trainer.data import load_dataset, make_split
 
 HALF_STARS = [x / 2 for x in range(0, 21)]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from movierec.trainer.data import Dataset, Ratings, Split, make_split
 
 from movierec.bundle import CSR
 from movierec.errors import DataError
+from movierec.trainer.data import Dataset, Ratings, Split, make_split
 
 
 def half_up(x: float) -> int:

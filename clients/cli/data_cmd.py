@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from movierec.clients.cli.output import print_json, print_table
-
 from movierec.errors import MovierecError
 from movierec.paths import default_ml1m_dir
 

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from movierec.errors import DataError
 from movierec.trainer.data.metadata import (
     ML100K_GENRES,
     read_100k_genres,
@@ -29,8 +30,6 @@ from movierec.trainer.data.metadata import (
 from movierec.trainer.data.table import RawTable, ratings_from_table, read_table
 from movierec.trainer.data.tabular import TableColumns, resolve_columns, sniff_delimiter
 from movierec.trainer.data.types import Dataset, Movies
-
-from movierec.errors import DataError
 
 FORMATS = ("ml-dat", "ml-100k", "ml-csv", "table")
 ML_CSV_HEADER = ("userId", "movieId", "rating", "timestamp")

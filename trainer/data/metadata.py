@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from movierec.trainer.data.table import check_text
-from movierec.trainer.data.types import Movies
 
 from movierec.errors import DataError
+from movierec.trainer.data.table import check_text
+from movierec.trainer.data.types import Movies
 
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",

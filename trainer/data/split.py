@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from movierec.trainer.data.types import Dataset
 
 from movierec.bundle import CSR
 from movierec.errors import DataError
+from movierec.trainer.data.types import Dataset
 
 METHODS = ("random", "temporal")
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from movierec.trainer.data.types import Dataset
 
 from movierec.bundle import ItemMetadata
+from movierec.trainer.data.types import Dataset
 
 
 def distinct_count(values: npt.NDArray[np.int64]) -> int:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from movierec.trainer.data.types import Ratings
 
 from movierec.errors import DataError
+from movierec.trainer.data.types import Ratings
 
 MAX_RATING = 10.0
 """Ratings above this are refused: no MovieLens release (nor a 10-star scale) goes higher."""

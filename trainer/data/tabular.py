@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from movierec.trainer.data.table import RawTable
-
 from movierec.errors import DataError
+from movierec.trainer.data.table import RawTable
 
 DELIMITERS = (",", "\t", ";", "|")
 ROLES = ("user", "item", "rating", "timestamp")
