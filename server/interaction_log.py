@@ -65,7 +65,15 @@ CREATE TABLE interactions (
 
 
 class InvalidInteractions(MovierecError):
-    """A record call the client must fix (the server answers INVALID_ARGUMENT)."""
+    """A record call the client must fix (the server answers INVALID_ARGUMENT).
+
+    ``field`` names the request field at fault, so the server can blame it in
+    ``google.rpc.BadRequest`` without parsing the message.
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InteractionLogError(MovierecError):
@@ -218,8 +226,6 @@ class InteractionLog:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not truncate the log ({exc})", path=self.path) from None
-            self._ratings.clear()
-            self._views = {}
             self._replay_locked(offset)
         return int(deleted)
 
@@ -244,6 +250,12 @@ class InteractionLog:
             self._replay_locked(after)
 
     def _replay_locked(self, after: int) -> None:
+        """Rebuild every user's view from the events after ``after``, then swap the views in at once.
+
+        Readers keep seeing the old views until the final assignment (one
+        reference swap, atomic under the GIL), so a compaction never makes a
+        live event briefly disappear from :meth:`extra_seen`.
+        """
         try:
             cursor = self._conn.execute(
                 "SELECT user_id, item_id, rating FROM interactions WHERE seq > ? ORDER BY seq", (after,)
@@ -254,23 +266,32 @@ class InteractionLog:
             max_seq = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'interactions'").fetchone()
         except sqlite3.Error as exc:
             raise InteractionLogError(f"could not replay the log ({exc})", path=self.path) from None
+        ratings: dict[int, dict[int, float]] = {}
+        views: dict[int, _UserView] = {}
         for user_id, events in per_user.items():
-            self._apply(user_id, events)
+            views[user_id] = _fold_events(ratings.setdefault(user_id, {}), events, self.like_threshold)
+        self._ratings, self._views = ratings, views
         self._last_offset = int(max_seq[0]) if max_seq else 0
 
     def _apply(self, user_id: int, events: Sequence[tuple[int, float | None]]) -> None:
         """Fold events into the user's latest ratings and publish a fresh immutable view (caller holds the lock)."""
-        latest = self._ratings.setdefault(user_id, {})
-        for item_id, rating in events:
-            latest[item_id] = math.nan if rating is None else rating
-        items = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
-        values = np.fromiter(latest.values(), dtype=np.float64, count=len(latest))
-        order = np.argsort(items)
-        items, values = items[order], values[order]
-        liked = items[np.isnan(values) | (values >= self.like_threshold)]
-        items.setflags(write=False)
-        liked.setflags(write=False)
-        self._views[user_id] = _UserView(seen=items, liked=liked)
+        self._views[user_id] = _fold_events(self._ratings.setdefault(user_id, {}), events, self.like_threshold)
+
+
+def _fold_events(
+    latest: dict[int, float], events: Sequence[tuple[int, float | None]], like_threshold: float
+) -> _UserView:
+    """Update ``latest`` (item id -> latest rating, NaN: none) with ``events`` and return the user's new view."""
+    for item_id, rating in events:
+        latest[item_id] = math.nan if rating is None else rating
+    items = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
+    values = np.fromiter(latest.values(), dtype=np.float64, count=len(latest))
+    order = np.argsort(items)
+    items, values = items[order], values[order]
+    liked = items[np.isnan(values) | (values >= like_threshold)]
+    items.setflags(write=False)
+    liked.setflags(write=False)
+    return _UserView(seen=items, liked=liked)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -321,24 +342,28 @@ def _validated_rows(
 ) -> list[tuple[int, int, float | None, int, float]]:
     """Rows ready for INSERT, or InvalidInteractions naming the first problem."""
     if not _is_int64(user_id):
-        raise InvalidInteractions(f"user_id {user_id!r} is not a 64-bit integer")
+        raise InvalidInteractions(f"user_id {user_id!r} is not a 64-bit integer", field="user_id")
     items = _int64_list(item_ids, "item_ids")
     if not items:
-        raise InvalidInteractions("item_ids is empty: nothing to record")
+        raise InvalidInteractions("item_ids is empty: nothing to record", field="item_ids")
     if len(items) > max_items:
-        raise InvalidInteractions(f"{len(items)} item ids in one call; the limit is {max_items}")
+        raise InvalidInteractions(f"{len(items)} item ids in one call; the limit is {max_items}", field="item_ids")
     rating_list: list[float | None] = [None] * len(items) if ratings is None else list(ratings)
     if len(rating_list) != len(items):
-        raise InvalidInteractions(f"{len(rating_list)} ratings for {len(items)} item ids: give one per item or none")
+        raise InvalidInteractions(
+            f"{len(rating_list)} ratings for {len(items)} item ids: give one per item or none", field="ratings"
+        )
     for rating in rating_list:
         if rating is not None and not (_is_number(rating) and math.isfinite(rating)):
-            raise InvalidInteractions(f"rating {rating!r} is not a finite number")
+            raise InvalidInteractions(f"rating {rating!r} is not a finite number", field="ratings")
     now = time.time()
     time_list = [int(now)] * len(items) if times is None else _int64_list(times, "times")
     if len(time_list) != len(items):
-        raise InvalidInteractions(f"{len(time_list)} times for {len(items)} item ids: give one per item or none")
+        raise InvalidInteractions(
+            f"{len(time_list)} times for {len(items)} item ids: give one per item or none", field="times"
+        )
     if any(t < 0 for t in time_list):
-        raise InvalidInteractions("times must be unix seconds >= 0")
+        raise InvalidInteractions("times must be unix seconds >= 0", field="times")
     return [
         (int(user_id), item, None if rating is None else float(rating), when, now)
         for item, rating, when in zip(items, rating_list, time_list, strict=True)
@@ -351,7 +376,7 @@ def _int64_list(values: Sequence[int] | npt.NDArray[np.integer], name: str) -> l
     if array.size == 0:
         return []
     if array.dtype.kind not in "iu" or (array.dtype.kind == "u" and int(array.max()) > _INT64_MAX):
-        raise InvalidInteractions(f"{name} must be 64-bit integers")
+        raise InvalidInteractions(f"{name} must be 64-bit integers", field=name)
     return [int(v) for v in array.reshape(-1).tolist()]
 
 

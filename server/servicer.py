@@ -163,7 +163,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         try:
             offset = await asyncio.to_thread(log.record, request.user_id, list(request.item_ids), ratings, times)
         except InvalidInteractions as error:
-            await _abort(context, invalid_argument(_blamed_field(str(error)), str(error)))
+            await _abort(context, invalid_argument(error.field, str(error)))
         except InteractionLogError as error:
             await _abort(context, RequestError(grpc.StatusCode.UNAVAILABLE, f"events not stored: {error}"))
         return pb.RecordInteractionsResponse(
@@ -237,14 +237,6 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             return self._state.require_engine()
         except RequestError as error:
             await _abort(context, error)
-
-
-def _blamed_field(message: str) -> str:
-    """The request field an interaction-log validation message is about (for google.rpc.BadRequest)."""
-    for field in ("user_id", "ratings", "times"):
-        if field in message or field.rstrip("s") in message:
-            return field
-    return "item_ids"
 
 
 async def _read_all(requests: AsyncIterator[object], inbox: asyncio.Queue[object]) -> None:

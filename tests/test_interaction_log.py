@@ -140,6 +140,36 @@ def test_rebuild_protocol_across_two_handles(log_path: Path) -> None:
         assert restarted.extra_seen(1).tolist() == [11]
 
 
+def test_a_concurrent_reader_never_sees_a_live_event_vanish_during_compaction(log_path: Path) -> None:
+    """Compaction rebuilds the in-memory views; a reader on another thread must never find them half-built."""
+    with InteractionLog(log_path) as log:
+        for user in range(300):  # compacted events: replay has real work to do between clear and rebuild
+            log.record(user, [1, 2, 3])
+        merged_through = log.last_offset
+        live_users = range(1000, 1300)
+        for user in live_users:
+            log.record(user, [user])
+        stop = threading.Event()
+        vanished: list[int] = []
+
+        def read() -> None:
+            while not stop.is_set():
+                for user in live_users:
+                    if user not in log.extra_seen(user).tolist():
+                        vanished.append(user)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            for _ in range(20):
+                log.truncate_through(merged_through)
+        finally:
+            stop.set()
+            reader.join()
+        assert vanished == []
+        assert log.extra_seen(0).size == 0  # the compacted events are gone from the live views
+
+
 def test_a_closed_log_reopens_with_an_empty_log_after_full_truncation(log_path: Path) -> None:
     with InteractionLog(log_path) as log:
         last = log.record(1, [1])
@@ -151,25 +181,29 @@ def test_a_closed_log_reopens_with_an_empty_log_after_full_truncation(log_path: 
 
 
 @pytest.mark.parametrize(
-    ("call", "message"),
+    ("call", "message", "field"),
     [
-        ({"user_id": 1, "item_ids": []}, "empty"),
-        ({"user_id": True, "item_ids": [1]}, "user_id"),
-        ({"user_id": 2**63, "item_ids": [1]}, "user_id"),
-        ({"user_id": 1, "item_ids": [1.5]}, "64-bit"),
-        ({"user_id": 1, "item_ids": [2**64 - 1]}, "64-bit"),
-        ({"user_id": 1, "item_ids": [1, 2], "ratings": [4.0]}, "1 ratings for 2"),
-        ({"user_id": 1, "item_ids": [1], "ratings": [float("nan")]}, "finite"),
-        ({"user_id": 1, "item_ids": [1], "ratings": ["5"]}, "finite"),
-        ({"user_id": 1, "item_ids": [1], "times": [1, 2]}, "2 times for 1"),
-        ({"user_id": 1, "item_ids": [1], "times": [-5]}, ">= 0"),
-        ({"user_id": 1, "item_ids": list(range(11))}, "limit is 10"),
+        ({"user_id": 1, "item_ids": []}, "empty", "item_ids"),
+        ({"user_id": True, "item_ids": [1]}, "user_id", "user_id"),
+        ({"user_id": 2**63, "item_ids": [1]}, "user_id", "user_id"),
+        ({"user_id": 1, "item_ids": [1.5]}, "64-bit", "item_ids"),
+        ({"user_id": 1, "item_ids": [2**64 - 1]}, "64-bit", "item_ids"),
+        ({"user_id": 1, "item_ids": [1, 2], "ratings": [4.0]}, "1 ratings for 2", "ratings"),
+        ({"user_id": 1, "item_ids": [1], "ratings": [float("nan")]}, "finite", "ratings"),
+        ({"user_id": 1, "item_ids": [1], "ratings": ["5"]}, "finite", "ratings"),
+        ({"user_id": 1, "item_ids": [1], "times": [1, 2]}, "2 times for 1", "times"),
+        ({"user_id": 1, "item_ids": [1], "times": [1.5]}, "64-bit", "times"),
+        ({"user_id": 1, "item_ids": [1], "times": [-5]}, ">= 0", "times"),
+        ({"user_id": 1, "item_ids": list(range(11))}, "limit is 10", "item_ids"),
     ],
 )
-def test_bad_calls_are_refused_and_store_nothing(log_path: Path, call: dict[str, object], message: str) -> None:
+def test_bad_calls_are_refused_and_store_nothing(
+    log_path: Path, call: dict[str, object], message: str, field: str
+) -> None:
     with InteractionLog(log_path, max_items_per_call=10) as log:
-        with pytest.raises(InvalidInteractions, match=message):
+        with pytest.raises(InvalidInteractions, match=message) as refused:
             log.record(**call)  # type: ignore[arg-type]
+        assert refused.value.field == field
         assert len(log.export()) == 0
         assert log.extra_seen(1).size == 0
 
