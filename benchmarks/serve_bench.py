@@ -74,8 +74,8 @@ R = TypeVar("R", pb.RecommendResponse, pb.RecommendStreamResponse)
 RESULTS_NAME = "serve"
 SERVER_KINDS = ("echo-sync", "echo-aio", "aio", "aio-unbatched", "aio-threads", "sync")
 SHIPPED = "aio"
-RECOMMEND = "/movierec.v1.RecommenderService/Recommend"
-RECOMMEND_STREAM = "/movierec.v1.RecommenderService/RecommendStream"
+SERVICE = "movierec.v1.RecommenderService"
+RECOMMEND_STREAM = f"/{SERVICE}/RecommendStream"
 K = 10
 STREAM_IN_FLIGHT = 64
 EXCLUSION_LEVELS = (0, 100, 2000)
@@ -109,7 +109,7 @@ def with_request_id(canned: bytes, request_id: str) -> bytes:
     return pb.RecommendResponse(request_id=request_id).SerializeToString() + canned
 
 
-def echo_handlers(canned: bytes, *, asynchronous: bool) -> grpc.GenericRpcHandler:
+def echo_handlers(canned: bytes, *, asynchronous: bool) -> grpc.GenericRpcHandler[Any, Any]:
     def unary(request: pb.RecommendRequest, context: Any) -> bytes:
         return with_request_id(canned, request.request_id)
 
@@ -132,14 +132,33 @@ def echo_handlers(canned: bytes, *, asynchronous: bool) -> grpc.GenericRpcHandle
             stream_async if asynchronous else stream, request_deserializer=pb.RecommendStreamRequest.FromString
         ),
     }
-    return grpc.method_handlers_generic_handler("movierec.v1.RecommenderService", handlers)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
-class SyncRecommender(pb_grpc.RecommenderServiceServicer):
-    """The measured alternative: the same engine behind a thread-pool server, one search per stream message."""
+class SyncRecommender:
+    """The measured alternative: the same engine behind a thread-pool server, one search per stream message.
+
+    Only the two measured methods are served (a generic handler, not the full
+    generated servicer): the other RPCs play no part in this benchmark.
+    """
 
     def __init__(self, engine: ServingEngine) -> None:
         self._engine = engine
+
+    def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
+        methods = {
+            "Recommend": grpc.unary_unary_rpc_method_handler(
+                self.Recommend,
+                request_deserializer=pb.RecommendRequest.FromString,
+                response_serializer=pb.RecommendResponse.SerializeToString,
+            ),
+            "RecommendStream": grpc.stream_stream_rpc_method_handler(
+                self.RecommendStream,
+                request_deserializer=pb.RecommendStreamRequest.FromString,
+                response_serializer=pb.RecommendStreamResponse.SerializeToString,
+            ),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         (answer,) = self._engine.recommend([request])
@@ -189,9 +208,7 @@ def run_sync_server(kind: str, index_dir: Path) -> None:
     if kind == "echo-sync":
         server.add_generic_rpc_handlers((echo_handlers(canned_response_bytes(index_dir), asynchronous=False),))
     else:
-        pb_grpc.add_RecommenderServiceServicer_to_server(
-            SyncRecommender(ServingEngine(load_index(index_dir), Limits())), server
-        )
+        server.add_generic_rpc_handlers((SyncRecommender(ServingEngine(load_index(index_dir), Limits())).handlers(),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     stop = threading.Event()
@@ -334,7 +351,12 @@ async def measure_stream(
 ) -> dict[str, Any]:
     """One bidirectional stream kept at STREAM_IN_FLIGHT outstanding messages by a writer and a reader task."""
     async with grpc.aio.insecure_channel(target) as channel:
-        call = pb_grpc.RecommenderServiceStub(channel).RecommendStream()
+        # The generated stub is typed for sync channels; an aio multi-callable opens the call in write mode.
+        call = channel.stream_stream(
+            RECOMMEND_STREAM,
+            request_serializer=pb.RecommendStreamRequest.SerializeToString,
+            response_deserializer=pb.RecommendStreamResponse.FromString,
+        )(None)
         window = asyncio.Semaphore(STREAM_IN_FLIGHT)
         counts = {"received": 0, "errors": 0}
         writing = True
