@@ -196,13 +196,13 @@ def test_cli_too_few_positives_fails_cleanly(tmp_path: Path, capsys: pytest.Capt
     assert not out.exists()
 
 
-def test_an_interrupted_training_leaves_no_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from movierec.trainer import pipeline
+def test_an_interrupted_write_leaves_no_half_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import movierec.bundle.model
 
     def interrupted(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # Ctrl-C after the vectors are staged, before the manifest
 
-    monkeypatch.setattr(pipeline, "plot_training_curve", interrupted)
+    monkeypatch.setattr(movierec.bundle.model, "write_manifest", interrupted)
     data, out = write_ratings(tmp_path / "data"), tmp_path / "bundle"
     assert main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN]) == 130
     assert not out.exists()
@@ -243,3 +243,9 @@ def test_short_ml1m_run_beats_popularity(ml1m_dir: Path) -> None:
     config = replace(resolve_config("fast"), dim=64, epochs=6, eval_every=3, time_budget=50)
     result = train_model(split, config, progress=False)
     assert result.best_valid_recall > popular["recall@20"] + 0.02
+
+
+def test_model_specific_preset_settings_yield_to_explicit_ones() -> None:
+    assert resolve_config("fast", model="ngcf").dim == 64
+    assert resolve_config("fast", model="lightgcn").dim == resolve_config("fast").dim != 64
+    assert resolve_config("fast", model="ngcf", dim=32).dim == 32
