@@ -61,7 +61,8 @@ def register(commands: Any) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     # Must precede torch's import. On a shared machine, OpenMP threads that spin while waiting steal
-    # the cores the other thread needs: measured 2.4x slower epochs (benchmarks/results/train_speed.md).
+    # the cores the other thread needs: one fast-preset ML-1M epoch took 12.6-22.5 s with spinning
+    # waits and 4.3-5.6 s with passive ones (2 threads, load average ~7, measured side by side).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from movierec.trainer.config import resolve_config
     from movierec.trainer.pipeline import train_bundle
