@@ -40,6 +40,21 @@ def test_exclusion_ids_map_to_the_same_rows_as_the_index(
     assert rows.tolist() == index.item_rows(np.array(wanted, dtype=np.int64)).tolist() == [0, 7, N_ITEMS - 1, 7]
 
 
+@pytest.mark.parametrize("dense_table", [True, False], ids=["dense-table", "binary-search"])
+def test_user_ids_map_to_the_same_rows_as_the_index(
+    index: ServingIndex, dense_table: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not dense_table:
+        monkeypatch.setattr(engine_module, "MAX_LOOKUP_IDS", 0)
+    engine = ServingEngine(index, Limits())
+    assert (engine._user_lookup is not None) == dense_table
+    known = [user_id_of_row(r) for r in range(index.n_users)]
+    unknown = [-10, -1, 0, 4, user_id_of_row(index.n_users), 10**12, 2**62]  # the factory's user ids are odd
+    for user_id in known + unknown:
+        assert engine._user_row(user_id) == index.user_row(user_id), user_id
+    assert [engine._user_row(u) for u in known] == list(range(index.n_users))
+
+
 def test_a_batch_mixes_valid_and_invalid_queries_and_groups_by_k(index: ServingIndex) -> None:
     engine = ServingEngine(index, Limits(max_k=20, max_exclude_item_ids=3))
     queries = [
