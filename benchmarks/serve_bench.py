@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -405,6 +405,55 @@ def run_client(target: str, server_pid: int, index_dir: Path, scenarios: list[st
     return results
 
 
+# ---------------------------------------------------------------- where the server's time goes (in process)
+
+
+def in_process_costs(index_dir: Path, repeats: int = 5, calls: int = 400) -> dict[str, float]:
+    """CPU per call of the work our server adds to the gRPC floor, measured without gRPC (best of ``repeats``).
+
+    Server CPU per call over gRPC is roughly the floor's plus these: how much of
+    the gap to the floor is the search itself and how much the engine around it.
+    """
+    limit_serving_threads()
+    engine = ServingEngine(load_index(index_dir), Limits())
+    index = engine.index
+    workload = Workload(index.model.user_ids[:512].tolist(), index.model.item_ids.tolist())
+    unary = workload.unary_requests(0)
+    rows = [row for r in unary if (row := index.user_row(r.user_id)) is not None]
+    state = ServingState()
+    state.publish(engine)
+    stream = RecommenderServicer(state)
+    batch = workload.stream_requests(STREAM_IN_FLIGHT)
+
+    def answer(request: pb.RecommendRequest) -> bytes:
+        (result,) = engine.recommend([request])
+        assert not isinstance(result, RequestError)
+        response = pb.RecommendResponse(
+            request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
+        )
+        engine.write_items(response.items, result)
+        return response.SerializeToString()
+
+    def best_us(work: Callable[[int], object], n: int, per: int = 1) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.process_time()
+            for i in range(n):
+                work(i)
+            best = min(best, time.process_time() - started)
+        return 1e6 * best / (n * per)
+
+    return {
+        "index_search_us": best_us(lambda i: index.recommend([rows[i % len(rows)]], K), calls),
+        "unary_answer_us": best_us(lambda i: answer(unary[i % len(unary)]), calls),
+        "stream_answer_us_per_msg": best_us(
+            lambda i: [r.SerializeToString() for r in stream._answer_stream_batch(batch)],
+            max(1, calls // STREAM_IN_FLIGHT),
+            STREAM_IN_FLIGHT,
+        ),
+    }
+
+
 # ---------------------------------------------------------------- orchestration
 
 
@@ -617,6 +666,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Server CPU per call, floor over ours (1.0 = as cheap as a no-op server): unary "
         f"{cpu_share['unary-0']:.2f}, stream {cpu_share['stream']:.2f}.",
         "",
+        cost_note(summary, meta["in_process"]),
+        "",
         load_generator_note(summary),
         "",
         noise_note(table),
@@ -625,6 +676,21 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def cost_note(summary: dict[str, Any], costs: dict[str, float]) -> str:
+    """Split the shipped server's CPU per call into the gRPC floor, the search, and the rest of our work."""
+    table = summary["table"]
+    floor_unary = min(table[kind]["unary-0"]["server_cpu_us_per_call"] for kind in ("echo-sync", "echo-aio"))
+    ours_unary = table[SHIPPED]["unary-0"]["server_cpu_us_per_call"]
+    return (
+        "Where the unary server CPU goes (in-process CPU per call, no gRPC, best of 5, same requests): "
+        f"answering one request costs {costs['unary_answer_us']:,.0f} us (validation, search, response build and "
+        f"serialisation), of which the index's exact search (`ServingIndex.recommend`, one user) is "
+        f"{costs['index_search_us']:,.0f} us; over gRPC our server spent {ours_unary:,.0f} us per call and the "
+        f"cheapest no-op server {floor_unary:,.0f} us, a gap of {ours_unary - floor_unary:,.0f} us. One stream message "
+        f"answered in a batch of {STREAM_IN_FLIGHT} costs {costs['stream_answer_us_per_msg']:,.0f} us in process."
+    )
 
 
 def choice_note(table: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -723,6 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{index.n_users:,} users x {index.n_items:,} items, dim {index.model.dim}, {seen:.0f} seen items per user"
         )
         meta = {"machine": machine(), "index": index_label, "rounds": args.rounds, "seconds": args.seconds}
+        meta["in_process"] = in_process_costs(index_dir)
         summary = summarise(run_rounds(index_dir, args.rounds, args.seconds))
     meta["wall_seconds"] = round(time.time() - started, 1)
     write_results(args.out, summary, meta)

@@ -77,7 +77,7 @@ class IndexReloader:
                 return self._refuse(current, f"{type(exc).__name__}: {exc}")
             self._state.publish(engine)
             logger.info("hot swap: now serving index %s (model %s)", engine.index_version, engine.model_version)
-            self._compact_log(serving, engine)
+            await self._compact_log(serving, engine)
             return ReloadOutcome(swapped=True)
 
     async def watch(self, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
@@ -96,14 +96,16 @@ class IndexReloader:
             self._state.refuse(version, reason)
         return ReloadOutcome(swapped=False, error=reason)
 
-    def _compact_log(self, old: ServingEngine | None, new: ServingEngine) -> None:
-        """Drop the log's events the new version holds.
+    async def _compact_log(self, old: ServingEngine | None, new: ServingEngine) -> None:
+        """Drop the log's events the new version holds, on a worker thread.
 
-        Runs on the event loop on purpose: ``truncate_through`` rebuilds the
-        log's in-memory views, and no request may read them half rebuilt.
+        The delete, the WAL checkpoint and the replay take milliseconds that the
+        event loop keeps answering through: ``truncate_through`` swaps in its
+        rebuilt views at once, so no request sees them half rebuilt, and until
+        then the old views only repeat exclusions the new index already holds.
         """
         through = new.index.events_through
         if self._log is None or through <= (0 if old is None else old.index.events_through):
             return
-        deleted = self._log.truncate_through(through)
+        deleted = await asyncio.to_thread(self._log.truncate_through, through)
         logger.info("interaction log: %d events now compacted into index %s", deleted, new.index_version)
