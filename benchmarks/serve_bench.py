@@ -23,9 +23,17 @@ Scenarios: unary k=10 with 1 call in flight (p50/p99, calls/s); one
 bidirectional stream with 64 messages in flight (messages/s, errors); unary
 latency with 0, 100 and 2,000 excluded items (shipped server only).
 
+Before the rounds, the work our server adds to the floor is timed in process
+(no gRPC): answering one request, the index search inside it, and one stream
+message in a batch, so the report can say where the gap to the floor goes.
+
 Usage::
 
     .venv/bin/python benchmarks/serve_bench.py [--index DIR] [--seconds 2] [--rounds 3]
+
+``--index`` takes an index store (its ``CURRENT`` version is served, as by
+``recctl serve``) or one version folder, e.g. ``build/serve/index`` from
+``recctl index build --model build/serve/lightgcn --out build/serve/index``.
 
 Without ``--index`` a synthetic MovieLens-1M-shaped model (6,040 users, 3,706
 items, dimension 64, 165 rated items per user) is built in a temporary folder.
