@@ -7,9 +7,9 @@ from math import log2
 import numpy as np
 import numpy.typing as npt
 import pytest
-from movierec.trainer.evaluate import evaluate_ranking, evaluate_vectors, top_k_items
 
 from movierec.bundle.csr import CSR
+from movierec.trainer.evaluate import evaluate_ranking, evaluate_vectors, top_k_items
 
 # 3 users x 6 items.
 # user 0: train {0}, test {1, 4}; scores 9 4 5 4 3 1 -> item 0 masked, ranking 2, 1, 3, 4, 5
