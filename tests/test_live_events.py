@@ -11,6 +11,8 @@ import grpc
 import numpy as np
 import pytest
 from bundle_factory import item_id_of_row, make_model_bundle, user_id_of_row
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from server_harness import ServeProcess, ServerThread
 
 from movierec.index import build_index, open_index
@@ -59,6 +61,17 @@ def _code(call: object) -> grpc.StatusCode:
     return code
 
 
+def _blamed_field(error: grpc.RpcError) -> str | None:
+    """The field a google.rpc.BadRequest detail names, if the error carries one."""
+    assert isinstance(error, grpc.Call)
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            return str(bad_request.field_violations[0].field)
+    return None
+
+
 def test_a_recorded_item_is_excluded_from_the_very_next_answer(stub: pb_grpc.RecommenderServiceStub) -> None:
     user = user_id_of_row(0)
     before = _top(stub, user, K + 2)
@@ -96,15 +109,21 @@ def test_a_new_user_with_liked_events_gets_fold_in_recommendations(
     assert all(item.because_item_id in liked for item in cold.items)
 
 
-def test_record_rejects_bad_input_with_invalid_argument(stub: pb_grpc.RecommenderServiceStub) -> None:
+def test_record_rejects_bad_input_with_invalid_argument_naming_the_field(
+    stub: pb_grpc.RecommenderServiceStub,
+) -> None:
     user = user_id_of_row(1)
-    for request in (
-        pb.RecordInteractionsRequest(user_id=user),
-        pb.RecordInteractionsRequest(user_id=user, item_ids=[1, 3], ratings=[4.0]),
-        pb.RecordInteractionsRequest(user_id=user, item_ids=[1], ratings=[float("nan")]),
-        pb.RecordInteractionsRequest(user_id=user, item_ids=[1], times=[-5]),
+    for request, field in (
+        (pb.RecordInteractionsRequest(user_id=user), "item_ids"),
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[1, 3], ratings=[4.0]), "ratings"),
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[1], ratings=[float("nan")]), "ratings"),
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[1], times=[-5]), "times"),
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[1], times=[1, 2]), "times"),
     ):
-        assert _code(lambda r=request: stub.RecordInteractions(r, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RecordInteractions(request, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _blamed_field(refused.value) == field, request
     assert stub.GetInfo(pb.GetInfoRequest()).events_last_offset == 0, "a refused call stored something"
 
 
