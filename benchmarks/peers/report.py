@@ -100,6 +100,11 @@ def write_markdown(path: Path, result: dict[str, Any], preamble: Sequence[str]) 
         "",
         *markdown_table(result["rows"]),
         "",
+        *(
+            ["## Notes on these numbers", "", *(f"- {note}" for note in result["notes"]), ""]
+            if result.get("notes")
+            else []
+        ),
         "## Runs and machine",
         "",
         "The machine is shared with other work: wall times compare within one run only, and each row "
