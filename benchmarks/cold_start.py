@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from bench_machine import machine_basics
 from tqdm import tqdm
 
 from movierec.bundle import CSR, ModelBundle, read_model_bundle
@@ -200,23 +200,7 @@ def fold_in_latency_us(fold_in: FoldIn, liked: CSR, repeats: int = 2000) -> floa
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 1),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": "not used",
-        "platform": platform.platform(),
-    }
+    return {**machine_basics("numpy"), "torch": "not used"}
 
 
 def markdown(result: dict[str, Any]) -> str:

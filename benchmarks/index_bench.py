@@ -50,20 +50,19 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 import numpy.typing as npt
+from bench_machine import machine_basics
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -284,30 +283,8 @@ def measure_catalog(
     return rows
 
 
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "faiss_omp_threads": faiss.omp_get_max_threads(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "torch": _package_version("torch"),
-    }
+    return {**machine_basics("numpy", "faiss-cpu", "torch"), "faiss_omp_threads": faiss.omp_get_max_threads()}
 
 
 def run_ml1m(args: argparse.Namespace, work: Path, progress: tqdm) -> tuple[list[dict[str, Any]], dict[str, Any]]:

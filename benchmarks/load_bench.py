@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from bench_machine import machine_basics
 
 from movierec.paths import default_ml1m_dir
 from movierec.trainer.data import Dataset, load_dataset
@@ -67,32 +65,8 @@ def time_interleaved(loaders: dict[str, Callable[[], object]], repeats: int) -> 
     return seconds
 
 
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "torch": _package_version("torch"),
-    }
+    return machine_basics("numpy", "pandas", "torch")
 
 
 def write_results(out: Path, folder: Path, repeats: int, seconds: dict[str, list[float]]) -> dict[str, Any]:

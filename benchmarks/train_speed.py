@@ -32,16 +32,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from bench_machine import machine_basics
 
 from movierec.paths import default_ml1m_dir
 
@@ -101,24 +101,14 @@ def seconds_to_reach(curve: list[list[float]], target: float) -> float | None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     import torch
 
+    basics = machine_basics("torch", "torch-geometric", "numpy")
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        **basics,
         "torch_threads": torch.get_num_threads(),
-        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+        "load_average_1min_at_start": basics["load_average_1min"],
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": version("torch"),
-        "torch_geometric": version("torch-geometric"),
-        "numpy": version("numpy"),
     }
 
 

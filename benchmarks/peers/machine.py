@@ -5,20 +5,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench_machine import cpu_model, package_version
+
 LIBRARIES = ("numpy", "scipy", "torch", "torch-geometric", "implicit", "scikit-surprise", "pyspark")
-
-
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _memory_gib() -> float | None:
@@ -40,13 +32,6 @@ def _java_version() -> str | None:
     return lines[0] if lines else None
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def describe_machine() -> dict[str, Any]:
     """CPU, cores, memory, load, and the versions of every library a row depends on.
 
@@ -54,7 +39,7 @@ def describe_machine() -> dict[str, Any]:
     measured under load are comparable only within one run.
     """
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "memory_gib": _memory_gib(),
@@ -62,5 +47,5 @@ def describe_machine() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "java": _java_version(),
-        "libraries": {name: _version(name) for name in LIBRARIES},
+        "libraries": {name: package_version(name) for name in LIBRARIES},
     }
