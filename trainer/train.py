@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -158,28 +158,46 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
     best = TrainResult(*final_vectors(model, graph), best_epoch=0, best_valid_recall=-1.0, model=model)
     best_state = copy.deepcopy(model.state_dict())
     evaluations_without_gain = 0
+
+    def validate(epoch: int) -> float:
+        """Validation Recall@20 of the current parameters; keeps them when they are the best so far."""
+        nonlocal best_state, evaluations_without_gain
+        users, items = final_vectors(model, graph)
+        recall = evaluate_vectors(users, items, split.fit, split.valid, ks=(20,))[VALID_METRIC]
+        if recall > best.best_valid_recall:
+            best_state = copy.deepcopy(model.state_dict())
+            best.best_epoch, best.best_valid_recall = epoch, recall
+            evaluations_without_gain = 0
+        else:
+            evaluations_without_gain += 1
+        return recall
+
     bar = tqdm(range(1, config.epochs + 1), desc=f"train {config.model}", unit="epoch", disable=not progress)
     for epoch in bar:
         loss = stepper.epoch(out_of_time)
         if not np.isfinite(loss):
-            best.stop_reason = "time budget" if out_of_time() else "loss is not finite"
+            if not out_of_time():
+                best.stop_reason = "loss is not finite"
+                break
+            best.stop_reason = "time budget"
+            # The budget ran out before this epoch took a step, so the parameters are still those of
+            # the last recorded epoch: make sure that epoch was validated before training ends.
+            if best.history and best.history[-1].valid_recall is None:
+                last = best.history[-1]
+                best.history[-1] = replace(last, valid_recall=validate(last.epoch))
             break
         recall: float | None = None
-        if epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time():
-            users, items = final_vectors(model, graph)
-            recall = evaluate_vectors(users, items, split.fit, split.valid, ks=(20,))[VALID_METRIC]
-            if recall > best.best_valid_recall:
-                best_state = copy.deepcopy(model.state_dict())
-                best.best_epoch, best.best_valid_recall = epoch, recall
-                evaluations_without_gain = 0
-            else:
-                evaluations_without_gain += 1
+        # Decided once per epoch: a budget that ran out between two checks would otherwise end
+        # training on an epoch that was never evaluated.
+        time_up = out_of_time()
+        if epoch % config.eval_every == 0 or epoch == config.epochs or time_up:
+            recall = validate(epoch)
         best.history.append(EpochRecord(epoch, time.perf_counter() - started, loss, recall))
         bar.set_postfix(loss=f"{loss:.4f}", valid_r20=f"{best.best_valid_recall:.4f}")
         if evaluations_without_gain >= config.patience:
             best.stop_reason = f"no validation gain in {config.patience} evaluations"
             break
-        if out_of_time():
+        if time_up:
             best.stop_reason = "time budget"
             break
     else:
