@@ -24,6 +24,7 @@ from movierec.index.events import CompactedEvents, merge_into_seen, read_events,
 from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
 from movierec.index.filters import CatalogFilters, ItemFilter
 from movierec.index.layout import FAISS_FILE, INDEX_KIND, MODEL_DIR
+from movierec.index.ranked import RankedPrefixes
 from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
 
 WARM_UP_QUERIES = 64
@@ -61,7 +62,11 @@ class ServingIndex:
         manifest: Manifest,
         faiss_index: faiss.Index,
         events: CompactedEvents | None = None,
+        *,
+        ranked_depth: int = 0,
     ) -> None:
+        """``ranked_depth`` > 0 precomputes that many places of every user's ranking (see
+        :mod:`movierec.index.ranked`; flat indexes only: an HNSW catalogue is too large to scan per user)."""
         self.version = version
         self.path = path
         self.events = events if events is not None else CompactedEvents.none()
@@ -81,6 +86,12 @@ class ServingIndex:
             self._searcher = HnswSearcher(faiss_index, self._exact, params)
         self._filters = CatalogFilters(model.items)
         self._explainer = BecauseExplainer.from_model(self.model)
+        self.ranked: RankedPrefixes | None = None
+        if ranked_depth < 0:
+            raise ValueError(f"ranked_depth must be >= 0, got {ranked_depth}")
+        if ranked_depth and self.kind == "flat" and self.n_items:
+            depth = min(ranked_depth, self.n_items)
+            self.ranked = RankedPrefixes.build(self._exact, self.model.user_vectors, self.model.seen, depth)
 
     @property
     def genres(self) -> list[str]:
@@ -134,13 +145,24 @@ class ServingIndex:
         rows = [self._check_user_row(r) for r in user_rows]
         if extra_exclude is not None and len(extra_exclude) != len(rows):
             raise ValueError(f"extra_exclude has {len(extra_exclude)} lists for {len(rows)} users")
-        excluded = []
-        for position, row in enumerate(rows):
-            seen = self.model.seen.row(row).astype(np.int64)
-            extra = as_exclusion(extra_exclude[position], self.n_items) if extra_exclude is not None else None
-            excluded.append(seen if extra is None or extra.size == 0 else np.concatenate([seen, extra]))
-        queries = np.ascontiguousarray(self.model.user_vectors[rows], dtype=np.float32)
-        return self._search(queries, k, excluded, allowed)
+        extras = [
+            as_exclusion(extra_exclude[position], self.n_items) if extra_exclude is not None else None
+            for position in range(len(rows))
+        ]
+        answers: list[Recommendation | None] = [None] * len(rows)
+        if self.ranked is not None and allowed is None:
+            answers = [self.ranked.answer(row, k, extra) for row, extra in zip(rows, extras, strict=True)]
+        missing = [position for position, answer in enumerate(answers) if answer is None]
+        if missing:
+            excluded = []
+            for position in missing:
+                seen = self.model.seen.row(rows[position]).astype(np.int64)
+                extra = extras[position]
+                excluded.append(seen if extra is None or extra.size == 0 else np.concatenate([seen, extra]))
+            queries = np.ascontiguousarray(self.model.user_vectors[[rows[p] for p in missing]], dtype=np.float32)
+            for position, answer in zip(missing, self._search(queries, k, excluded, allowed), strict=True):
+                answers[position] = answer
+        return _all_answered(answers)
 
     def recommend_vectors(
         self,
@@ -227,6 +249,14 @@ class ServingIndex:
         return int(row)
 
 
+def _all_answered(answers: list[Recommendation | None]) -> list[Recommendation]:
+    """The answers, once every slot is filled (by the ranked prefixes or by the scan)."""
+    filled = [answer for answer in answers if answer is not None]
+    if len(filled) != len(answers):
+        raise RuntimeError("a query was left unanswered")
+    return filled
+
+
 def resolve_version_dir(path: Path) -> Path:
     """``path`` itself when it is a version directory, else the version its ``CURRENT`` names."""
     path = Path(path)
@@ -238,7 +268,7 @@ def resolve_version_dir(path: Path) -> Path:
     return current
 
 
-def open_index(path: Path, *, verify: bool = True) -> ServingIndex:
+def open_index(path: Path, *, verify: bool = True, ranked_depth: int = 0) -> ServingIndex:
     """Load an index version (or a store root's current version), verifying every checksum first.
 
     The outer manifest checksums every file, including the copied model
@@ -264,4 +294,4 @@ def open_index(path: Path, *, verify: bool = True) -> ServingIndex:
     model = read_model_bundle(model_dir, verify=False)
     faiss_index = read_index(directory / FAISS_FILE, model.item_vectors)
     events = read_events(directory, int(manifest.meta.get("interactions", {}).get("through_offset", 0)))
-    return ServingIndex(directory.name, directory, model, manifest, faiss_index, events)
+    return ServingIndex(directory.name, directory, model, manifest, faiss_index, events, ranked_depth=ranked_depth)

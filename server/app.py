@@ -16,6 +16,7 @@ index has compacted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import socket
 from collections.abc import Callable, Sequence
@@ -45,6 +46,9 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_na
 DEFAULT_GRACE_SECONDS = 10.0
 # Health is reported for the whole server ("") and for the service by name; both move together.
 HEALTH_SERVICES = ("", SERVICE_NAME)
+# 256 places x (row + score) = 2 KiB per user (12 MiB for MovieLens-1M); covers k up to 256 with room
+# for the request's own exclusions. Deeper requests, filtered ones and fold-in users scan.
+DEFAULT_RANKED_DEPTH = 256
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH
+    # Places of each user's ranking precomputed at load (movierec.index.ranked); 0: every request scans.
+    ranked_depth: int = DEFAULT_RANKED_DEPTH
     # Interaction log; None: ``interactions.sqlite3`` in the store root (beside a single version).
     events_path: Path | None = None
     # How often CURRENT is checked for a new version; 0 turns polling off (SIGHUP and ReloadIndex still work).
@@ -79,9 +85,10 @@ class ServerConfig:
         return (self.index_path.parent if root is None else root) / LOG_FILE_NAME
 
 
-def load_index(path: Path) -> ServingIndex:
-    """Open with every checksum verified, then warm up so the first request is not the slow one."""
-    index = open_index(path, verify=True)
+def load_index(path: Path, ranked_depth: int = DEFAULT_RANKED_DEPTH) -> ServingIndex:
+    """Open with every checksum verified and the users' rankings precomputed, then warm up so the first
+    request is not the slow one."""
+    index = open_index(path, verify=True, ranked_depth=ranked_depth)
     index.warm_up()
     return index
 
@@ -93,12 +100,13 @@ class RecommenderServer:
         self,
         config: ServerConfig,
         *,
-        loader: Callable[[Path], ServingIndex] = load_index,
+        loader: Callable[[Path], ServingIndex] | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
         credentials: grpc.ServerCredentials | None = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
-        """``interceptors`` wrap every call, health and reflection included (auth, metrics);
+        """``loader`` opens a version (default: :func:`load_index` with ``config.ranked_depth``);
+        ``interceptors`` wrap every call, health and reflection included (auth, metrics);
         ``credentials`` make the port TLS-only."""
         self.config = config
         self.state = ServingState(metrics)
@@ -109,7 +117,7 @@ class RecommenderServer:
         self._watching: asyncio.Task[None] | None = None
         # grpc-stubs predates health.aio; the asyncio servicer is the one a grpc.aio server needs.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._loader = loader
+        self._loader = loader if loader is not None else functools.partial(load_index, ranked_depth=config.ranked_depth)
         # No SO_REUSEPORT: a port already in use (say, by an old instance) must fail loudly, not be shared.
         self._server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_RecommenderServiceServicer_to_server(self.servicer, self._server)

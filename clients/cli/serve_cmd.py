@@ -35,6 +35,14 @@ def register(commands: Any) -> None:
         help=f"most exclude_item_ids per request (default {DEFAULT_MAX_EXCLUDE})",
     )
     parser.add_argument(
+        "--ranked-depth",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="places of every user's ranking precomputed at load, so most requests skip the scan; "
+        "0: scan every request (default 256)",
+    )
+    parser.add_argument(
         "--grace", type=float, default=10.0, metavar="SECONDS", help="drain time on shutdown (default 10)"
     )
     parser.add_argument(
@@ -69,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from movierec.server.app import ServerConfig, ServerEvent, serve
+    from movierec.server.app import DEFAULT_RANKED_DEPTH, ServerConfig, ServerEvent, serve
 
     # Swaps, refused versions (with the reason) and log compaction go to stderr; stdout stays lifecycle events.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -85,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         limits=Limits(max_k=args.max_k, max_exclude_item_ids=args.max_exclude),
         grace_seconds=args.grace,
+        ranked_depth=DEFAULT_RANKED_DEPTH if args.ranked_depth is None else args.ranked_depth,
         events_path=args.events,
         poll_seconds=args.poll,
         metrics_port=args.metrics_port,
