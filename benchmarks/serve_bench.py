@@ -5,11 +5,12 @@ Five servers answer the same wire calls with the same client and payload:
 * ``echo-sync`` / ``echo-aio``: no-op servers (sync thread pool / ``grpc.aio``)
   that parse the request and return pre-serialised bytes of a real 10-item
   response with the request id: the floor, i.e. what gRPC Python itself costs.
-* ``aio``: the shipped server (:class:`movierec.server.app.RecommenderServer`),
-  stream messages batched into one search;
-* ``aio-unbatched``: the same with ``max_stream_batch=1``;
-* ``aio-threads``: the same, but stream batches searched on a 4-thread pool
-  instead of the event loop (measured alternative; not shipped);
+* ``aio``: the shipped server (:class:`movierec.server.app.RecommenderServer`):
+  answers from each user's precomputed ranking prefix (:mod:`movierec.index.ranked`),
+  stream messages pipelined and batched;
+* ``aio-scan``: the same with ``ranked_depth=0``: every request scans the catalogue;
+* ``aio-direct``: the shipped engine, but each stream message answered as it is
+  read (``async for`` ... ``yield``), no pipeline or batching (measured alternative);
 * ``sync``: the same engine behind a ``grpc.server`` thread pool (the
   alternative the issue asks to measure; not shipped).
 
@@ -24,8 +25,9 @@ bidirectional stream with 64 messages in flight (messages/s, errors); unary
 latency with 0, 100 and 2,000 excluded items (shipped server only).
 
 Before the rounds, the work our server adds to the floor is timed in process
-(no gRPC): answering one request, the index search inside it, and one stream
-message in a batch, so the report can say where the gap to the floor goes.
+(no gRPC): answering one request, the index search inside it (from the prefix
+and by scanning), and one stream message in a batch, so the report can say
+where the gap to the floor goes.
 
 Usage::
 
@@ -57,7 +59,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -66,9 +67,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from movierec.index import Recommendation, ServingIndex, build_index, limit_serving_threads, open_index
-from movierec.server import servicer as servicer_module
-from movierec.server.app import RecommenderServer, ServerConfig, load_index
+from movierec.index import Recommendation, build_index, limit_serving_threads, open_index
+from movierec.server.app import DEFAULT_RANKED_DEPTH, RecommenderServer, ServerConfig, load_index
 from movierec.server.engine import ServingEngine
 from movierec.server.errors import RequestError
 from movierec.server.limits import Limits
@@ -80,7 +80,7 @@ from movierec.v1 import recommender_pb2_grpc as pb_grpc
 R = TypeVar("R", pb.RecommendResponse, pb.RecommendStreamResponse)
 
 RESULTS_NAME = "serve"
-SERVER_KINDS = ("echo-sync", "echo-aio", "aio", "aio-unbatched", "aio-threads", "sync")
+SERVER_KINDS = ("echo-sync", "echo-aio", "aio", "aio-scan", "aio-direct", "sync")
 SHIPPED = "aio"
 SERVICE = "movierec.v1.RecommenderService"
 RECOMMEND_STREAM = f"/{SERVICE}/RecommendStream"
@@ -88,7 +88,6 @@ K = 10
 STREAM_IN_FLIGHT = 64
 EXCLUSION_LEVELS = (0, 100, 2000)
 SYNC_WORKERS = 8
-SEARCH_THREADS = 4
 ML1M_SHAPE = {"n_users": 6040, "n_items": 3706, "dim": 64, "seen_per_user": 165}
 TARGETS = {
     "unary_p50_ms": 1.0,
@@ -192,22 +191,17 @@ class SyncRecommender:
         return response
 
 
-class ThreadedStreamServicer(RecommenderServicer):
-    """The measured alternative for streams: each batch searched on a thread pool instead of the event loop."""
+class DirectStreamServicer(RecommenderServicer):
+    """The measured alternative for streams: each message answered as soon as it is read, in the handler.
 
-    def __init__(self, state: ServingState, pool: ThreadPoolExecutor) -> None:
-        super().__init__(state)
-        self._pool = pool
+    No reader/answerer tasks, queues or batches: one ``async for`` over the
+    requests and one ``yield`` per answer, like the echo server's stream.
+    """
 
-    async def _answer_all(self, inbox: asyncio.Queue[object], outbox: asyncio.Queue[object]) -> None:
-        loop = asyncio.get_running_loop()
-        ended = False
-        while not ended:
-            batch, ended = await servicer_module._next_batch(inbox, STREAM_IN_FLIGHT)
-            if batch:
-                for response in await loop.run_in_executor(self._pool, self._answer_stream_batch, batch):
-                    await outbox.put(response)
-        await outbox.put(servicer_module._END_OF_STREAM)
+    async def RecommendStream(self, request_iterator: Any, context: Any) -> Any:
+        async for request in request_iterator:
+            for response in self._answer_stream_batch([request]):
+                yield response
 
 
 def run_sync_server(kind: str, index_dir: Path) -> None:
@@ -230,23 +224,22 @@ async def run_aio_server(kind: str, index_dir: Path) -> None:
     limit_serving_threads()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    if kind in ("echo-aio", "aio-threads"):
+    if kind in ("echo-aio", "aio-direct"):
         server = grpc.aio.server()
         if kind == "echo-aio":
             server.add_generic_rpc_handlers((echo_handlers(canned_response_bytes(index_dir), asynchronous=True),))
         else:
             state = ServingState()
             state.publish(ServingEngine(load_index(index_dir), Limits()))
-            pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="search")
-            pb_grpc.add_RecommenderServiceServicer_to_server(ThreadedStreamServicer(state, pool), server)
+            pb_grpc.add_RecommenderServiceServicer_to_server(DirectStreamServicer(state), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         print(f"PORT {port}", flush=True)
         await stop.wait()
         await server.stop(0)
         return
-    batch = 1 if kind == "aio-unbatched" else STREAM_IN_FLIGHT
-    ours = RecommenderServer(ServerConfig(index_dir, max_stream_batch=batch))
+    ranked_depth = 0 if kind == "aio-scan" else DEFAULT_RANKED_DEPTH
+    ours = RecommenderServer(ServerConfig(index_dir, max_stream_batch=STREAM_IN_FLIGHT, ranked_depth=ranked_depth))
     port = await ours.start()
     await ours.load()
     print(f"PORT {port}", flush=True)
@@ -416,36 +409,6 @@ def run_client(target: str, server_pid: int, index_dir: Path, scenarios: list[st
 # ---------------------------------------------------------------- where the server's time goes (in process)
 
 
-def lean_top_k(index: ServingIndex, user_row: int, k: int) -> Recommendation:
-    """A proposal for ``index/topk.py`` (not shipped; the server team may not edit ``index/``): one user, no filter.
-
-    The batch path pays per call for work a single query does not need: the
-    flat-cell arithmetic of ``_exclusion_cells`` (arange, repeat, concatenate),
-    a 2-d partition, the ``errstate`` context and the finiteness bound. Here the
-    seen CSR slice is used as it is and the scores stay 1-d; the ranking rule is
-    the same (every item tied with the k-th is a candidate, ties by lower row).
-    :func:`check_lean_top_k` verifies identical answers before it is timed.
-    """
-    seen = index.model.seen
-    scores = index.model.user_vectors[user_row : user_row + 1] @ index.model.item_vectors.T
-    row = scores[0]
-    row[seen.indices[seen.indptr[user_row] : seen.indptr[user_row + 1]]] = -np.inf
-    pivot = row.shape[0] - k
-    threshold = np.partition(row, pivot)[pivot]
-    candidates = np.flatnonzero(row >= threshold) if threshold > -np.inf else np.flatnonzero(row > -np.inf)
-    candidate_scores = row[candidates]
-    order = np.lexsort((candidates, -candidate_scores))[:k]
-    return Recommendation(candidates[order].astype(np.int32), candidate_scores[order])
-
-
-def check_lean_top_k(index: ServingIndex, rows: Sequence[int]) -> None:
-    """The proposal must give exactly the index's answers (rows; scores to float32 rounding)."""
-    for row in rows:
-        ours, theirs = lean_top_k(index, row, K), index.recommend([row], K)[0]
-        if not np.array_equal(ours.item_rows, theirs.item_rows) or not np.allclose(ours.scores, theirs.scores):
-            raise SystemExit(f"lean_top_k differs from ServingIndex.recommend for user row {row}")
-
-
 def in_process_costs(index_dir: Path, repeats: int = 5, calls: int = 400) -> dict[str, float]:
     """CPU per call of the work our server adds to the gRPC floor, measured without gRPC (best of ``repeats``).
 
@@ -455,6 +418,7 @@ def in_process_costs(index_dir: Path, repeats: int = 5, calls: int = 400) -> dic
     limit_serving_threads()
     engine = ServingEngine(load_index(index_dir), Limits())
     index = engine.index
+    scanning = load_index(index_dir, ranked_depth=0)
     workload = Workload(index.model.user_ids[:512].tolist(), index.model.item_ids.tolist())
     unary = workload.unary_requests(0)
     rows = [row for r in unary if (row := index.user_row(r.user_id)) is not None]
@@ -472,13 +436,13 @@ def in_process_costs(index_dir: Path, repeats: int = 5, calls: int = 400) -> dic
         engine.write_items(response.items, result)
         return response.SerializeToString()
 
-    check_lean_top_k(index, rows)
+    check_same_answers([index.recommend([r], K)[0] for r in rows], [scanning.recommend([r], K)[0] for r in rows])
     vectors = index.model.user_vectors
     batches = max(1, calls // STREAM_IN_FLIGHT)
     # name -> (work for call i, calls per repeat, messages per call)
     workloads: dict[str, tuple[Callable[[int], object], int, int]] = {
-        "index_search_us": (lambda i: index.recommend([rows[i % len(rows)]], K), calls, 1),
-        "lean_search_us": (lambda i: lean_top_k(index, rows[i % len(rows)], K), calls, 1),
+        "ranked_search_us": (lambda i: index.recommend([rows[i % len(rows)]], K), calls, 1),
+        "scan_search_us": (lambda i: scanning.recommend([rows[i % len(rows)]], K), calls, 1),
         "matrix_product_us": (lambda i: vectors[rows[i % len(rows)]] @ index.model.item_vectors.T, calls, 1),
         "unary_answer_us": (lambda i: answer(unary[i % len(unary)]), calls, 1),
         "stream_answer_us_per_msg": (
@@ -496,6 +460,13 @@ def in_process_costs(index_dir: Path, repeats: int = 5, calls: int = 400) -> dic
                 work(i)
             best[name] = min(best[name], 1e6 * (time.process_time() - started) / (n * per))
     return best
+
+
+def check_same_answers(ranked: Sequence[Recommendation], scanned: Sequence[Recommendation]) -> None:
+    """The prefix path must give the (unary) scan's answers bit for bit before either is timed."""
+    for ours, theirs in zip(ranked, scanned, strict=True):
+        if not (np.array_equal(ours.item_rows, theirs.item_rows) and np.array_equal(ours.scores, theirs.scores)):
+            raise SystemExit("the ranked prefixes and the scan disagree")
 
 
 # ---------------------------------------------------------------- orchestration
@@ -730,14 +701,12 @@ def cost_note(summary: dict[str, Any], costs: dict[str, float]) -> str:
     return (
         "Where the unary server CPU goes (in-process CPU per call, no gRPC, best of 5, same requests): "
         f"answering one request costs {costs['unary_answer_us']:,.0f} us (validation, search, response build and "
-        f"serialisation), of which the index's exact search (`ServingIndex.recommend`, one user) is "
-        f"{costs['index_search_us']:,.0f} us; over gRPC our server spent {ours_unary:,.0f} us per call and the "
-        f"cheapest no-op server {floor_unary:,.0f} us, a gap of {ours_unary - floor_unary:,.0f} us. One stream message "
-        f"answered in a batch of {STREAM_IN_FLIGHT} costs {costs['stream_answer_us_per_msg']:,.0f} us in process.\n\n"
-        f"Proposal for `index/` (not shipped; `lean_top_k` in this script, checked to give identical answers): a "
-        f"single-query path in `index/topk.py` takes the search from {costs['index_search_us']:,.0f} us to "
-        f"{costs['lean_search_us']:,.0f} us in process; the matrix product alone (one user x every item) is "
-        f"{costs['matrix_product_us']:,.0f} us, the floor of any exact search over float32 vectors of this size."
+        f"serialisation), of which the search (`ServingIndex.recommend`, one user) is "
+        f"{costs['ranked_search_us']:,.0f} us from the ranked prefix and would be {costs['scan_search_us']:,.0f} us "
+        f"scanning the catalogue (the matrix product alone: {costs['matrix_product_us']:,.0f} us); answers checked "
+        f"identical, scores included. Over gRPC our server spent {ours_unary:,.0f} us per call and the cheapest "
+        f"no-op server {floor_unary:,.0f} us, a gap of {ours_unary - floor_unary:,.0f} us. One stream message "
+        f"answered in a batch of {STREAM_IN_FLIGHT} costs {costs['stream_answer_us_per_msg']:,.0f} us in process."
     )
 
 
@@ -748,24 +717,26 @@ def choice_note(table: dict[str, dict[str, dict[str, float]]]) -> str:
         return table[kind][scenario]["server_cpu_us_per_call"]
 
     return (
-        "Choice: the shipped server is `grpc.aio` with stream messages batched and searched on the event loop. "
-        f"Server CPU per stream message in this run: aio {cpu('aio', 'stream'):,.0f} us, unbatched "
-        f"{cpu('aio-unbatched', 'stream'):,.0f}, search thread pool {cpu('aio-threads', 'stream'):,.0f}, sync "
-        f"{cpu('sync', 'stream'):,.0f}. Per unary call: aio {cpu('aio', 'unary-0'):,.0f} us, sync "
-        f"{cpu('sync', 'unary-0'):,.0f}. Beyond these numbers, a sync server holds one pool thread per open "
+        "Choices, in server CPU per call: ranked prefixes (aio) against scanning every request (aio-scan): "
+        f"unary {cpu('aio', 'unary-0'):,.0f} vs {cpu('aio-scan', 'unary-0'):,.0f} us, stream "
+        f"{cpu('aio', 'stream'):,.0f} vs {cpu('aio-scan', 'stream'):,.0f} us. Pipelined, batched stream (aio) against "
+        f"answering each message in the handler (aio-direct): {cpu('aio', 'stream'):,.0f} vs "
+        f"{cpu('aio-direct', 'stream'):,.0f} us per message. grpc.aio against a sync thread pool: unary "
+        f"{cpu('aio', 'unary-0'):,.0f} vs {cpu('sync', 'unary-0'):,.0f} us, stream {cpu('aio', 'stream'):,.0f} vs "
+        f"{cpu('sync', 'stream'):,.0f} us. Beyond these numbers, a sync server holds one pool thread per open "
         "stream for the stream's whole life, and the project's auth and metrics interceptors are `grpc.aio` ones."
     )
 
 
 def noise_note(table: dict[str, dict[str, dict[str, float]]]) -> str:
-    """aio, aio-unbatched and aio-threads answer unary calls with the same code: their spread is pure noise."""
-    rates = [table[kind]["unary-0"]["per_second"] for kind in ("aio", "aio-unbatched", "aio-threads")]
+    """aio and aio-direct answer unary calls with the same code: their spread is pure noise."""
+    rates = [table[kind]["unary-0"]["per_second"] for kind in ("aio", "aio-direct")]
     return (
-        "Noise: `aio`, `aio-unbatched` and `aio-threads` run identical code for unary calls, so the spread of "
-        f"their unary calls/s ({min(rates):,.0f} to {max(rates):,.0f}, {max(rates) / min(rates):.1f}x) is what "
-        "background load alone does to one row here; trust ratios within a round and the CPU-per-call columns "
-        "more than any single wall-clock figure. On a busy machine a server with more threads also gets a larger "
-        "share of the CPU from the scheduler, which flatters `aio-threads` and `sync` in wall-clock terms."
+        "Noise: `aio` and `aio-direct` run identical code for unary calls, so the spread of their unary calls/s "
+        f"({min(rates):,.0f} to {max(rates):,.0f}, {max(rates) / min(rates):.2f}x) is what background load alone "
+        "does to one row here; trust ratios within a round and the CPU-per-call columns more than any single "
+        "wall-clock figure. On a busy machine a server with more threads also gets a larger share of the CPU "
+        "from the scheduler, which flatters `sync` in wall-clock terms."
     )
 
 
