@@ -107,6 +107,41 @@ def test_patience_stops_training() -> None:
     assert result.stop_reason.startswith("no validation gain") and len(result.history) < 1000
 
 
+def test_cosine_scoring_serves_unit_vectors_and_learns() -> None:
+    config = resolve_config("fast", cosine=True, dim=16, layers=2, lr=0.02, batch_size=64, epochs=30, eval_every=5)
+    result = train_model(tiny_split(), config, progress=False)
+    np.testing.assert_allclose(np.linalg.norm(result.user_vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(result.item_vectors, axis=1), 1.0, rtol=1e-5)
+    assert result.best_valid_recall > 0.9
+
+
+def test_refit_retrains_on_all_of_train_for_the_chosen_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.trainer import train as train_module
+
+    calls: list[tuple[int, int]] = []
+    real_refit = train_module.refit_on_train
+
+    def spy(split: Split, config: object, epochs: int, *args: object, **kwargs: object) -> object:
+        calls.append((epochs, split.train.nnz))
+        return real_refit(split, config, epochs, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "refit_on_train", spy)
+    settings = {"dim": 16, "layers": 2, "lr": 0.02, "batch_size": 64, "epochs": 12, "eval_every": 3}
+    plain = train_model(tiny_split(), resolve_config("fast", refit=False, **settings), progress=False)
+    refitted = train_model(tiny_split(), resolve_config("fast", refit=True, **settings), progress=False)
+    assert not plain.refitted and refitted.refitted
+    assert calls == [(refitted.best_epoch, tiny_split().train.nnz)]
+    assert refitted.best_epoch == plain.best_epoch  # the same selection run, then the refit
+    assert not np.allclose(refitted.item_vectors, plain.item_vectors)
+
+
+def test_a_refit_cut_by_the_time_budget_keeps_the_validated_vectors() -> None:
+    config = resolve_config("fast", refit=True, dim=8, epochs=100_000, eval_every=1000, time_budget=0.5)
+    result = train_model(tiny_split(), config, progress=False)
+    assert not result.refitted
+    assert result.stop_reason == "time budget; refit on train cut by the time budget (validated vectors kept)"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -70,6 +70,11 @@ class TrainConfig:
     epochs: int = 100
     weight_decay: float = 1e-4
     temperature: float = 0.2
+    # Score = cosine of the final embeddings instead of their dot product (both are served as plain
+    # inner products: the served vectors are then unit length).
+    cosine: bool = False
+    # After early stopping, retrain on all of train (fit + valid) for the chosen number of epochs.
+    refit: bool = False
     eval_every: int = 1
     patience: int = 5
     time_budget: float = 0.0

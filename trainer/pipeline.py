@@ -64,6 +64,7 @@ def train_bundle(
         "best_valid_recall@20": result.best_valid_recall,
         "seconds": round(result.seconds, 2),
         "stop_reason": result.stop_reason,
+        "refitted_on_train": result.refitted,
         "history": [vars(record) for record in result.history],
     }
     bundle = ModelBundle(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -49,7 +50,8 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     stop_reason: str = ""
     seconds: float = 0.0
-    model: GraphRecommender | None = None  # holding the kept (best-validation) parameters
+    model: GraphRecommender | None = None  # holding the kept parameters (best validation, or its refit)
+    refitted: bool = False  # the vectors come from a refit on all of train (``TrainConfig.refit``)
 
 
 def build_model(config: TrainConfig, n_users: int, n_items: int) -> GraphRecommender:
@@ -70,16 +72,16 @@ def build_graph(config: TrainConfig, positives: CSR) -> Tensor:
 class _Stepper:
     """Runs one epoch of optimiser steps for the configured loss; returns the mean batch loss."""
 
-    def __init__(self, config: TrainConfig, split: Split, model: GraphRecommender, graph: Tensor) -> None:
+    def __init__(self, config: TrainConfig, positives: CSR, model: GraphRecommender, graph: Tensor) -> None:
         self.config = config
-        self.fit = split.fit
+        self.fit = positives
         self.model = model
         self.graph = graph
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.rng = np.random.default_rng(config.seed)
-        self.sampler = NegativeSampler(split.fit)
-        self.users_with_positives = np.flatnonzero(split.fit.row_lengths() > 0).astype(np.int64)
-        self.pair_users, pair_items = split.fit.to_pairs()
+        self.sampler = NegativeSampler(positives)
+        self.users_with_positives = np.flatnonzero(positives.row_lengths() > 0).astype(np.int64)
+        self.pair_users, pair_items = positives.to_pairs()
         self.pair_items = pair_items.astype(np.int64)
 
     def epoch(self, should_stop: Callable[[], bool]) -> float:
@@ -103,7 +105,7 @@ class _Stepper:
         return [order[start : start + size] for start in range(0, order.shape[0], size)]
 
     def _batch_loss(self, batch: npt.NDArray[np.int64]) -> Tensor:
-        users_final, items_final = self.model.propagate(self.graph)
+        users_final, items_final = scoring_vectors(*self.model.propagate(self.graph), cosine=self.config.cosine)
         if self.config.loss == "softmax":
             local_rows, items = rows_to_pairs(self.fit, batch)
             users = torch.from_numpy(batch)
@@ -125,11 +127,20 @@ class _Stepper:
         return loss + self.config.weight_decay * ego_l2(user_ego, item_ego, batch.shape[0])
 
 
-def final_vectors(model: GraphRecommender, graph: Tensor) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Propagated embeddings in evaluation mode, as float32 numpy arrays (the served vectors)."""
+def scoring_vectors(users: Tensor, items: Tensor, *, cosine: bool) -> tuple[Tensor, Tensor]:
+    """The vectors whose inner product is the score: the final embeddings, unit-normalised for ``cosine``."""
+    if not cosine:
+        return users, items
+    return F.normalize(users, dim=1), F.normalize(items, dim=1)
+
+
+def final_vectors(
+    model: GraphRecommender, graph: Tensor, *, cosine: bool = False
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Scoring vectors in evaluation mode, as float32 numpy arrays (the served vectors)."""
     model.eval()
     with torch.no_grad():
-        users, items = model.propagate(graph)
+        users, items = scoring_vectors(*model.propagate(graph), cosine=cosine)
     model.train()
     return users.numpy().astype(np.float32, copy=True), items.numpy().astype(np.float32, copy=True)
 
@@ -149,20 +160,22 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
     started = time.perf_counter()
     model = build_model(config, split.n_users, split.n_items)
     graph = build_graph(config, split.fit)
-    stepper = _Stepper(config, split, model, graph)
+    stepper = _Stepper(config, split.fit, model, graph)
     deadline = started + config.time_budget if config.time_budget > 0 else float("inf")
 
     def out_of_time() -> bool:
         return time.perf_counter() >= deadline
 
-    best = TrainResult(*final_vectors(model, graph), best_epoch=0, best_valid_recall=-1.0, model=model)
+    best = TrainResult(
+        *final_vectors(model, graph, cosine=config.cosine), best_epoch=0, best_valid_recall=-1.0, model=model
+    )
     best_state = copy.deepcopy(model.state_dict())
     evaluations_without_gain = 0
 
     def validate(epoch: int) -> float:
         """Validation Recall@20 of the current parameters; keeps them when they are the best so far."""
         nonlocal best_state, evaluations_without_gain
-        users, items = final_vectors(model, graph)
+        users, items = final_vectors(model, graph, cosine=config.cosine)
         recall = evaluate_vectors(users, items, split.fit, split.valid, ks=(20,))[VALID_METRIC]
         if recall > best.best_valid_recall:
             best_state = copy.deepcopy(model.state_dict())
@@ -205,6 +218,37 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
     bar.close()
     model.load_state_dict(best_state)
     inference_graph = graph if config.inference_graph == "fit" else build_graph(config, split.train)
-    best.user_vectors, best.item_vectors = final_vectors(model, inference_graph)
+    best.user_vectors, best.item_vectors = final_vectors(model, inference_graph, cosine=config.cosine)
+    if config.refit and best.best_epoch > 0 and split.valid.nnz:
+        refitted = refit_on_train(split, config, best.best_epoch, out_of_time, progress=progress)
+        if refitted is None:
+            best.stop_reason += "; refit on train cut by the time budget (validated vectors kept)"
+        else:
+            best.model = refitted
+            best.user_vectors, best.item_vectors = final_vectors(refitted, inference_graph, cosine=config.cosine)
+            best.refitted = True
     best.seconds = time.perf_counter() - started
     return best
+
+
+def refit_on_train(
+    split: Split, config: TrainConfig, epochs: int, out_of_time: Callable[[], bool], *, progress: bool
+) -> GraphRecommender | None:
+    """Train a fresh model (same seed) on all of train, fit + valid, for the epochs validation chose.
+
+    Why: early stopping needs the validation positives held out, so the kept
+    model never learned from them (10 % of train); refitting with the chosen
+    epoch count is how every tuned peer in ``benchmarks/accuracy.py`` is
+    treated too. None when the time budget runs out first, or the loss stops being finite.
+    """
+    torch.manual_seed(config.seed)
+    model = build_model(config, split.n_users, split.n_items)
+    stepper = _Stepper(config, split.train, model, build_graph(config, split.train))
+    for _ in tqdm(range(epochs), desc="refit on train", unit="epoch", disable=not progress):
+        # Checked between epochs only (a refit cut mid-epoch is not the schedule validation chose), so the
+        # budget may be overrun by up to one epoch.
+        if out_of_time():
+            return None
+        if not np.isfinite(stepper.epoch(lambda: False)):
+            return None
+    return model

@@ -44,6 +44,17 @@ def register(commands: Any) -> None:
     train.add_argument("--batch-size", type=int, metavar="B", help="users (softmax) or pairs (bpr) per step")
     train.add_argument("--weight-decay", type=float, metavar="W", help="L2 weight on the ego embeddings")
     train.add_argument("--temperature", type=float, metavar="T", help="softmax temperature")
+    train.add_argument(
+        "--score",
+        choices=("dot", "cosine"),
+        help="score = dot product or cosine of the final embeddings (default: the preset's)",
+    )
+    train.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after early stopping, retrain on all of train for the chosen epochs (default: the preset's)",
+    )
     train.add_argument("--patience", type=int, metavar="P", help="evaluations without gain before stopping")
     train.add_argument("--eval-every", type=int, metavar="E", help="validate every E epochs")
     train.add_argument("--seed", type=int, metavar="S", help="training seed (the split always uses seed 42)")
@@ -78,6 +89,8 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         weight_decay=args.weight_decay,
         temperature=args.temperature,
+        cosine=None if args.score is None else args.score == "cosine",
+        refit=args.refit,
         patience=args.patience,
         eval_every=args.eval_every,
         seed=args.seed,
@@ -103,7 +116,8 @@ def _train(args: argparse.Namespace) -> int:
         print(
             f"kept epoch {training['best_epoch']} of {training['epochs_run']} "
             f"(valid Recall@20 {training['best_valid_recall@20']:.4f}, {training['seconds']:.1f} s, "
-            f"{training['stop_reason']}); bundle written to {summary['bundle']}"
+            f"{training['stop_reason']}{'; refitted on all of train' if training['refitted_on_train'] else ''}); "
+            f"bundle written to {summary['bundle']}"
         )
     return 0
 
