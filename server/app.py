@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
+logger = logging.getLogger(__name__)
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_GRACE_SECONDS = 10.0
 # Health is reported for the whole server ("") and for the service by name; both move together.
@@ -88,7 +91,17 @@ class ServerConfig:
 def load_index(path: Path, ranked_depth: int = DEFAULT_RANKED_DEPTH) -> ServingIndex:
     """Open with every checksum verified and the users' rankings precomputed, then warm up so the first
     request is not the slow one."""
+    started = time.perf_counter()
     index = open_index(path, verify=True, ranked_depth=ranked_depth)
+    if index.ranked is not None:
+        logger.info(
+            "index %s: %d places of %d users' rankings precomputed (%.1f MiB) in %.1f s",
+            index.version,
+            index.ranked.depth,
+            index.n_users,
+            index.ranked.nbytes / 2**20,
+            time.perf_counter() - started,
+        )
     index.warm_up()
     return index
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,16 @@ def test_serving_index_scans_what_the_prefix_cannot_answer(tmp_path: Path) -> No
 def test_a_negative_depth_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ranked_depth"):
         open_flat(tmp_path, ranked_depth=-1)
+
+
+def test_the_server_loader_precomputes_by_default_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from movierec.server.app import DEFAULT_RANKED_DEPTH, load_index
+
+    open_flat(tmp_path, ranked_depth=0)  # writes the index
+    with caplog.at_level(logging.INFO, logger="movierec.server.app"):
+        served = load_index(tmp_path / "index")
+        unranked = load_index(tmp_path / "index", ranked_depth=0)
+    assert served.ranked is not None and served.ranked.depth == min(DEFAULT_RANKED_DEPTH, served.n_items)
+    assert unranked.ranked is None
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and f"{served.ranked.depth} places of {served.n_users} users' rankings" in messages[0]
