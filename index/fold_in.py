@@ -32,6 +32,10 @@ weight it, instead of dividing by zero); ``|N_u|`` counts distinct liked items.
 The number of layers and the layer weights drop out: nothing from the
 training config is needed, only item vectors and training-graph degrees.
 
+A bundle trained with cosine scores (the default recipe) serves unit-length
+vectors ``v_i / ‖v_i‖``; the rule is applied to those as they are, so each
+liked item contributes its direction, weighted by degree.
+
 A user's ranking is invariant to scaling their vector, so ``1/sqrt(|N_u|)``
 does not change which items come first; what distinguishes the rule from a
 plain mean of the liked vectors is the ``1/sqrt(|N_i|)`` weight, which

@@ -95,7 +95,7 @@ def test_ngcf_trains_and_returns_concatenated_layers() -> None:
 
 
 def test_time_budget_stops_early_and_keeps_an_evaluated_checkpoint() -> None:
-    config = resolve_config("fast", dim=8, epochs=100_000, eval_every=1000, time_budget=0.5)
+    config = resolve_config("fast", refit=False, dim=8, epochs=100_000, eval_every=1000, time_budget=0.5)
     result = train_model(tiny_split(), config, progress=False)
     assert result.stop_reason == "time budget"
     assert result.best_epoch == result.history[-1].epoch and result.best_valid_recall >= 0
