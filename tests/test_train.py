@@ -185,6 +185,24 @@ def test_cli_trains_a_readable_bundle_and_evaluate_recomputes_its_metrics(
     assert evaluated["protocol"]["seed"] == 42 and evaluated["protocol"]["positives"] == "rating >= 4"
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--preset", "paper", "--propagation", "csr"], {"propagation": "csr", "cosine": False, "refit": False}),
+        (["--score", "dot", "--no-refit"], {"propagation": "csr", "cosine": False, "refit": False}),
+        ([], {"propagation": "csr", "cosine": True, "refit": True}),
+    ],
+)
+def test_cli_settings_reach_the_bundle_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: dict[str, object]
+) -> None:
+    data, out = write_ratings(tmp_path / "data"), tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN, *flags, "--json"]) == 0
+    trained_with = read_model_bundle(out).config["train"]
+    assert {key: trained_with[key] for key in expected} == expected
+    assert json.loads(capsys.readouterr().out)["training"]["refitted_on_train"] == expected["refit"]
+
+
 def test_cli_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, out = write_ratings(tmp_path / "data"), tmp_path / "bundle"
     out.mkdir()

@@ -37,6 +37,11 @@ def register(commands: Any) -> None:
     train.add_argument("--model", default="lightgcn", help="lightgcn (default) or ngcf")
     train.add_argument("--preset", default="fast", help="fast (default: our recipe) or paper (stock PyG recipe)")
     train.add_argument("--loss", help="softmax or bpr (default: the preset's)")
+    train.add_argument(
+        "--propagation",
+        choices=("csr", "edge_index"),
+        help="csr: our cached normalised adjacency; edge_index: PyG's stock LightGCN (default: the preset's)",
+    )
     train.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--dim", type=int, metavar="D", help="embedding size")
     train.add_argument("--layers", type=int, metavar="L", help="propagation layers")
@@ -82,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
         args.preset,
         model=args.model,
         loss=args.loss,
+        propagation=args.propagation,
         epochs=args.epochs,
         dim=args.dim,
         layers=args.layers,
