@@ -388,6 +388,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also merge the rows and runs of another accuracy.json (e.g. a long row run apart); "
         "with --rows '' nothing is retrained and the results are only re-rendered",
     )
+    parser.add_argument(
+        "--keep-bundles",
+        type=Path,
+        metavar="DIR",
+        help="write the CLI rows' model bundles here and keep them (default: a temporary folder)",
+    )
     parser.add_argument("--recctl-timeout", type=float, default=1800.0, help="seconds per recctl command")
     return parser.parse_args(argv)
 
@@ -407,9 +413,19 @@ def _run_peer_rows(
 
 
 def _run_cli_rows(
-    rows: Sequence[RecctlRow], data_dir: Path, split: Split, expected_users: int, timeout: float
+    rows: Sequence[RecctlRow],
+    data_dir: Path,
+    split: Split,
+    expected_users: int,
+    timeout: float,
+    keep_in: Path | None,
 ) -> Iterator[dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="movierec-accuracy-") as work_dir:
+    with ExitStack() as stack:
+        if keep_in is None:
+            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="movierec-accuracy-"))
+        else:
+            keep_in.mkdir(parents=True, exist_ok=True)
+            work_dir = str(keep_in)
         for row in rows:
             provenance = _provenance()
             try:
@@ -450,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = [row for row in rows if row.key in keys]
         measured |= {outcome["name"]: outcome for outcome in _run_peer_rows(chosen, fit_data, train_data, split)}
     chosen_cli = [row for row in RECCTL_ROWS if row.key in keys]
-    cli_outcomes = _run_cli_rows(chosen_cli, data_dir, split, expected_users, args.recctl_timeout)
+    cli_outcomes = _run_cli_rows(chosen_cli, data_dir, split, expected_users, args.recctl_timeout, args.keep_bundles)
     measured |= {outcome["name"]: outcome for outcome in cli_outcomes}
 
     order = [row.name for row in rows] + [row.name for row in RECCTL_ROWS]

@@ -17,7 +17,7 @@ from movierec.clients.cli.main import main
 from movierec.errors import MovierecError
 from movierec.trainer.config import resolve_config
 from movierec.trainer.data.split import Split
-from movierec.trainer.train import train_model
+from movierec.trainer.train import EpochRecord, plateau_end, train_model
 
 N_USERS, N_ITEMS = 80, 40
 
@@ -130,9 +130,20 @@ def test_refit_retrains_on_all_of_train_for_the_chosen_epochs(monkeypatch: pytes
     plain = train_model(tiny_split(), resolve_config("fast", refit=False, **settings), progress=False)
     refitted = train_model(tiny_split(), resolve_config("fast", refit=True, **settings), progress=False)
     assert not plain.refitted and refitted.refitted
-    assert calls == [(refitted.best_epoch, tiny_split().train.nnz)]
+    assert refitted.refit_epochs == plateau_end(refitted.history, refitted.best_valid_recall)
+    assert refitted.refit_epochs >= refitted.best_epoch
+    assert calls == [(refitted.refit_epochs, tiny_split().train.nnz)]
     assert refitted.best_epoch == plain.best_epoch  # the same selection run, then the refit
     assert not np.allclose(refitted.item_vectors, plain.item_vectors)
+
+
+def test_the_refit_runs_to_the_last_epoch_on_the_validation_plateau() -> None:
+    history = [
+        EpochRecord(epoch, float(epoch), 1.0, recall)
+        for epoch, recall in [(2, 0.20), (4, 0.281), (5, None), (6, 0.2823), (8, 0.2805), (10, 0.2802), (12, 0.27)]
+    ]
+    assert plateau_end(history, 0.2823) == 8  # 0.2805 is within 0.002 of the best; 0.2802 is not
+    assert plateau_end(history[:4], 0.2823) == 6
 
 
 def test_a_refit_cut_by_the_time_budget_keeps_the_validated_vectors() -> None:

@@ -65,6 +65,7 @@ def train_bundle(
         "seconds": round(result.seconds, 2),
         "stop_reason": result.stop_reason,
         "refitted_on_train": result.refitted,
+        "refit_epochs": result.refit_epochs if result.refitted else 0,
         "history": [vars(record) for record in result.history],
     }
     bundle = ModelBundle(
