@@ -139,7 +139,8 @@ class ServingIndex:
         item_filter: ItemFilter | None = None,
     ) -> list[Recommendation]:
         """Top-``k`` for each known user row, excluding their seen items and ``extra_exclude[i]``,
-        among the items ``item_filter`` allows."""
+        among the items ``item_filter`` allows. Unfiltered queries the ranked prefixes can decide are
+        answered from them; the others share one scan."""
         check_k(k)
         allowed = self.allowed_items(item_filter)
         rows = [self._check_user_row(r) for r in user_rows]
