@@ -31,6 +31,7 @@ import numpy.typing as npt
 from movierec.bundle.csr import CSR
 from movierec.index.topk import ExactSearcher, Recommendation
 
+
 @dataclass(frozen=True)
 class RankedPrefixes:
     """``rows[u, :lengths[u]]`` are user ``u``'s best unseen item rows in ranking order; ``scores`` align."""

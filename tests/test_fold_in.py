@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -104,3 +106,16 @@ def test_a_csr_over_another_catalogue_is_refused() -> None:
 def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="do not match"):
         FoldIn(np.zeros((3, 2), dtype=np.float32), np.zeros(4, dtype=np.int64))
+
+
+@pytest.mark.parametrize(("train_config", "expected"), [({"cosine": True}, "mean"), ({"cosine": False}, "propagation")])
+def test_the_default_method_follows_how_the_bundle_scores(train_config: dict[str, bool], expected: str) -> None:
+    bundle = make_bundle(n_users=10, n_items=12, dim=4, seen_per_user=3, seed=1)
+    bundle = replace(bundle, config={**bundle.config, "train": train_config})
+    fold_in = FoldIn.from_model(bundle)
+    assert fold_in.default_method == expected
+    liked = bundle.train.row(0)
+    np.testing.assert_array_equal(fold_in.user_vector(liked), fold_in.user_vector(liked, expected))
+    assert FoldIn.from_model(make_bundle(n_users=4, n_items=5, dim=2, seen_per_user=1, seed=0)).default_method == (
+        "propagation"
+    )
