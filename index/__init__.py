@@ -28,7 +28,8 @@ that the FAISS vectors equal the model's; any corruption is a
 Exactness (design §2) and the ranking rule are documented in
 :mod:`movierec.index.topk`; the HNSW path in :mod:`movierec.index.faiss_index`;
 genre and year filters (exact, applied inside the search) in
-:mod:`movierec.index.filters`; the ``because`` item of a recommendation in
+:mod:`movierec.index.filters`; the per-user ranked prefixes a server precomputes
+so most requests skip the scan in :mod:`movierec.index.ranked`; the ``because`` item of a recommendation in
 :mod:`movierec.index.because`.
 :func:`prune_versions` deletes old versions (never the current one). A serving
 process calls :func:`limit_serving_threads` once (see :mod:`movierec.index.threads`).
