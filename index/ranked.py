@@ -31,6 +31,19 @@ import numpy.typing as npt
 from movierec.bundle.csr import CSR
 from movierec.index.topk import ExactSearcher, Recommendation
 
+# Bytes one stored place costs: an int32 item row and a float32 score.
+BYTES_PER_PLACE = 8
+# The prefixes of all users together stay under this (1 GiB: 256 places for 500,000 users); a catalogue
+# with more users gets shorter prefixes, and none below MIN_USEFUL_DEPTH, where most requests would scan.
+MAX_BYTES = 1 << 30
+MIN_USEFUL_DEPTH = 16
+
+
+def affordable_depth(n_users: int, n_items: int, wanted: int) -> int:
+    """The depth to build: ``wanted``, at most the catalogue, cut to fit :data:`MAX_BYTES`; 0 = none."""
+    depth = min(wanted, n_items, MAX_BYTES // max(1, n_users * BYTES_PER_PLACE))
+    return depth if depth >= min(MIN_USEFUL_DEPTH, wanted, n_items) and depth > 0 else 0
+
 
 @dataclass(frozen=True)
 class RankedPrefixes:

@@ -24,7 +24,7 @@ from movierec.index.events import CompactedEvents, merge_into_seen, read_events,
 from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
 from movierec.index.filters import CatalogFilters, ItemFilter
 from movierec.index.layout import FAISS_FILE, INDEX_KIND, MODEL_DIR
-from movierec.index.ranked import RankedPrefixes
+from movierec.index.ranked import RankedPrefixes, affordable_depth
 from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
 
 WARM_UP_QUERIES = 64
@@ -65,8 +65,9 @@ class ServingIndex:
         *,
         ranked_depth: int = 0,
     ) -> None:
-        """``ranked_depth`` > 0 precomputes that many places of every user's ranking (see
-        :mod:`movierec.index.ranked`; flat indexes only: an HNSW catalogue is too large to scan per user)."""
+        """``ranked_depth`` > 0 precomputes up to that many places of every user's ranking (see
+        :mod:`movierec.index.ranked`: fewer when the users' prefixes would pass its memory cap; flat indexes
+        only: an HNSW catalogue is too large to scan per user)."""
         self.version = version
         self.path = path
         self.events = events if events is not None else CompactedEvents.none()
@@ -89,8 +90,8 @@ class ServingIndex:
         self.ranked: RankedPrefixes | None = None
         if ranked_depth < 0:
             raise ValueError(f"ranked_depth must be >= 0, got {ranked_depth}")
-        if ranked_depth and self.kind == "flat" and self.n_items:
-            depth = min(ranked_depth, self.n_items)
+        depth = affordable_depth(self.n_users, self.n_items, ranked_depth) if self.kind == "flat" else 0
+        if depth:
             self.ranked = RankedPrefixes.build(self._exact, self.model.user_vectors, self.model.seen, depth)
 
     @property

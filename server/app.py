@@ -93,6 +93,13 @@ def load_index(path: Path, ranked_depth: int = DEFAULT_RANKED_DEPTH) -> ServingI
     request is not the slow one."""
     started = time.perf_counter()
     index = open_index(path, verify=True, ranked_depth=ranked_depth)
+    if ranked_depth and index.ranked is None and index.n_users and index.n_items:
+        logger.warning(
+            "index %s: users' rankings not precomputed (%s index, or too many users for the memory cap): "
+            "every request scans",
+            index.version,
+            index.kind,
+        )
     if index.ranked is not None:
         logger.info(
             "index %s: %d places of %d users' rankings precomputed (%.1f MiB) in %.1f s",

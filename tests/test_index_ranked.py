@@ -147,3 +147,37 @@ def test_the_server_loader_precomputes_by_default_and_says_so(tmp_path: Path, ca
     assert unranked.ranked is None
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 1 and f"{served.ranked.depth} places of {served.n_users} users' rankings" in messages[0]
+
+
+def test_the_depth_shrinks_to_the_memory_cap_and_is_skipped_when_too_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.index import ranked
+
+    assert ranked.affordable_depth(n_users=6040, n_items=3706, wanted=256) == 256
+    assert ranked.affordable_depth(n_users=10, n_items=80, wanted=256) == 80
+    assert ranked.affordable_depth(n_users=10, n_items=5, wanted=256) == 5  # a tiny catalogue is still worth it
+    monkeypatch.setattr(ranked, "MAX_BYTES", 6040 * 8 * 100)
+    assert ranked.affordable_depth(n_users=6040, n_items=3706, wanted=256) == 100
+    assert ranked.affordable_depth(n_users=6040 * 10, n_items=3706, wanted=256) == 0  # 10 places: not worth it
+
+
+def test_an_index_over_the_memory_cap_serves_by_scanning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.index import ranked
+
+    monkeypatch.setattr(ranked, "MAX_BYTES", 40 * 8 * 20)  # 40 users x 20 places
+    assert open_flat(tmp_path, ranked_depth=64).ranked.depth == 20  # type: ignore[union-attr]
+    monkeypatch.setattr(ranked, "MAX_BYTES", 40 * 8 * 4)
+    assert open_flat(tmp_path, ranked_depth=64).ranked is None
+
+
+def test_the_server_loader_warns_when_the_cap_leaves_no_prefixes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from movierec.index import ranked
+    from movierec.server.app import load_index
+
+    open_flat(tmp_path, ranked_depth=0)
+    monkeypatch.setattr(ranked, "MAX_BYTES", 40 * 8 * 4)
+    with caplog.at_level(logging.INFO, logger="movierec.server.app"):
+        assert load_index(tmp_path / "index", ranked_depth=64).ranked is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "every request scans" in caplog.records[0].getMessage()
