@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -24,15 +23,27 @@ EVENT_USERS_FILE = "events_user_ids.npy"
 EVENT_ITEMS_FILE = "events_item_ids.npy"
 
 
-class SeenEvents(Protocol):
-    """New events from the interaction log (``movierec.server.interaction_log.InteractionEvents`` fits)."""
+@dataclass(frozen=True)
+class SeenEvents:
+    """Events read from a live event store (:meth:`InteractionLog.export`), in offset order, as parallel arrays.
+
+    ``ratings`` is NaN where none was given. The index layer owns the type so that
+    a rebuild can take events from any store without importing the server.
+    """
+
+    offsets: npt.NDArray[np.int64]
+    user_ids: npt.NDArray[np.int64]
+    item_ids: npt.NDArray[np.int64]
+    ratings: npt.NDArray[np.float64]
+    times: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0])
 
     @property
-    def offsets(self) -> npt.NDArray[np.int64]: ...
-    @property
-    def user_ids(self) -> npt.NDArray[np.int64]: ...
-    @property
-    def item_ids(self) -> npt.NDArray[np.int64]: ...
+    def last_offset(self) -> int:
+        """The offset of the newest event here, 0 when there is none."""
+        return int(self.offsets[-1]) if len(self) else 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,25 @@ def merge_into_seen(model: ModelBundle, events: CompactedEvents) -> tuple[CSR, i
         model.n_items,
     )
     return merged, int(known.sum())
+
+
+def unknown_user_events(model: ModelBundle, events: CompactedEvents) -> dict[int, npt.NDArray[np.int64]]:
+    """Compacted events of users the model never saw, by user id (sorted unique item ids each).
+
+    :func:`merge_into_seen` can only put known users' events into the seen CSR;
+    the others are still theirs to exclude and to fold in from.
+    """
+    if not len(events):
+        return {}
+    unknown = rows_of(model.user_ids, events.user_ids) < 0
+    users, items = events.user_ids[unknown], events.item_ids[unknown]
+    if not users.size:  # every compacted event is already in the seen CSR
+        return {}
+    order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    distinct, starts = np.unique(users, return_index=True)
+    groups = np.split(items, starts[1:])
+    return {int(user): np.unique(group) for user, group in zip(distinct.tolist(), groups, strict=True)}
 
 
 def write_events(directory: Path, events: CompactedEvents) -> None:

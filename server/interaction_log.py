@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from movierec.errors import MovierecError
+from movierec.index.events import SeenEvents
 
 LOG_FILE_NAME = "interactions.sqlite3"
 """The log's file name beside the index root (plus SQLite's ``-wal``/``-shm`` companions)."""
@@ -78,25 +79,6 @@ class InvalidInteractions(MovierecError):
 
 class InteractionLogError(MovierecError):
     """The log file cannot be opened, read or written (the server answers UNAVAILABLE or refuses to start)."""
-
-
-@dataclass(frozen=True)
-class InteractionEvents:
-    """Events in offset order, as parallel arrays; ``ratings`` is NaN where none was given."""
-
-    offsets: npt.NDArray[np.int64]
-    user_ids: npt.NDArray[np.int64]
-    item_ids: npt.NDArray[np.int64]
-    ratings: npt.NDArray[np.float64]
-    times: npt.NDArray[np.int64]
-
-    def __len__(self) -> int:
-        return int(self.offsets.shape[0])
-
-    @property
-    def last_offset(self) -> int:
-        """The offset of the newest event here, 0 when there is none."""
-        return int(self.offsets[-1]) if len(self) else 0
 
 
 @dataclass(frozen=True)
@@ -198,7 +180,7 @@ class InteractionLog:
 
     # -- compaction -------------------------------------------------------------------------------
 
-    def export(self, after: int = 0) -> InteractionEvents:
+    def export(self, after: int = 0) -> SeenEvents:
         """Every stored event with offset > ``after``, oldest first, read as one consistent snapshot.
 
         ``recctl index rebuild`` merges these into the next bundle's seen sets
@@ -390,10 +372,10 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
-def _events_from_rows(rows: list[tuple[int, int, int, float | None, int]]) -> InteractionEvents:
+def _events_from_rows(rows: list[tuple[int, int, int, float | None, int]]) -> SeenEvents:
     n = len(rows)
     columns = list(zip(*rows, strict=True)) if rows else [(), (), (), (), ()]
-    return InteractionEvents(
+    return SeenEvents(
         offsets=np.fromiter(columns[0], dtype=np.int64, count=n),
         user_ids=np.fromiter(columns[1], dtype=np.int64, count=n),
         item_ids=np.fromiter(columns[2], dtype=np.int64, count=n),

@@ -13,7 +13,7 @@ from movierec.bundle import VersionedStore, read_manifest
 from movierec.clients.cli import main as cli
 from movierec.errors import BundleError
 from movierec.index import build_index, open_index, rebuild_index
-from movierec.index.events import CompactedEvents
+from movierec.index.events import CompactedEvents, SeenEvents
 from movierec.server.interaction_log import InteractionLog
 
 
@@ -68,14 +68,16 @@ def test_events_already_compacted_are_not_added_twice(model: Path, tmp_path: Pat
 def test_extended_keeps_only_newer_offsets() -> None:
     old = CompactedEvents(np.array([1]), np.array([10]), through_offset=5)
 
-    class Fresh:
-        offsets = np.array([4, 5, 6])
-        user_ids = np.array([1, 2, 3])
-        item_ids = np.array([20, 30, 40])
-
-    grown = old.extended(Fresh())
+    fresh = SeenEvents(
+        offsets=np.array([4, 5, 6]),
+        user_ids=np.array([1, 2, 3]),
+        item_ids=np.array([20, 30, 40]),
+        ratings=np.full(3, np.nan),
+        times=np.zeros(3, dtype=np.int64),
+    )
+    grown = old.extended(fresh)
     assert grown.through_offset == 6 and grown.item_ids.tolist() == [10, 40]
-    assert grown.extended(Fresh()) is grown  # nothing newer than offset 6
+    assert grown.extended(fresh) is grown  # nothing newer than offset 6
 
 
 def test_rebuild_cli_compacts_the_log(

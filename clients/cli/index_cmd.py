@@ -110,12 +110,9 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 def _read_events(log_path: Path) -> SeenEvents:
     """A consistent snapshot of the log (SQLite WAL lets this run beside the server that appends to it)."""
-    from movierec.server.interaction_log import InteractionLog
+    from movierec.server import read_logged_events
 
-    if not log_path.is_file():
-        raise MovierecError("no such interaction log", path=log_path)
-    with InteractionLog(log_path) as log:
-        return log.export()
+    return read_logged_events(log_path)
 
 
 def _guarded(action: Callable[[], T]) -> T:
