@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -24,10 +24,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from movierec.security import bearer_metadata, channel_credentials
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT = 5.0
+QueryMessage = TypeVar("QueryMessage", pb.RecommendRequest, pb.RecommendStreamRequest)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ class Recommendations:
 
 @dataclass(frozen=True)
 class StreamQuery:
-    """One request on :meth:`RecommenderClient.recommend_stream`; ``request_id`` pairs it with its answer."""
+    """One recommend query: each request of :meth:`RecommenderClient.recommend_stream` (and what
+    :meth:`~RecommenderClient.recommend` sends); ``request_id`` pairs it with its answer."""
 
     request_id: str
     user_id: int
@@ -176,8 +179,6 @@ class RecommenderClient:
     def __init__(
         self, target: str, *, timeout: float = DEFAULT_TIMEOUT, tls_ca: Path | None = None, token: str | None = None
     ) -> None:
-        from movierec.server.auth import bearer_metadata, channel_credentials
-
         self.target = target
         self.timeout = timeout
         self._metadata = bearer_metadata(token) if token is not None else None
@@ -200,16 +201,8 @@ class RecommenderClient:
         timeout: float | None = None,
     ) -> Recommendations:
         """Top-``k`` unseen movies; ``explain`` fills each item's ``because_item_id``."""
-        request = pb.RecommendRequest(
-            request_id=request_id,
-            user_id=user_id,
-            k=k,
-            exclude_item_ids=list(exclude_item_ids),
-            filter=item_filter.to_proto() if item_filter is not None else None,
-            explain=explain,
-        )
-        response = self._call(self._stub.Recommend, request, timeout)
-        return _recommendations(response)
+        query = StreamQuery(request_id, user_id, k, tuple(exclude_item_ids), item_filter, explain)
+        return _recommendations(self._call(self._stub.Recommend, _query_request(pb.RecommendRequest, query), timeout))
 
     def recommend_for_items(
         self,
@@ -228,7 +221,7 @@ class RecommenderClient:
             item_ids=list(liked_item_ids),
             k=k,
             exclude_item_ids=list(exclude_item_ids),
-            filter=item_filter.to_proto() if item_filter is not None else None,
+            filter=_filter_message(item_filter),
             explain=explain,
         )
         return _recommendations(self._call(self._stub.RecommendForItems, request, timeout))
@@ -264,17 +257,7 @@ class RecommenderClient:
         ``request_id``) and the stream continues; a failure of the stream itself
         raises. ``timeout`` bounds the whole stream (default: none).
         """
-        requests = (
-            pb.RecommendStreamRequest(
-                request_id=q.request_id,
-                user_id=q.user_id,
-                k=q.k,
-                exclude_item_ids=list(q.exclude_item_ids),
-                filter=q.item_filter.to_proto() if q.item_filter is not None else None,
-                explain=q.explain,
-            )
-            for q in queries
-        )
+        requests = (_query_request(pb.RecommendStreamRequest, query) for query in queries)
         responses = self._stub.RecommendStream(requests, timeout=timeout, metadata=self._metadata)
         try:
             for response in responses:
@@ -301,7 +284,7 @@ class RecommenderClient:
             item_id=item_id,
             k=k,
             exclude_item_ids=list(exclude_item_ids),
-            filter=item_filter.to_proto() if item_filter is not None else None,
+            filter=_filter_message(item_filter),
         )
         if user_id is not None:
             request.user_id = user_id
@@ -391,6 +374,22 @@ def _status_code(number: int) -> grpc.StatusCode:
         if code.value[0] == number:
             return code
     return grpc.StatusCode.UNKNOWN
+
+
+def _query_request(message_type: type[QueryMessage], query: StreamQuery) -> QueryMessage:
+    """The wire message for one recommend query: the unary and the streaming call carry the same fields."""
+    return message_type(
+        request_id=query.request_id,
+        user_id=query.user_id,
+        k=query.k,
+        exclude_item_ids=list(query.exclude_item_ids),
+        filter=_filter_message(query.item_filter),
+        explain=query.explain,
+    )
+
+
+def _filter_message(item_filter: ItemFilter | None) -> pb.ItemFilter | None:
+    return None if item_filter is None else item_filter.to_proto()
 
 
 def _item(item: pb.RecommendedItem) -> RecommendedItem:

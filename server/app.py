@@ -33,7 +33,8 @@ from grpc_reflection.v1alpha import reflection
 from movierec.bundle import MANIFEST_NAME
 from movierec.errors import MovierecError
 from movierec.index import ServingIndex, limit_serving_threads, open_index
-from movierec.server.auth import BearerTokenInterceptor, read_token_file, server_credentials
+from movierec.security import read_token_file, server_credentials
+from movierec.server.auth import BearerTokenInterceptor
 from movierec.server.engine import ServingEngine
 from movierec.server.interaction_log import LOG_FILE_NAME, InteractionLog
 from movierec.server.limits import Limits

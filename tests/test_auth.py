@@ -19,16 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from movierec.errors import MovierecError
-from movierec.server.auth import (
-    MALFORMED_TOKEN,
-    MISSING_TOKEN,
-    WRONG_TOKEN,
-    BearerTokenInterceptor,
-    bearer_metadata,
-    channel_credentials,
-    read_token_file,
-    server_credentials,
-)
+from movierec.security import bearer_metadata, channel_credentials, read_token_file, server_credentials
+from movierec.server.auth import MALFORMED_TOKEN, MISSING_TOKEN, WRONG_TOKEN, BearerTokenInterceptor
 
 TOKEN = "s3cret-Token_42"
 ECHO = "/test.Echo/Unary"
