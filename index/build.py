@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-from tqdm import tqdm
 
 from movierec.bundle import MANIFEST_NAME, VersionedStore, read_manifest, sha256_file, staged_directory, write_manifest
 from movierec.bundle.model import MODEL_KIND, ModelBundle, read_model_bundle
@@ -25,6 +24,7 @@ from movierec.index.events import CompactedEvents, SeenEvents, merge_into_seen, 
 from movierec.index.faiss_index import KINDS, HnswParams, create_index, write_index
 from movierec.index.layout import BUILD_LOCK, FAISS_FILE, INDEX_KIND, MODEL_DIR
 from movierec.index.serving import resolve_version_dir
+from movierec.progress import progress_bar
 
 
 @contextmanager
@@ -100,7 +100,7 @@ def _current_events(store: VersionedStore) -> CompactedEvents:
 def _write_version(
     model_dir: Path, stage: Path, kind: str, params: HnswParams, events: CompactedEvents, progress: bool
 ) -> None:
-    with tqdm(total=4, desc="index build", unit="step", disable=not progress, leave=False) as steps:
+    with progress_bar(total=4, desc="index build", unit="step", enabled=progress, leave=False) as steps:
         steps.set_postfix_str("copy + verify model")
         shutil.copytree(model_dir, stage / MODEL_DIR)
         try:
@@ -109,7 +109,7 @@ def _write_version(
             raise BundleError(str(exc).replace(str(stage / MODEL_DIR), str(model_dir))) from None
         steps.update()
         steps.set_postfix_str(f"add {model.n_items} vectors ({kind})")
-        with tqdm(total=model.n_items, desc="add vectors", unit="item", disable=not progress, leave=False) as bar:
+        with progress_bar(total=model.n_items, desc="add vectors", unit="item", enabled=progress, leave=False) as bar:
             index = create_index(kind, model.item_vectors, params, on_progress=bar.update)
         steps.update()
         steps.set_postfix_str("write index")

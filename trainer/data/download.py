@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from tqdm import tqdm
-
 from movierec.bundle import staged_directory
 from movierec.errors import DataError
+from movierec.progress import progress_bar
 
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
@@ -119,7 +118,7 @@ def _copy_with_progress(
 ) -> int:
     total = start + expected if expected is not None else None
     fetched = 0
-    with tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=part.name, disable=not progress) as bar:
+    with progress_bar(total=total, initial=start, unit="B", unit_scale=True, desc=part.name, enabled=progress) as bar:
         while True:
             try:
                 chunk = response.read(_CHUNK)
