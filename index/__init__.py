@@ -23,7 +23,13 @@ An index store is a directory of immutable versions and a ``CURRENT`` pointer
 so a version is self-contained: deleting or retraining the source model never
 changes what a version serves. :func:`open_index` verifies both manifests and
 that the FAISS vectors equal the model's; any corruption is a
-:class:`~movierec.errors.BundleError` naming the file.
+:class:`~movierec.errors.BundleError` naming the file. The manifest's ``meta``
+is parsed once into a typed :class:`IndexMeta` (:mod:`movierec.index.meta`).
+
+:class:`ServingIndex` is the index's one public face for a server: versions,
+meta, id -> row lookups (dense tables, :mod:`movierec.index.id_lookup`), the
+catalog's display data, the compacted events of users the model never saw,
+fold-in, and the queries.
 
 Exactness (design §2) and the ranking rule are documented in
 :mod:`movierec.index.topk`; the HNSW path in :mod:`movierec.index.faiss_index`;
@@ -38,14 +44,17 @@ process calls :func:`limit_serving_threads` once (see :mod:`movierec.index.threa
 from movierec.index.because import BecauseExplainer
 from movierec.index.build import build_index, newest_model_bundle, rebuild_index
 from movierec.index.filters import FilterError, ItemFilter
+from movierec.index.meta import IndexMeta
 from movierec.index.prune import prune_versions
-from movierec.index.serving import ServingIndex, open_index
+from movierec.index.serving import CatalogItem, ServingIndex, open_index
 from movierec.index.threads import limit_serving_threads
 from movierec.index.topk import Recommendation
 
 __all__ = [
     "BecauseExplainer",
+    "CatalogItem",
     "FilterError",
+    "IndexMeta",
     "ItemFilter",
     "Recommendation",
     "ServingIndex",

@@ -7,23 +7,26 @@ opened one, so no request ever mixes two versions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
-from movierec.bundle import MANIFEST_NAME, Manifest, ModelBundle, VersionedStore, read_manifest, sha256_file
+from movierec.bundle import MANIFEST_NAME, ModelBundle, VersionedStore, read_manifest, sha256_file
 from movierec.bundle.model import read_model_bundle
 from movierec.errors import BundleError
 from movierec.index.because import BecauseExplainer
-from movierec.index.events import CompactedEvents, merge_into_seen, read_events, rows_of
+from movierec.index.events import CompactedEvents, merge_into_seen, read_events, unknown_user_events
 from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
 from movierec.index.filters import CatalogFilters, ItemFilter
+from movierec.index.fold_in import FoldIn
+from movierec.index.id_lookup import IdLookup
 from movierec.index.layout import FAISS_FILE, INDEX_KIND, MODEL_DIR
+from movierec.index.meta import IndexMeta
 from movierec.index.ranked import RankedPrefixes, affordable_depth
 from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
 
@@ -34,6 +37,15 @@ class Searcher(Protocol):
     def search(
         self, queries: npt.NDArray[np.float32], k: int, excluded: Sequence[npt.NDArray[np.int64]]
     ) -> list[Recommendation]: ...
+
+
+class CatalogItem(NamedTuple):
+    """What a recommended item shows besides its score: wire-neutral, one per item row."""
+
+    item_id: int
+    title: str
+    genres: tuple[str, ...]
+    year: int | None
 
 
 class ServingIndex:
@@ -49,6 +61,10 @@ class ServingIndex:
     answer is the brute-force top-K of the items that pass it. A filtered query
     on an HNSW index is answered by the exact scan: still exact and K items.
 
+    Its public face is all a server needs (:attr:`index_version`, :attr:`model_version`, :attr:`meta`, id ->
+    row lookups, :meth:`catalog`, :meth:`new_user_events`, :meth:`fold_in_vector`, counts, genres, metrics);
+    ``model`` is the loaded bundle for index-layer tools and benchmarks, not for serving code.
+
     Safe to query from many threads at once (no search mutates shared state).
     A serving process should call :func:`movierec.index.limit_serving_threads`
     once at start-up, or BLAS/OpenMP pools fight the request threads for cores.
@@ -59,7 +75,7 @@ class ServingIndex:
         version: str,
         path: Path,
         model: ModelBundle,
-        manifest: Manifest,
+        meta: IndexMeta,
         faiss_index: faiss.Index,
         events: CompactedEvents | None = None,
         *,
@@ -70,12 +86,12 @@ class ServingIndex:
         only: an HNSW catalogue is too large to scan per user)."""
         self.version = version
         self.path = path
+        self.meta = meta
         self.events = events if events is not None else CompactedEvents.none()
         # model.seen includes every compacted live event, so every query path excludes them.
         self.model = model if not len(self.events) else replace(model, seen=merge_into_seen(model, self.events)[0])
-        self.manifest = manifest
         self.faiss_index = faiss_index
-        self.kind: str = str(manifest.meta["index"]["kind"])
+        self.kind = self.meta.kind
         self._exact = ExactSearcher(model.item_vectors)
         self._searcher: Searcher = self._exact
         if self.kind == "flat" and not isinstance(faiss_index, faiss.IndexFlatIP):
@@ -83,8 +99,11 @@ class ServingIndex:
         if self.kind == "hnsw":
             if not isinstance(faiss_index, faiss.IndexHNSWFlat):
                 raise BundleError(f"manifest says hnsw but the file holds {type(faiss_index).__name__}", path=path)
-            params = HnswParams.from_options(dict(manifest.meta["index"]["params"]))
-            self._searcher = HnswSearcher(faiss_index, self._exact, params)
+            self._searcher = HnswSearcher(faiss_index, self._exact, HnswParams.from_options(dict(self.meta.params)))
+        self._users = IdLookup(model.user_ids)
+        self._items = IdLookup(model.item_ids)
+        self._fold_in = FoldIn.from_model(model)
+        self._new_user_events = unknown_user_events(model, self.events)
         self._filters = CatalogFilters(model.items)
         self._explainer = BecauseExplainer.from_model(self.model)
         self.ranked: RankedPrefixes | None = None
@@ -104,6 +123,16 @@ class ServingIndex:
         return self._filters.allowed(item_filter)
 
     @property
+    def index_version(self) -> str:
+        """The version directory's name (e.g. ``v0003``): what a response's ``index_version`` reports."""
+        return self.version
+
+    @property
+    def model_version(self) -> str:
+        """``<model dir name>@<first 12 hex of its manifest SHA-256>`` (see :attr:`IndexMeta.model_version`)."""
+        return self.meta.model_version
+
+    @property
     def events_through(self) -> int:
         """The interaction-log offset this version includes: the server replays only events after it."""
         return self.events.through_offset
@@ -116,16 +145,54 @@ class ServingIndex:
     def n_users(self) -> int:
         return self.model.n_users
 
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def metrics(self) -> Mapping[str, Any]:
+        """The training run's metrics, as the model bundle recorded them."""
+        return self.model.metrics
+
+    @property
+    def item_ids(self) -> npt.NDArray[np.int64]:
+        """The dataset id of each item row (ascending)."""
+        return self.model.item_ids
+
     def user_row(self, user_id: int) -> int | None:
-        """The internal row of dataset user ``user_id``, or None if the model never saw that user."""
-        row = int(rows_of(self.model.user_ids, np.array([user_id], dtype=np.int64))[0])
-        return row if row >= 0 else None
+        """The internal row of dataset user ``user_id``, or None if the model never saw that user.
+
+        A dense table lookup where the ids allow it (see :mod:`movierec.index.id_lookup`): this runs on every request.
+        """
+        return self._users.row(user_id)
+
+    def user_rows(self, user_ids: Sequence[int] | npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
+        """The row of each dataset user id, in order; -1 where the model never saw that user."""
+        return self._users.rows(user_ids)
 
     def item_rows(self, item_ids: Sequence[int] | npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
-        """Internal rows of the known ``item_ids``, in the given order; unknown ids are dropped."""
-        rows = rows_of(self.model.item_ids, np.asarray(item_ids, dtype=np.int64).reshape(-1))
-        found: npt.NDArray[np.int32] = rows[rows >= 0].astype(np.int32)
-        return found
+        """Internal rows of the known ``item_ids``, in the given order; unknown ids are dropped (excluding a movie
+        the model cannot recommend is a no-op). Takes a protobuf repeated field as it is."""
+        return self._items.known_rows(item_ids)
+
+    def catalog(self) -> list[CatalogItem]:
+        """Every item's display data (id, title, genres, year), by item row."""
+        items = self.model.items
+        return [
+            CatalogItem(item_id, title, tuple(genres), year)
+            for item_id, title, genres, year in zip(
+                self.model.item_ids.tolist(), items.titles, items.genres, items.years, strict=True
+            )
+        ]
+
+    def new_user_events(self, user_id: int) -> npt.NDArray[np.int64] | None:
+        """Item ids of the compacted events of ``user_id`` when the model never saw that user (sorted, unique);
+        None when there are none. A known user's compacted events are in :meth:`seen_rows` instead."""
+        return self._new_user_events.get(user_id)
+
+    def fold_in_vector(self, liked_rows: npt.NDArray[np.integer]) -> npt.NDArray[np.float32]:
+        """A vector for a user the model never saw, from the item rows they liked (:mod:`movierec.index.fold_in`)."""
+        return self._fold_in.user_vector(liked_rows)
 
     def seen_rows(self, user_row: int) -> npt.NDArray[np.int32]:
         """Every item the user rated in the data the model was trained from."""
@@ -281,19 +348,13 @@ def open_index(path: Path, *, verify: bool = True, ranked_depth: int = 0) -> Ser
     directory = resolve_version_dir(path)
     manifest = read_manifest(directory, INDEX_KIND, verify=verify)
     model_dir = directory / MODEL_DIR
-    try:
-        expected_sha = str(manifest.meta["source_model"]["manifest_sha256"])
-        kind = str(manifest.meta["index"]["kind"])
-    except (KeyError, TypeError):
-        raise BundleError("index manifest lacks source_model/index metadata", path=directory / MANIFEST_NAME) from None
-    if kind not in ("flat", "hnsw"):
-        raise BundleError(f"unknown index kind {kind!r}", path=directory / MANIFEST_NAME)
+    meta = IndexMeta.from_manifest(manifest, directory)
     model_manifest = model_dir / MANIFEST_NAME
-    if verify and (not model_manifest.is_file() or sha256_file(model_manifest) != expected_sha):
+    if verify and (not model_manifest.is_file() or sha256_file(model_manifest) != meta.source_model_sha256):
         raise BundleError(
             "model manifest is missing or differs from the one the index was built from", path=model_manifest
         )
     model = read_model_bundle(model_dir, verify=False)
     faiss_index = read_index(directory / FAISS_FILE, model.item_vectors)
-    events = read_events(directory, int(manifest.meta.get("interactions", {}).get("through_offset", 0)))
-    return ServingIndex(directory.name, directory, model, manifest, faiss_index, events, ranked_depth=ranked_depth)
+    events = read_events(directory, meta.events_through)
+    return ServingIndex(directory.name, directory, model, meta, faiss_index, events, ranked_depth=ranked_depth)

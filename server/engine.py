@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Protocol
 
 import grpc
@@ -29,10 +28,9 @@ from google.protobuf import struct_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from movierec.index import FilterError, ItemFilter, Recommendation, ServingIndex
-from movierec.index.events import rows_of
-from movierec.index.fold_in import FoldIn
 from movierec.server.errors import RequestError, invalid_argument, not_found
 from movierec.server.limits import Limits
+from movierec.server.live_events import LiveEventStore
 from movierec.v1 import recommender_pb2 as pb
 
 
@@ -51,17 +49,10 @@ class RecommendQuery(Protocol):
     def explain(self) -> bool: ...
 
 
-class LiveSeen(Protocol):
-    """Live events not yet compacted into the index (``movierec.server.interaction_log.InteractionLog`` fits)."""
-
-    def extra_seen(self, user_id: int) -> npt.NDArray[np.int64]: ...
-    def liked(self, user_id: int) -> npt.NDArray[np.int64]: ...
-
-
 @dataclass(frozen=True)
-class Answered(Recommendation):
-    """A personal answer: a :class:`Recommendation` plus, when the request asked (``explain``), the user's item
-    behind each recommended one (-1: none)."""
+class Answer(Recommendation):
+    """The server's answer to one query: a :class:`Recommendation` plus, when the request asked (``explain``),
+    the user's item behind each recommended one (-1: none)."""
 
     because: npt.NDArray[np.int32] | None = None
 
@@ -79,21 +70,8 @@ class _Valid:
     explain: bool
 
 
-Answer = Answered | RequestError
 _NO_ROWS: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
 _NO_IDS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
-# Largest item id served through a dense id -> row table (64 MiB of int32); beyond it, binary search.
-MAX_LOOKUP_IDS = 1 << 24
-
-
-class _NoLiveEvents:
-    """Stands in for the interaction log when the server runs without one."""
-
-    def extra_seen(self, user_id: int) -> npt.NDArray[np.int64]:
-        return _NO_IDS
-
-    def liked(self, user_id: int) -> npt.NDArray[np.int64]:
-        return _NO_IDS
 
 
 def item_filter_of(message: pb.ItemFilter) -> ItemFilter | None:
@@ -111,75 +89,26 @@ def item_filter_of(message: pb.ItemFilter) -> ItemFilter | None:
         raise invalid_argument("filter", str(error)) from None
 
 
-def _unknown_user_events(index: ServingIndex) -> dict[int, npt.NDArray[np.int64]]:
-    """Compacted events of users the model never saw, by user id (sorted unique item ids each).
-
-    ``merge_into_seen`` can only put known users' events into the seen CSR;
-    the others are still theirs to exclude and to fold in from.
-    """
-    events = index.events
-    if not len(events):
-        return {}
-    unknown = rows_of(index.model.user_ids, events.user_ids) < 0
-    users, items = events.user_ids[unknown], events.item_ids[unknown]
-    if not users.size:  # every compacted event is already in the seen CSR
-        return {}
-    order = np.argsort(users, kind="stable")
-    users, items = users[order], items[order]
-    distinct, starts = np.unique(users, return_index=True)
-    groups = np.split(items, starts[1:])
-    return {int(user): np.unique(group) for user, group in zip(distinct.tolist(), groups, strict=True)}
-
-
-def model_version(index: ServingIndex) -> str:
-    """``<model dir name>@<first 12 hex of its manifest SHA-256>``: readable, and unique per model content."""
-    source = index.manifest.meta.get("source_model", {})
-    name = PurePath(str(source.get("path", "model"))).name
-    return f"{name}@{str(source.get('manifest_sha256', ''))[:12]}"
-
-
-def _dense_lookup(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int32] | None:
-    """``table[id] = row`` (-1 where no row has that id), or None when ids are too sparse for a table.
-
-    A table lookup is one gather per id, where a binary search (``searchsorted``)
-    costs a dozen unpredictable branches per id: it keeps a request with
-    thousands of exclusions cheap, and finds the user of every request in one
-    indexing step. MovieLens user and movie ids are small, dense integers, so
-    the tables stay small (4 bytes per possible id).
-    """
-    if ids.size == 0 or ids.min() < 0 or ids.max() >= MAX_LOOKUP_IDS:
-        return None
-    table = np.full(int(ids.max()) + 1, -1, dtype=np.int32)
-    table[ids] = np.arange(ids.size, dtype=np.int32)
-    return table
-
-
 class ServingEngine:
     """Everything one index version needs to answer requests; immutable once built, so swapping is atomic."""
 
-    def __init__(self, index: ServingIndex, limits: Limits, live: LiveSeen | None = None) -> None:
+    def __init__(self, index: ServingIndex, limits: Limits, live: LiveEventStore | None = None) -> None:
+        """``live``: the store of events not yet compacted into ``index`` (None: the server keeps none)."""
         self.index = index
         self.limits = limits
-        self.live: LiveSeen = _NoLiveEvents() if live is None else live
-        self.index_version = str(index.version)
-        self.model_version = model_version(index)
-        self._item_lookup = _dense_lookup(index.model.item_ids)
-        self._user_lookup = _dense_lookup(index.model.user_ids)
-        self._fold_in = FoldIn.from_model(index.model)
-        self._compacted_unknown = _unknown_user_events(index)
+        self.live = live
+        self.index_version = index.index_version
+        self.model_version = index.model_version
         # One ready-made wire item per catalogue row (id, title, genres, year): a response copies
         # k of them and sets score and rank, which is cheaper than building each item field by field.
-        items = index.model.items
         self._templates = [
-            pb.RecommendedItem(item_id=item_id, title=title, genres=genres, year=year)
-            for item_id, title, genres, year in zip(
-                index.model.item_ids.tolist(), items.titles, items.genres, items.years, strict=True
-            )
+            pb.RecommendedItem(item_id=item.item_id, title=item.title, genres=item.genres, year=item.year)
+            for item in index.catalog()
         ]
 
-    def recommend(self, queries: Sequence[RecommendQuery]) -> list[Answer]:
+    def recommend(self, queries: Sequence[RecommendQuery]) -> list[Answer | RequestError]:
         """One answer per query, same order; valid queries with the same k and filter share one search."""
-        answers: dict[int, Answer] = {}
+        answers: dict[int, Answer | RequestError] = {}
         groups: dict[tuple[int, ItemFilter | None, bool], list[_Valid]] = defaultdict(list)
         for slot, query in enumerate(queries):
             try:
@@ -193,10 +122,10 @@ class ServingEngine:
                 self._fold_in_search(group, k, item_filter) if folded else self._model_search(group, k, item_filter)
             )
             for valid, result in zip(group, results, strict=True):
-                answers[valid.slot] = Answered(result.item_rows, result.scores, self._because(valid, result))
+                answers[valid.slot] = Answer(result.item_rows, result.scores, self._because(valid, result))
         return [answers[slot] for slot in range(len(queries))]
 
-    def recommend_for_items(self, request: pb.RecommendForItemsRequest) -> Answered:
+    def recommend_for_items(self, request: pb.RecommendForItemsRequest) -> Answer:
         """Cold start: fold the liked items into a user vector; never recommends them back."""
         self._check_k(request.k)
         self._check_exclusions(request.exclude_item_ids)
@@ -209,13 +138,13 @@ class ServingEngine:
                 f"got {len(request.item_ids)}",
             )
         item_filter = self._filter(request.filter)
-        liked = self._item_rows(request.item_ids)
+        liked = self.index.item_rows(request.item_ids)
         if liked.size == 0:
             raise RequestError(grpc.StatusCode.NOT_FOUND, "none of the item_ids is a movie the model knows")
-        exclude = np.concatenate([liked, self._item_rows(request.exclude_item_ids)])
+        exclude = np.concatenate([liked, self.index.item_rows(request.exclude_item_ids)])
         valid = _Valid(0, request.k, item_filter, exclude, None, liked, request.explain)
         (result,) = self._fold_in_search([valid], request.k, item_filter)
-        return Answered(result.item_rows, result.scores, self._because(valid, result))
+        return Answer(result.item_rows, result.scores, self._because(valid, result))
 
     def similar_items(self, request: pb.SimilarItemsRequest) -> Recommendation:
         """Nearest items to ``request.item_id``, minus the item, the user's seen items and the exclusions."""
@@ -225,9 +154,9 @@ class ServingEngine:
         item_rows = self.index.item_rows([request.item_id])
         if item_rows.size == 0:
             raise not_found("item", request.item_id)
-        excluded = [self._item_rows(request.exclude_item_ids)]
+        excluded = [self.index.item_rows(request.exclude_item_ids)]
         if request.HasField("user_id"):
-            user_row = self._user_row(request.user_id)
+            user_row = self.index.user_row(request.user_id)
             if user_row is not None:
                 excluded.append(self.index.seen_rows(user_row).astype(np.int32))
             elif not self._known_by_events(request.user_id):
@@ -250,28 +179,28 @@ class ServingEngine:
             item.CopyFrom(templates[row])
             item.score = score
             item.rank = rank
-        if isinstance(result, Answered) and result.because is not None:
-            item_ids = self.index.model.item_ids
+        if isinstance(result, Answer) and result.because is not None:
+            item_ids = self.index.item_ids
             for item, because in zip(items[len(items) - len(rows) :], result.because.tolist(), strict=True):
                 if because >= 0:
                     item.because_item_id = int(item_ids[because])
 
     def info(self) -> pb.GetInfoResponse:
-        model = self.index.model
+        index = self.index
         metrics = struct_pb2.Struct()
-        metrics.update(model.metrics)
+        metrics.update(index.metrics)
         return pb.GetInfoResponse(
             model_version=self.model_version,
             index_version=self.index_version,
-            user_count=model.n_users,
-            item_count=model.n_items,
-            dimension=model.dim,
-            index_kind=str(self.index.kind),
+            user_count=index.n_users,
+            item_count=index.n_items,
+            dimension=index.dim,
+            index_kind=index.meta.kind,
             max_k=self.limits.max_k,
             max_exclude_item_ids=self.limits.max_exclude_item_ids,
             training_metrics=metrics,
-            genres=self.index.genres,
-            events_through=self.index.events_through,
+            genres=index.genres,
+            events_through=index.events_through,
         )
 
     def _model_search(self, group: list[_Valid], k: int, item_filter: ItemFilter | None) -> list[Recommendation]:
@@ -284,7 +213,7 @@ class ServingEngine:
         )
 
     def _fold_in_search(self, group: list[_Valid], k: int, item_filter: ItemFilter | None) -> list[Recommendation]:
-        vectors = np.stack([self._fold_in.user_vector(v.liked_rows) for v in group])
+        vectors = np.stack([self.index.fold_in_vector(v.liked_rows) for v in group])
         return self.index.recommend_vectors(vectors, k, [v.exclude_rows for v in group], item_filter=item_filter)
 
     def _because(self, valid: _Valid, result: Recommendation) -> npt.NDArray[np.int32] | None:
@@ -298,15 +227,15 @@ class ServingEngine:
         self._check_k(query.k)
         self._check_exclusions(query.exclude_item_ids)
         item_filter = self._filter(query.filter)
-        exclude_rows = self._item_rows(query.exclude_item_ids)
+        exclude_rows = self.index.item_rows(query.exclude_item_ids)
         user_id = query.user_id
-        user_row = self._user_row(user_id)
+        user_row = self.index.user_row(user_id)
         live_rows = self._live_seen_rows(user_id, user_row)
         if live_rows.size:
             exclude_rows = np.concatenate([exclude_rows, live_rows]) if exclude_rows.size else live_rows
         if user_row is not None:
             return _Valid(slot, query.k, item_filter, exclude_rows, user_row, _NO_ROWS, query.explain)
-        liked = self._item_rows(self._liked_ids(user_id))
+        liked = self.index.item_rows(self._liked_ids(user_id))
         if liked.size == 0:
             if self._known_by_events(user_id):
                 raise RequestError(
@@ -317,37 +246,25 @@ class ServingEngine:
             raise not_found("user", user_id)
         return _Valid(slot, query.k, item_filter, exclude_rows, None, liked, query.explain)
 
-    def _user_row(self, user_id: int) -> int | None:
-        """The model's row of ``user_id`` (None: a user the model never saw); a table lookup when ids are dense.
-
-        ``ServingIndex.user_row`` binary-searches through a one-element array,
-        which costs ~10 us per request; the table costs well under 1 us.
-        """
-        table = self._user_lookup
-        if table is None:
-            return self.index.user_row(user_id)
-        if not 0 <= user_id < table.shape[0]:
-            return None
-        row = int(table[user_id])
-        return row if row >= 0 else None
-
     def _live_seen_rows(self, user_id: int, user_row: int | None) -> npt.NDArray[np.int32]:
         """Rows of the user's live events, plus their compacted ones when the model cannot hold them."""
-        seen = self.live.extra_seen(user_id)
+        seen = _NO_IDS if self.live is None else self.live.extra_seen(user_id)
         if user_row is None:
-            compacted = self._compacted_unknown.get(user_id)
+            compacted = self.index.new_user_events(user_id)
             if compacted is not None:
                 seen = np.concatenate([seen, compacted])
-        return self._item_rows(seen)
+        return self.index.item_rows(seen)
 
     def _liked_ids(self, user_id: int) -> npt.NDArray[np.int64]:
         """Fold-in input of an unknown user: compacted events (no ratings survive compaction) and live likes."""
-        liked = self.live.liked(user_id)
-        compacted = self._compacted_unknown.get(user_id)
+        liked = _NO_IDS if self.live is None else self.live.liked(user_id)
+        compacted = self.index.new_user_events(user_id)
         return liked if compacted is None else np.union1d(liked, compacted)
 
     def _known_by_events(self, user_id: int) -> bool:
-        return user_id in self._compacted_unknown or self.live.extra_seen(user_id).size > 0
+        if self.index.new_user_events(user_id) is not None:
+            return True
+        return self.live is not None and self.live.extra_seen(user_id).size > 0
 
     def _filter(self, message: pb.ItemFilter) -> ItemFilter | None:
         """The request's filter, checked against this catalogue (an unknown genre is INVALID_ARGUMENT)."""
@@ -370,18 +287,3 @@ class ServingEngine:
                 "exclude_item_ids",
                 f"at most {limit} exclude_item_ids are allowed (max_exclude_item_ids), got {len(exclude_item_ids)}",
             )
-
-    def _item_rows(self, item_ids: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
-        """Rows of the known ids; unknown ids are dropped, as excluding a movie never recommended is a no-op.
-
-        ``np.array`` reads a protobuf repeated field directly, far cheaper than going through a list.
-        """
-        if len(item_ids) == 0:  # the common case: skip the id lookup altogether
-            return _NO_ROWS
-        wanted = np.array(item_ids, dtype=np.int64)
-        if self._item_lookup is None:
-            return self.index.item_rows(wanted)
-        wanted = wanted[(wanted >= 0) & (wanted < self._item_lookup.shape[0])]
-        rows: npt.NDArray[np.int32] = self._item_lookup[wanted]
-        known: npt.NDArray[np.int32] = rows[rows >= 0]
-        return known

@@ -24,7 +24,7 @@ from pathlib import Path
 from movierec.bundle import VersionedStore
 from movierec.index import ServingIndex
 from movierec.server.engine import ServingEngine
-from movierec.server.interaction_log import InteractionLog
+from movierec.server.live_events import LiveEventStore
 from movierec.server.state import ServingState
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class IndexReloader:
         state: ServingState,
         loader: Callable[[Path], ServingIndex],
         make_engine: Callable[[ServingIndex], ServingEngine],
-        log: InteractionLog | None = None,
+        log: LiveEventStore | None = None,
     ) -> None:
         self.store = VersionedStore(store_root)
         self._state = state

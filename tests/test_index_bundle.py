@@ -152,7 +152,7 @@ def test_rebuild_uses_the_newest_model_and_keeps_the_current_kind(tmp_path: Path
     served = open_index(root)
     assert served.path == rebuilt and served.n_items == 30
     assert served.kind == "hnsw"
-    assert served.manifest.meta["index"]["params"]["ef_search"] == 32
+    assert served.meta.params["ef_search"] == 32
     assert open_index(rebuild_index(models, root, kind="flat")).kind == "flat"
 
 

@@ -101,7 +101,7 @@ def test_recommend_equals_the_index_answer_with_metadata(
         index.model.items.years[row],
     )
     assert response.index_version == index.version
-    assert response.model_version.endswith("@" + index.manifest.meta["source_model"]["manifest_sha256"][:12])
+    assert response.model_version.endswith("@" + index.meta.source_model_sha256[:12])
 
 
 def test_excluded_and_seen_items_never_come_back(stub: pb_grpc.RecommenderServiceStub, index: ServingIndex) -> None:

@@ -10,7 +10,6 @@ from bundle_factory import item_id_of_row, user_id_of_row
 from server_harness import make_index
 
 from movierec.index import ServingIndex, open_index
-from movierec.server import engine as engine_module
 from movierec.server.engine import ServingEngine
 from movierec.server.errors import RequestError
 from movierec.server.limits import Limits
@@ -25,36 +24,6 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> ServingIndex:
     return open_index(root)
 
 
-@pytest.mark.parametrize("dense_table", [True, False], ids=["dense-table", "binary-search"])
-def test_exclusion_ids_map_to_the_same_rows_as_the_index(
-    index: ServingIndex, dense_table: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not dense_table:
-        monkeypatch.setattr(engine_module, "MAX_LOOKUP_IDS", 0)
-    engine = ServingEngine(index, Limits())
-    assert (engine._item_lookup is not None) == dense_table
-    known = [item_id_of_row(r) for r in (0, 7, N_ITEMS - 1, 7)]  # a duplicate stays a duplicate
-    unknown = [-10, 0, 5, item_id_of_row(N_ITEMS), 10**12, 2**62]
-    wanted = [unknown[0], known[0], unknown[1], known[1], unknown[2], known[2], unknown[3], known[3], *unknown[4:]]
-    rows = engine._item_rows(wanted)
-    assert rows.tolist() == index.item_rows(np.array(wanted, dtype=np.int64)).tolist() == [0, 7, N_ITEMS - 1, 7]
-
-
-@pytest.mark.parametrize("dense_table", [True, False], ids=["dense-table", "binary-search"])
-def test_user_ids_map_to_the_same_rows_as_the_index(
-    index: ServingIndex, dense_table: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not dense_table:
-        monkeypatch.setattr(engine_module, "MAX_LOOKUP_IDS", 0)
-    engine = ServingEngine(index, Limits())
-    assert (engine._user_lookup is not None) == dense_table
-    known = [user_id_of_row(r) for r in range(index.n_users)]
-    unknown = [-10, -1, 0, 4, user_id_of_row(index.n_users), 10**12, 2**62]  # the factory's user ids are odd
-    for user_id in known + unknown:
-        assert engine._user_row(user_id) == index.user_row(user_id), user_id
-    assert [engine._user_row(u) for u in known] == list(range(index.n_users))
-
-
 def test_a_batch_mixes_valid_and_invalid_queries_and_groups_by_k(index: ServingIndex) -> None:
     engine = ServingEngine(index, Limits(max_k=20, max_exclude_item_ids=3))
     queries = [
@@ -67,12 +36,12 @@ def test_a_batch_mixes_valid_and_invalid_queries_and_groups_by_k(index: ServingI
     ]
     answers = engine.recommend(queries)
     assert [type(a).__name__ for a in answers] == [
-        "Answered",
+        "Answer",
         "RequestError",
-        "Answered",
+        "Answer",
         "RequestError",
         "RequestError",
-        "Answered",
+        "Answer",
     ]
     for slot, user_row, k, extra in ((0, 0, 5, []), (2, 2, 7, [3]), (5, 4, 5, [])):
         (expected,) = index.recommend([user_row], k, extra_exclude=[np.array(extra, dtype=np.int32)])
@@ -99,5 +68,5 @@ def test_compacted_events_exclude_for_known_and_new_users(tmp_path: Path, new_us
     answers = engine.recommend([pb.RecommendRequest(user_id=user, k=20) for user in users])
     for user, answer in zip(users, answers, strict=True):
         assert not isinstance(answer, RequestError), f"user {user}: {answer}"
-        ids = set(engine.index.model.item_ids[answer.item_rows].tolist())
+        ids = set(engine.index.item_ids[answer.item_rows].tolist())
         assert not ids & set(watched) and (user == known or item_id_of_row(user) not in ids)
