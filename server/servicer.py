@@ -14,15 +14,17 @@ with load instead of paying one search per message.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_status import rpc_status
 
+from movierec.index import Recommendation
 from movierec.server.engine import Answer, ServingEngine
 from movierec.server.errors import RequestError, invalid_argument, not_ready
-from movierec.server.interaction_log import InteractionLog, InteractionLogError, InvalidInteractions
+from movierec.server.interaction_log import InteractionLogError, InvalidInteractions
+from movierec.server.live_events import LiveEventStore
 from movierec.server.metrics import ServerMetrics
 from movierec.server.reload import IndexReloader
 from movierec.server.state import ServingState
@@ -35,6 +37,14 @@ QUEUE_BATCHES = 4
 
 _END_OF_STREAM = object()
 STREAM_METHOD = f"/{pb.DESCRIPTOR.services_by_name['RecommenderService'].full_name}/RecommendStream"
+# Every response that carries ranked items (and the versions that produced them).
+ItemsResponse = TypeVar(
+    "ItemsResponse",
+    pb.RecommendResponse,
+    pb.RecommendStreamResponse,
+    pb.SimilarItemsResponse,
+    pb.RecommendForItemsResponse,
+)
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
@@ -55,22 +65,15 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self._metrics = metrics
         self.active_streams = 0
         # Set by the server once the first index is loaded (the log replays from that index's offset).
-        self.log: InteractionLog | None = None
+        self.log: LiveEventStore | None = None
         self.reloader: IndexReloader | None = None
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
     ) -> pb.RecommendResponse:
-        engine = await self._engine_or_abort(context)
-        await _abort_if_expired(context)
-        (answer,) = engine.recommend([request])
-        if isinstance(answer, RequestError):
-            await _abort(context, answer)
-        response = pb.RecommendResponse(
-            request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
+        return await self._answer(
+            context, request.request_id, pb.RecommendResponse, lambda engine: engine.recommend([request])[0]
         )
-        engine.write_items(response.items, answer)
-        return response
 
     async def RecommendStream(
         self,
@@ -125,17 +128,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         request: pb.SimilarItemsRequest,
         context: grpc.aio.ServicerContext[pb.SimilarItemsRequest, pb.SimilarItemsResponse],
     ) -> pb.SimilarItemsResponse:
-        engine = await self._engine_or_abort(context)
-        await _abort_if_expired(context)
-        try:
-            result = engine.similar_items(request)
-        except RequestError as error:
-            await _abort(context, error)
-        response = pb.SimilarItemsResponse(
-            request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
+        return await self._answer(
+            context, request.request_id, pb.SimilarItemsResponse, lambda engine: engine.similar_items(request)
         )
-        engine.write_items(response.items, result)
-        return response
 
     async def GetInfo(
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext[pb.GetInfoRequest, pb.GetInfoResponse]
@@ -175,17 +170,12 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         request: pb.RecommendForItemsRequest,
         context: grpc.aio.ServicerContext[pb.RecommendForItemsRequest, pb.RecommendForItemsResponse],
     ) -> pb.RecommendForItemsResponse:
-        engine = await self._engine_or_abort(context)
-        await _abort_if_expired(context)
-        try:
-            answer = engine.recommend_for_items(request)
-        except RequestError as error:
-            await _abort(context, error)
-        response = pb.RecommendForItemsResponse(
-            request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
+        return await self._answer(
+            context,
+            request.request_id,
+            pb.RecommendForItemsResponse,
+            lambda engine: engine.recommend_for_items(request),
         )
-        engine.write_items(response.items, answer)
-        return response
 
     async def ReloadIndex(
         self,
@@ -217,7 +207,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             engine = self._state.require_engine()
         except RequestError as error:
             return [pb.RecommendStreamResponse(request_id=r.request_id, error=error.to_status()) for r in batch]
-        answers: list[Answer] = engine.recommend(batch)
+        answers: list[Answer | RequestError] = engine.recommend(batch)
         responses = []
         for request, answer in zip(batch, answers, strict=True):
             if isinstance(answer, RequestError):
@@ -225,18 +215,44 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 if self._metrics is not None:
                     self._metrics.stream_message_error(STREAM_METHOD, answer.code)
                 continue
-            response = pb.RecommendStreamResponse(
-                request_id=request.request_id, model_version=engine.model_version, index_version=engine.index_version
-            )
-            engine.write_items(response.items, answer)
-            responses.append(response)
+            responses.append(_items_response(engine, pb.RecommendStreamResponse, request.request_id, answer))
         return responses
+
+    async def _answer(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        request_id: str,
+        response_type: type[ItemsResponse],
+        search: Callable[[ServingEngine], Recommendation | RequestError],
+    ) -> ItemsResponse:
+        """Every unary call that answers with items: the engine serving now (UNAVAILABLE while none), no search
+        for a caller whose deadline has passed, a bad request aborted with its status (returned or raised by
+        ``search``), and the answer with the versions that produced it."""
+        engine = await self._engine_or_abort(context)
+        await _abort_if_expired(context)
+        try:
+            result = search(engine)
+        except RequestError as error:
+            result = error
+        if isinstance(result, RequestError):
+            await _abort(context, result)
+        return _items_response(engine, response_type, request_id, result)
 
     async def _engine_or_abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> ServingEngine:
         try:
             return self._state.require_engine()
         except RequestError as error:
             await _abort(context, error)
+
+
+def _items_response(
+    engine: ServingEngine, response_type: type[ItemsResponse], request_id: str, result: Recommendation
+) -> ItemsResponse:
+    response = response_type(
+        request_id=request_id, model_version=engine.model_version, index_version=engine.index_version
+    )
+    engine.write_items(response.items, result)
+    return response
 
 
 async def _read_all(requests: AsyncIterator[object], inbox: asyncio.Queue[object]) -> None:
