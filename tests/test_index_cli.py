@@ -106,7 +106,25 @@ def test_info_flattens_nested_model_metrics(recctl: Run, tmp_path: Path) -> None
     write_model_bundle(bundle, tmp_path / "model")
     recctl("index", "build", "--model", tmp_path / "model", "--out", tmp_path / "index")
     code, out, _err = recctl("index", "info", "--index", tmp_path / "index")
-    assert code == 0 and "epochs=7.0000 test.ndcg@10=0.1250 test.recall@10=0.2500" in out
+    assert code == 0 and "epochs=7 test.ndcg@10=0.1250 test.recall@10=0.2500" in out
+
+
+def test_info_shows_recall_at_20_first(recctl: Run, tmp_path: Path) -> None:
+    metrics = {"ndcg@10": 0.2, "ndcg@20": 0.25, "precision@10": 0.1, "recall@10": 0.2, "recall@20": 0.3125}
+    write_model_bundle(replace(make_bundle(4, 10, 3, 2, 0), metrics=metrics), tmp_path / "model")
+    recctl("index", "build", "--model", tmp_path / "model", "--out", tmp_path / "index")
+    code, out, _err = recctl("index", "info", "--index", tmp_path / "index")
+    assert code == 0 and "recall@20=0.3125 ndcg@20=0.2500" in out and "precision@10" not in out
+
+
+@pytest.mark.parametrize("folder", ["empty", "index/v0001", "model"])
+def test_info_refuses_a_folder_that_is_not_an_index_store(
+    recctl: Run, model: Path, tmp_path: Path, folder: str
+) -> None:
+    recctl("index", "build", "--model", model, "--out", tmp_path / "index")
+    (tmp_path / "empty").mkdir()
+    code, out, err = recctl("index", "info", "--index", tmp_path / folder)
+    assert code == 1 and out == "" and err.count("\n") == 1 and "not an index store" in err
 
 
 def test_prune(recctl: Run, model: Path, tmp_path: Path) -> None:

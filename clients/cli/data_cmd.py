@@ -11,6 +11,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from movierec.clients.cli.help import data_default_help
 from movierec.clients.cli.output import print_json, print_table
 from movierec.errors import MovierecError
 from movierec.paths import default_ml1m_dir
@@ -48,7 +49,7 @@ def register(commands: Any) -> None:
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", type=Path, metavar="PATH", help="dataset folder or ratings file (default: the MovieLens-1M copy)"
+        "--data", type=Path, metavar="PATH", help=f"dataset folder or ratings file ({data_default_help()})"
     )
     parser.add_argument("--format", dest="fmt", metavar="F", help=FORMAT_HELP)
     parser.add_argument(
@@ -56,7 +57,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         metavar="ROLE=NAME,...",
         help="for --format table: which header is user/item/rating/timestamp, e.g. user=uid,item=mid,rating=stars",
     )
-    parser.add_argument("--min-rating", type=float, default=4.0, metavar="R", help="positives: rating >= R (4)")
+    parser.add_argument("--min-rating", type=float, default=4.0, metavar="R", help="positives: rating >= R")
 
 
 def _parse_columns(text: str | None) -> dict[str, str] | None:

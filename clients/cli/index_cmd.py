@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from movierec.index.events import SeenEvents
 
 T = TypeVar("T")
+# What `index info` shows of a model's metrics.json: the accuracy figures the README reports.
+HEADLINE_METRICS = ("recall@20", "ndcg@20")
 
 
 def register(commands: Any) -> None:
@@ -151,7 +153,10 @@ def _prune(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from movierec.index.info import describe_store
 
+    _require_store(args.index)
     store = describe_store(args.index, verify=not args.no_verify)
+    if not store.versions and store.current is None and store.current_problem is None:
+        raise MovierecError("not an index store: no versions (v0001, ...) and no CURRENT pointer", path=args.index)
     if args.json:
         print_json(store.to_json())
         return 0
@@ -175,17 +180,34 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_store(root: Path) -> None:
+    """One bundle (an index version, a model) is not a store; say which folder to pass instead."""
+    from movierec.bundle import MANIFEST_NAME
+
+    if (root / MANIFEST_NAME).is_file():
+        raise MovierecError(
+            f"a single bundle, not an index store: pass the store that holds it ({root.parent})", path=root
+        )
+
+
 def _metrics_summary(metrics: dict[str, Any]) -> str:
-    """Up to four numbers from the model's metrics.json, nested keys joined by dots (e.g. test.recall@10)."""
-    scalars = [f"{name}={value:.4f}" for name, value in sorted(_flatten(metrics).items())]
-    return " ".join(scalars[:4]) or "-"
+    """The model's headline test metrics (Recall@20, NDCG@20) when its metrics.json has them, else up to four
+    of its numbers, nested keys joined by dots (e.g. test.recall@10)."""
+    flat = _flatten(metrics)
+    shown = [name for name in HEADLINE_METRICS if name in flat] or sorted(flat)[:4]
+    return " ".join(f"{name}={_number(flat[name])}" for name in shown) or "-"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves by dotted name; integers (counts, epochs) stay integers."""
     flat: dict[str, float] = {}
     for name, value in metrics.items():
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{name}."))
         elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[f"{prefix}{name}"] = float(value)
+            flat[f"{prefix}{name}"] = value
     return flat

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from movierec import __version__
+from movierec.clients.cli.help import RecctlParser
 from movierec.errors import MovierecError
 
 COMMAND_MODULES = (
@@ -27,8 +28,29 @@ COMMAND_MODULES = (
 )
 
 
+DESCRIPTION = """\
+recctl trains LightGCN movie recommenders on MovieLens ratings, indexes them
+with FAISS and serves them over gRPC: from a ratings folder to a running
+service and its answers, one command per step."""
+
+EPILOG = """\
+a first run, step by step:
+  recctl data stats                                 what the ratings hold (--data: see its --help)
+  recctl train --out models/ml1m                    train LightGCN into a model bundle
+  recctl evaluate --model models/ml1m               its test metrics, recomputed from the bundle
+  recctl index build --model models/ml1m --out idx  a new FAISS index version; CURRENT points at it
+  recctl serve --index idx                          serve it on 127.0.0.1:50051 until Ctrl-C
+then, from another terminal:
+  recctl recommend --user 1                         user 1's top 10 unseen movies, and why
+  recctl similar --item 2571                        movies near movie 2571
+  recctl info                                       what the server serves
+
+Every command has its own --help with its options and their defaults.
+Errors are one line on stderr and exit status 1 (2 for a bad command line)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recctl", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = RecctlParser(prog="recctl", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"recctl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True

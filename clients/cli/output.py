@@ -26,6 +26,17 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def readable_number(value: float) -> str:
+    """A number as a person reads it: integral values without ``.0`` (JSON and protobuf Struct numbers arrive
+    as floats, so counts come back as ``6022.0``), others to four significant digits (one decimal from 1000 up,
+    where ``:g`` would switch to exponents)."""
+    if value.is_integer():
+        return str(int(value))
+    if abs(value) >= 1000:
+        return f"{value:.1f}"
+    return f"{value:.4g}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from movierec.clients.cli.output import print_json, print_table
+from movierec.clients.cli.output import print_json, print_table, readable_number
 from movierec.errors import MovierecError
 
 if TYPE_CHECKING:
@@ -107,21 +107,29 @@ def server_address(text: str) -> str:
 
 def _recommend(args: argparse.Namespace) -> int:
     item_filter = _item_filter(args)
+
+    def ask(client: RecommenderClient) -> tuple[Recommendations, dict[int, str]]:
+        if args.liked is not None:
+            result = client.recommend_for_items(args.liked, args.k, args.exclude, item_filter=item_filter, explain=True)
+        else:
+            result = client.recommend(args.user, args.k, args.exclude, item_filter=item_filter, explain=True)
+        if args.json:
+            return result, {}
+        explained: dict[int, int] = {}  # "because" movie -> the first recommendation it explains
+        for item in result.items:
+            if item.because_item_id is not None:
+                explained.setdefault(item.because_item_id, item.item_id)
+        wanted = set(explained) | set(args.liked or ())
+        anchors = list(explained.values()) or [item.item_id for item in result.items[:1]]
+        return result, look_up_titles(client, wanted, anchors)
+
+    result, titles = _ask(args, ask)
     if args.liked is not None:
-        result = _ask(
-            args,
-            lambda client: client.recommend_for_items(
-                args.liked, args.k, args.exclude, item_filter=item_filter, explain=True
-            ),
-        )
-        heading = f"Top {len(result.items)} for someone who liked {', '.join(map(str, args.liked))}"
+        liked = ", ".join(_movie(item_id, titles) for item_id in args.liked)
+        heading = f"Top {len(result.items)} for someone who liked {liked}"
     else:
-        result = _ask(
-            args,
-            lambda client: client.recommend(args.user, args.k, args.exclude, item_filter=item_filter, explain=True),
-        )
         heading = f"Top {len(result.items)} for user {args.user}"
-    _print_recommendations(result, args.json, heading)
+    _print_recommendations(result, args.json, heading, titles)
     return 0
 
 
@@ -148,11 +156,53 @@ def _reload(args: argparse.Namespace) -> int:
 
 def _similar(args: argparse.Namespace) -> int:
     item_filter = _item_filter(args)
-    result = _ask(
-        args, lambda client: client.similar_items(args.item, args.k, user_id=args.user, item_filter=item_filter)
-    )
-    _print_recommendations(result, args.json, f"{len(result.items)} movies similar to {args.item}")
+
+    def ask(client: RecommenderClient) -> tuple[Recommendations, dict[int, str]]:
+        result = client.similar_items(args.item, args.k, user_id=args.user, item_filter=item_filter)
+        if args.json:
+            return result, {}
+        return result, look_up_titles(client, {args.item}, anchors=[item.item_id for item in result.items[:1]])
+
+    result, titles = _ask(args, ask)
+    heading = f"{len(result.items)} movies similar to {_movie(args.item, titles)}"
+    _print_recommendations(result, args.json, heading, titles)
     return 0
+
+
+def look_up_titles(client: RecommenderClient, wanted: set[int], anchors: Sequence[int]) -> dict[int, str]:
+    """Titles of the ``wanted`` movie ids, as far as the server's answers show them (best effort).
+
+    The API has no lookup by id, and no answer holds the ids a table needs
+    named: SimilarItems leaves out its query movie, Recommend the user's seen
+    movies (where every "because" movie comes from). So this asks for the
+    neighbours of each anchor, a movie near the wanted ones (the recommendation
+    a "because" movie explains, the nearest similar movie), with
+    k = min(max_k, catalogue size - 1): the whole catalogue when it fits the
+    server's max_k, else the anchor's max_k nearest. One GetInfo plus at most
+    one SimilarItems per anchor, stopping once every title is found; ids not
+    found, or a failed lookup, stay unnamed (shown as ids).
+    """
+    from movierec.clients.client import RecommenderError
+
+    titles: dict[int, str] = {}
+    if not wanted or not anchors:
+        return titles
+    try:
+        info = client.info()
+        k = min(info.max_k, info.item_count - 1)
+        for anchor in anchors:
+            if k < 1 or wanted <= titles.keys():
+                break
+            neighbours = client.similar_items(anchor, k)
+            titles.update((item.item_id, item.title) for item in neighbours.items if item.item_id in wanted)
+    except RecommenderError:
+        pass  # titles only decorate the table, which stands without them
+    return titles
+
+
+def _movie(item_id: int, titles: dict[int, str]) -> str:
+    """``Heat (movie 6)`` when the title is known, else ``movie 6``."""
+    return f"{titles[item_id]} (movie {item_id})" if item_id in titles else f"movie {item_id}"
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -173,8 +223,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _cell(value: Any) -> str:
-    """Lists (the genres) as comma-separated names rather than a Python tuple."""
-    return ", ".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+    """Lists (the genres) as comma-separated names rather than a Python tuple; numbers made readable."""
+    if isinstance(value, tuple | list):
+        return ", ".join(map(str, value))
+    if isinstance(value, float):
+        return readable_number(value)
+    return str(value)
 
 
 def _ask(args: argparse.Namespace, call: Callable[[RecommenderClient], T]) -> T:
@@ -192,20 +246,26 @@ def _ask(args: argparse.Namespace, call: Callable[[RecommenderClient], T]) -> T:
             raise MovierecError(f"server at {args.server} refused the request: {exc}") from None
 
 
-def _print_recommendations(result: Recommendations, as_json: bool, heading: str) -> None:
+def _print_recommendations(result: Recommendations, as_json: bool, heading: str, titles: dict[int, str]) -> None:
     if as_json:
-        print_json(dataclasses.asdict(result))
+        answer = dataclasses.asdict(result)
+        if not answer["request_id"]:  # the CLI sends none; an empty string would only look like a missing value
+            del answer["request_id"]
+        print_json(answer)
         return
     print(f"{heading} (index {result.index_version}, model {result.model_version})")
     rows = [
         (
             item.rank,
             item.title,
+            "" if item.year is None else item.year,
             "|".join(item.genres),
             item.item_id,
             round(item.score, 4),
-            "" if item.because_item_id is None else item.because_item_id,
+            "" if item.because_item_id is None else _movie(item.because_item_id, titles),
         )
         for item in result.items
     ]
-    print_table(["rank", "title", "genres", "movie id", "score", "because"], rows)
+    headers = ["rank", "title", "year", "genres", "movie id", "score", "because you liked"]
+    explained = any(item.because_item_id is not None for item in result.items)
+    print_table(headers if explained else headers[:-1], [row if explained else row[:-1] for row in rows])

@@ -103,11 +103,29 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise MovierecError("TLS needs both --tls-cert and --tls-key")
+    check_index_path(args.index)
     try:
         asyncio.run(serve(config, announce))
     except OSError as exc:
         raise MovierecError(str(exc)) from None
     return 0
+
+
+def check_index_path(path: Path) -> None:
+    """Refuse a path that is neither an index version nor a store with a CURRENT version, before the port opens.
+
+    The server loads (and verifies every checksum of) the index only after it
+    listens, so that health checks answer NOT_SERVING meanwhile; a typo in
+    ``--index`` would otherwise announce "listening" and then die. This reads
+    the manifest only (milliseconds): a damaged file is still found by the load.
+    """
+    from movierec.bundle import read_manifest
+    from movierec.index.layout import INDEX_KIND
+    from movierec.index.serving import resolve_version_dir
+
+    if not path.exists():
+        raise MovierecError("no such index store or version (build one with 'recctl index build')", path=path)
+    read_manifest(resolve_version_dir(path), INDEX_KIND, verify=False)
 
 
 def _port(text: str) -> int:
