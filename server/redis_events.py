@@ -1,0 +1,643 @@
+"""Live "watched" events shared by every replica through Redis: the multi-replica twin of the SQLite log.
+
+:class:`RedisEventStore` has :class:`~movierec.server.interaction_log.InteractionLog`'s
+public methods and semantics (``record``, ``extra_seen``, ``liked``,
+``last_offset``, ``export``, ``truncate_through``, ``close``; replay after
+``replay_after`` at start; :class:`InvalidInteractions` for bad input): it is a
+:class:`~movierec.server.live_events.LiveEventStore`, so the server and
+``recctl index rebuild`` can hold either one.
+
+Data layout (one namespace, default ``movierec``; the ``{...}`` hash tag keeps
+every key of a namespace in one Redis Cluster slot, as the scripts require):
+
+* ``{ns}:seq`` -- string counter: the highest offset ever assigned. It only
+  grows (compaction never lowers it), so offsets are never reused.
+* ``{ns}:events`` -- a stream with one entry per ``record`` call. The entry id
+  is ``<last offset>-0``: the call's events hold offsets ``last - n + 1 ..
+  last``, one per item, exactly as the SQLite log numbers its rows. Fields:
+  ``u`` user id, ``n`` item count, ``i`` item ids and ``t`` event times
+  (little-endian int64 arrays), ``r`` ratings (little-endian float64, NaN:
+  none), ``at`` the server's clock when stored.
+* ``{ns}:trimmed`` -- the highest offset compacted away: events at or below it
+  are deleted. ``XTRIM`` removes whole entries, so a call that straddles the
+  point keeps its entry and readers skip its compacted events.
+* ``{ns}:rid:<user>:<request_id>`` -- the offset a ``request_id`` was stored
+  at, with a TTL (default 24 h): a retried call within the TTL is stored once.
+
+A call is one Lua script (dedupe check, counter, ``XADD``, dedupe key), so its
+events are stored all or none and two writers never interleave offsets.
+``truncate_through`` is ``XTRIM MINID`` with the trim point (and a counter bump
+so no later write can land below the trimmed range).
+
+Durability: ``record`` returns only after Redis replied to the script. With
+``appendonly yes`` and ``appendfsync always`` Redis fsyncs the AOF before it
+replies, so an acknowledged event survives kill -9 of Redis (and of this
+process) and power loss. With ``appendfsync everysec`` a Redis crash or power
+loss can drop about the last second of acknowledged events (a plain kill -9 of
+the Redis process loses nothing: the data is already in the kernel); without
+AOF, everything since the last RDB snapshot. Replicas keep what they already
+applied in memory, and each write raises the counter to at least what the
+writer has seen, so offsets are not reused even then. :attr:`durability_note`
+says at start when the server's settings do not give the guarantee.
+
+Replicas: each keeps a local per-user view (immutable sorted arrays, a lock-free
+read path) and a background thread follows the stream with ``XREAD BLOCK``, so
+another replica's write is visible here within milliseconds; ``record``
+applies its own events at once. Applying is keyed by offset (an item keeps its
+newest event), so the thread and ``record`` may deliver an event twice in any
+order. While Redis is unreachable, ``record`` raises :class:`EventStoreUnavailable`
+(nothing acknowledged that is not stored), reads go on from the local view
+(stale: other replicas' events since the outage are missing), :attr:`healthy`
+is False, and the follower retries with backoff, catching up from the last
+offset it saw once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from movierec.errors import MovierecError
+from movierec.index.events import SeenEvents
+from movierec.server.interaction_log import (
+    DEFAULT_LIKE_THRESHOLD,
+    DEFAULT_MAX_ITEMS_PER_CALL,
+    InteractionLogError,
+    _validated_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "movierec"
+DEFAULT_REQUEST_ID_TTL_S = 86_400.0
+"""How long a ``request_id`` is remembered: a call retried within a day is stored once."""
+DEFAULT_SOCKET_TIMEOUT_S = 2.0
+"""A write to a Redis that hangs (not closed: e.g. paused) fails after this long, as UNAVAILABLE."""
+
+_FOLLOW_BLOCK_MS = 200
+"""``XREAD BLOCK`` returns at once on a new entry; this only bounds how long ``close`` waits for the thread."""
+_PAGE = 1000
+_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.05, 1.0
+_EMPTY = np.zeros(0, dtype=np.int64)
+_EMPTY.setflags(write=False)
+
+# KEYS: stream, counter, dedupe key. ARGV: item count, floor, dedupe TTL (ms; 0: no request id), user, items,
+# ratings, times, at.
+# Returns {offset, 1 when the request id was already stored (offset is the stored call's)}.
+_RECORD_SCRIPT = """
+local dedupe = ARGV[3] ~= '0'
+if dedupe then
+    local prior = redis.call('GET', KEYS[3])
+    if prior then return {tonumber(prior), 1} end
+end
+local top = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(ARGV[2])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if newest then
+    local newest_offset = tonumber(string.match(newest[1], '^(%d+)'))
+    if newest_offset > floor then floor = newest_offset end
+end
+if floor > top then redis.call('SET', KEYS[2], string.format('%d', floor)) end
+local last = redis.call('INCRBY', KEYS[2], ARGV[1])
+local id = string.format('%d', last)
+redis.call('XADD', KEYS[1], id .. '-0', 'u', ARGV[4], 'n', ARGV[1], 'i', ARGV[5], 'r', ARGV[6], 't', ARGV[7],
+    'at', ARGV[8])
+if dedupe then redis.call('SET', KEYS[3], id, 'PX', ARGV[3]) end
+return {last, 0}
+"""
+
+# KEYS: stream, counter, trim point. ARGV: offset, first id kept. Returns the trim point before this call.
+_TRIM_SCRIPT = """
+local offset = tonumber(ARGV[1])
+local top = tonumber(redis.call('GET', KEYS[2]) or '0')
+if top < offset then redis.call('SET', KEYS[2], ARGV[1]) end
+local before = tonumber(redis.call('GET', KEYS[3]) or '0')
+if before < offset then redis.call('SET', KEYS[3], ARGV[1]) end
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+return before
+"""
+
+
+class InvalidEventsUrl(MovierecError):
+    """An ``--events`` URL that does not name a Redis database (the CLI prints it on one line)."""
+
+
+class EventStoreUnavailable(InteractionLogError):
+    """Redis did not accept or answer a call: nothing was acknowledged (the server answers UNAVAILABLE).
+
+    A subclass of :class:`InteractionLogError`, so code written for the SQLite
+    log already maps it to UNAVAILABLE.
+    """
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where the events live, parsed from ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`` (``rediss://``: TLS)."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @property
+    def display(self) -> str:
+        """The URL without its password, for logs and error messages."""
+        scheme = "rediss" if self.tls else "redis"
+        user = f"{self.username or ''}:***@" if self.password else (f"{self.username}@" if self.username else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{user}{host}:{self.port}/{self.db}"
+
+
+def parse_events_url(url: str) -> RedisTarget:
+    """Parse a Redis URL, refusing anything this store would misread (an error names the part at fault)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidEventsUrl(f"not a Redis URL ({exc}): expected redis://HOST:PORT/DB") from None
+    if parts.scheme not in ("redis", "rediss"):
+        shown = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise InvalidEventsUrl(f"unsupported scheme ({shown}): expected redis://HOST:PORT/DB or rediss://")
+    if not parts.hostname:
+        raise InvalidEventsUrl("no host in the URL: expected redis://HOST:PORT/DB")
+    if parts.query or parts.fragment:
+        raise InvalidEventsUrl("options after '?' or '#' are not supported: expected redis://HOST:PORT/DB")
+    if port == 0:
+        raise InvalidEventsUrl("port 0 is not a Redis port: expected 1-65535")
+    db_text = parts.path.removeprefix("/")
+    if db_text and not (db_text.isascii() and db_text.isdigit()):
+        raise InvalidEventsUrl(f"database {db_text!r} is not a number: expected redis://HOST:PORT/DB, DB >= 0")
+    return RedisTarget(
+        host=parts.hostname,
+        port=port or 6379,
+        db=int(db_text) if db_text else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=parts.scheme == "rediss",
+    )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One stored call: events ``first .. last`` (offsets) for one user."""
+
+    last: int
+    user_id: int
+    item_ids: npt.NDArray[np.int64]
+    ratings: npt.NDArray[np.float64]
+    times: npt.NDArray[np.int64]
+
+    @property
+    def first(self) -> int:
+        return self.last - int(self.item_ids.shape[0]) + 1
+
+    @property
+    def offsets(self) -> npt.NDArray[np.int64]:
+        return np.arange(self.first, self.last + 1, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _UserView:
+    """One user's live interactions; replaced whole on every write, never mutated."""
+
+    seen: npt.NDArray[np.int64]
+    liked: npt.NDArray[np.int64]
+
+
+class RedisEventStore:
+    """Live events in a Redis stream, shared by every replica, with a local lock-free read path.
+
+    ``replay_after`` skips events already merged into the bundle being served.
+    ``follow=False`` opens without the follower thread (``recctl index
+    rebuild`` only exports and truncates). Raises :class:`EventStoreUnavailable`
+    when Redis cannot be reached at start: a replica that has not replayed the
+    events must not serve.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        replay_after: int = 0,
+        like_threshold: float = DEFAULT_LIKE_THRESHOLD,
+        max_items_per_call: int = DEFAULT_MAX_ITEMS_PER_CALL,
+        namespace: str = DEFAULT_NAMESPACE,
+        request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S,
+        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+        follow: bool = True,
+    ) -> None:
+        if replay_after < 0:
+            raise ValueError("replay_after must be >= 0")
+        if max_items_per_call < 1:
+            raise ValueError("max_items_per_call must be >= 1")
+        if request_id_ttl_s < 0.001:
+            raise ValueError("request_id_ttl_s must be at least 0.001 (one millisecond)")
+        if not namespace or any(c in namespace for c in "{}"):
+            raise ValueError("namespace must be non-empty and free of '{' and '}'")
+        self.target = parse_events_url(url)
+        self.like_threshold = like_threshold
+        self.max_items_per_call = max_items_per_call
+        self._request_id_ttl_ms = round(request_id_ttl_s * 1000)
+        self._stream_key = f"{{{namespace}}}:events"
+        self._counter_key = f"{{{namespace}}}:seq"
+        self._trimmed_key = f"{{{namespace}}}:trimmed"
+        self._request_key_prefix = f"{{{namespace}}}:rid:"
+        self._client = _connect(self.target, socket_timeout_s)
+        self._record_script = self._client.register_script(_RECORD_SCRIPT)
+        self._trim_script = self._client.register_script(_TRIM_SCRIPT)
+        self._state_lock = threading.Lock()
+        self._latest: dict[int, dict[int, tuple[float, int]]] = {}  # user -> item -> (rating or NaN, offset)
+        self._views: dict[int, _UserView] = {}
+        self._last_offset = 0
+        self._trimmed_through = replay_after  # events at or below this are in the index: never applied
+        self._last_error: str | None = None
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
+        try:
+            self.durability_note = self._check_durability()
+            self._cursor = self._replay(replay_after)
+        except BaseException:
+            self._client.close()
+            raise
+        if follow:
+            self._follower = threading.Thread(target=self._follow, name="redis-events-follower", daemon=True)
+            self._follower.start()
+
+    # -- hot path ---------------------------------------------------------------------------------
+
+    def extra_seen(self, user_id: int) -> npt.NDArray[np.int64]:
+        """Sorted item ids ``user_id`` interacted with live (read-only; empty when none)."""
+        view = self._views.get(user_id)
+        return _EMPTY if view is None else view.seen
+
+    def liked(self, user_id: int) -> npt.NDArray[np.int64]:
+        """Sorted item ids whose latest event has no rating or one >= ``like_threshold``: fold-in input."""
+        view = self._views.get(user_id)
+        return _EMPTY if view is None else view.liked
+
+    @property
+    def last_offset(self) -> int:
+        """The newest offset this replica has stored, replayed or followed (0 when none)."""
+        return self._last_offset
+
+    @property
+    def healthy(self) -> bool:
+        """False while the last Redis call (a write or the follower's read) failed: reads are then stale."""
+        return self._last_error is None
+
+    @property
+    def last_error(self) -> str | None:
+        """Why Redis is unusable right now (None when it answers), for health checks and logs."""
+        return self._last_error
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def record(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | npt.NDArray[np.integer],
+        ratings: Sequence[float | None] | None = None,
+        times: Sequence[int] | npt.NDArray[np.integer] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> int:
+        """Store one call's events in Redis (all or none), then publish them here; return the last offset.
+
+        When this returns, Redis has replied (with ``appendfsync always``: the
+        events are fsync'd) and the next :meth:`extra_seen` includes them. A
+        ``request_id`` already stored for this user within the TTL is not
+        stored again: the first call's offset is returned. Raises
+        :class:`InvalidInteractions` for bad input and
+        :class:`EventStoreUnavailable` when Redis does not confirm the write
+        (it may or may not be stored; a retry with the same ``request_id``
+        stores it once).
+        """
+        rows = _validated_rows(user_id, item_ids, ratings, times, self.max_items_per_call)
+        items, entry_ratings, entry_times = _arrays(rows)
+        request_key = (
+            f"{self._request_key_prefix}{int(user_id)}:{request_id}" if request_id else self._request_key_prefix
+        )
+        args: list[bytes | str | int] = [
+            len(rows),
+            max(self._last_offset, self._trimmed_through),
+            self._request_id_ttl_ms if request_id else 0,
+            int(user_id),
+            items.astype("<i8").tobytes(),
+            entry_ratings.astype("<f8").tobytes(),
+            entry_times.astype("<i8").tobytes(),
+            repr(rows[0][4]),
+        ]
+        try:
+            reply = cast(
+                list[int], self._record_script(keys=[self._stream_key, self._counter_key, request_key], args=args)
+            )
+            offset, duplicate = int(reply[0]), bool(reply[1])
+            stored = (
+                self._read_entry(offset)
+                if duplicate
+                else _Entry(offset, int(user_id), items, entry_ratings, entry_times)
+            )
+        except redis.RedisError as exc:
+            raise self._unavailable("could not store interactions", exc) from None
+        self._last_error = None
+        with self._state_lock:
+            self._apply_locked([] if stored is None else [stored])
+        return offset
+
+    # -- compaction -------------------------------------------------------------------------------
+
+    def export(self, after: int = 0) -> SeenEvents:
+        """Every stored event with offset > ``after``, oldest first, up to the newest one at the call.
+
+        ``recctl index rebuild --events redis://...`` merges these into the
+        next bundle and records ``last_offset`` in it.
+        """
+        try:
+            end = self._top()
+            after = max(after, self._trim_point())
+            entries = list(self._entries(after, end))
+        except redis.RedisError as exc:
+            raise self._unavailable("could not read interactions", exc) from None
+        return _events_of(entries, after)
+
+    def truncate_through(self, offset: int) -> int:
+        """Delete the events with offset <= ``offset`` (now part of a bundle); return how many were deleted.
+
+        Only this replica forgets them too (it must already serve a bundle that
+        holds them); other replicas keep theirs until they truncate themselves.
+        """
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        try:
+            doomed = list(self._entries(self._trim_point(), offset))
+            doomed += self._entries_from(offset + 1, count=1)  # one call may straddle the point
+            keys = [self._stream_key, self._counter_key, self._trimmed_key]
+            before = int(cast(int, self._trim_script(keys=keys, args=[offset, f"{offset + 1}-0"])))
+        except redis.RedisError as exc:
+            raise self._unavailable("could not truncate the events", exc) from None
+        deleted = sum(int(np.count_nonzero((e.offsets > before) & (e.offsets <= offset))) for e in doomed)
+        with self._state_lock:
+            self._trimmed_through = max(self._trimmed_through, offset)
+            latest: dict[int, dict[int, tuple[float, int]]] = {}
+            views: dict[int, _UserView] = {}
+            for user_id, items in self._latest.items():
+                kept = {item: event for item, event in items.items() if event[1] > offset}
+                if kept:
+                    latest[user_id] = kept
+                    views[user_id] = _view_of(kept, self.like_threshold)
+            self._latest, self._views = latest, views  # one swap: readers never see half a rebuild
+        return deleted
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop following and drop the connections (waits at most one ``XREAD BLOCK`` period)."""
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join()
+        self._client.close()
+
+    def __enter__(self) -> RedisEventStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _check_durability(self) -> str | None:
+        """None when Redis fsyncs every write before replying; otherwise what the operator should know."""
+        try:
+            config = {_text(k): _text(v) for k, v in cast(dict[Any, Any], self._client.config_get("append*")).items()}
+        except redis.ConnectionError as exc:
+            raise self._unavailable("cannot reach Redis", exc) from None
+        except redis.RedisError as exc:
+            note = f"cannot read Redis's persistence settings ({exc}); the no-loss guarantee needs"
+            note += " appendonly yes and appendfsync always"
+            logger.warning("live events in %s: %s", self.target.display, note)
+            return note
+        appendonly, appendfsync = config.get("appendonly", ""), config.get("appendfsync", "")
+        if appendonly == "yes" and appendfsync == "always":
+            return None
+        note = f"Redis runs with appendonly {appendonly or '?'}, appendfsync {appendfsync or '?'}:"
+        note += " a crash of Redis or its host can lose acknowledged events (set appendonly yes, appendfsync always)"
+        logger.warning("live events in %s: %s", self.target.display, note)
+        return note
+
+    def _replay(self, after: int) -> int:
+        """Load every event after ``after`` into the local views; return the follower's starting offset."""
+        try:
+            top = self._top()
+            self._trimmed_through = after = max(after, self._trim_point())
+            entries = list(self._entries(after, None))
+        except redis.RedisError as exc:
+            raise self._unavailable("cannot replay the live events", exc) from None
+        if top < after:
+            logger.warning(
+                "live events in %s stop at offset %d but the index holds events through %d: a new or reset Redis?"
+                " New offsets continue after %d",
+                self.target.display,
+                top,
+                after,
+                after,
+            )
+        with self._state_lock:
+            self._apply_locked(entries)
+            self._last_offset = max(self._last_offset, top)
+        return max(top, after, entries[-1].last if entries else 0)
+
+    def _follow(self) -> None:
+        """Apply other replicas' entries as they arrive; on failure back off, then resume from the cursor."""
+        follower = _connect(self.target, _FOLLOW_BLOCK_MS / 1000 + DEFAULT_SOCKET_TIMEOUT_S)
+        delay = _BACKOFF_FIRST_S
+        failing = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    if failing:
+                        self._check_not_rewound(follower)
+                    reply = follower.xread({self._stream_key: f"{self._cursor}-0"}, count=_PAGE, block=_FOLLOW_BLOCK_MS)
+                except redis.RedisError as exc:
+                    if not failing:
+                        logger.error("live events: lost Redis at %s (%s); retrying", self.target.display, exc)
+                    failing = True
+                    self._last_error = f"Redis at {self.target.display}: {exc}"
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, _BACKOFF_MAX_S)
+                    continue
+                if failing:
+                    logger.warning("live events: Redis at %s answers again; catching up", self.target.display)
+                    failing, delay = False, _BACKOFF_FIRST_S
+                self._last_error = None
+                for _stream, raw_entries in cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply):
+                    entries = [_decode(entry_id, fields) for entry_id, fields in raw_entries]
+                    if entries and entries[0].first > self._cursor + 1:
+                        logger.warning(
+                            "live events: offsets %d..%d were trimmed before this replica read them",
+                            self._cursor + 1,
+                            entries[0].first - 1,
+                        )
+                    with self._state_lock:
+                        self._apply_locked(entries)
+                    if entries:
+                        self._cursor = entries[-1].last
+        finally:
+            follower.close()
+
+    def _check_not_rewound(self, follower: redis.Redis) -> None:
+        """After an outage: say loudly if Redis came back without events this replica had already seen."""
+        top = int(cast(bytes | None, follower.get(self._counter_key)) or 0)
+        if top < self._cursor:
+            logger.error(
+                "live events: Redis at %s came back at offset %d, below the %d this replica had seen:"
+                " acknowledged events were lost (run Redis with appendonly yes, appendfsync always)",
+                self.target.display,
+                top,
+                self._cursor,
+            )
+
+    def _apply_locked(self, entries: list[_Entry]) -> None:
+        """Fold entries into the latest event per (user, item) and republish touched users (caller holds the lock).
+
+        An item keeps its highest-offset event, so applying an entry twice or
+        out of order changes nothing: ``record`` and the follower may race.
+        """
+        touched: set[int] = set()
+        for entry in entries:
+            latest = self._latest.setdefault(entry.user_id, {})
+            for offset, item, rating in zip(
+                entry.offsets.tolist(), entry.item_ids.tolist(), entry.ratings.tolist(), strict=True
+            ):
+                if offset <= self._trimmed_through:
+                    continue
+                prior = latest.get(item)
+                if prior is None or prior[1] < offset:
+                    latest[item] = (rating, offset)
+                    touched.add(entry.user_id)
+            self._last_offset = max(self._last_offset, entry.last)
+        for user_id in touched:
+            self._views[user_id] = _view_of(self._latest[user_id], self.like_threshold)
+
+    def _entries(self, after: int, through: int | None) -> Iterator[_Entry]:
+        """Stored entries holding an offset > ``after`` (and with last offset <= ``through``), page by page."""
+        start = f"{after + 1}-0"
+        end = "+" if through is None else f"{through}-0"
+        while True:
+            page = cast(
+                list[tuple[bytes, dict[bytes, bytes]]], self._client.xrange(self._stream_key, start, end, count=_PAGE)
+            )
+            for entry_id, fields in page:
+                yield _decode(entry_id, fields)
+            if len(page) < _PAGE:
+                return
+            start = f"({page[-1][0].decode()}"
+
+    def _entries_from(self, first_last_offset: int, *, count: int) -> list[_Entry]:
+        """Up to ``count`` entries whose last offset is >= ``first_last_offset``."""
+        page = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            self._client.xrange(self._stream_key, f"{first_last_offset}-0", "+", count=count),
+        )
+        return [_decode(entry_id, fields) for entry_id, fields in page]
+
+    def _read_entry(self, offset: int) -> _Entry | None:
+        """The stored entry whose last offset is ``offset`` (None once compacted away)."""
+        found = self._entries_from(offset, count=1)
+        return found[0] if found and found[0].last == offset else None
+
+    def _trim_point(self) -> int:
+        """The highest offset compacted away (events at or below it are deleted)."""
+        return int(cast(bytes | None, self._client.get(self._trimmed_key)) or 0)
+
+    def _top(self) -> int:
+        """The highest offset Redis has assigned."""
+        return int(cast(bytes | None, self._client.get(self._counter_key)) or 0)
+
+    def _unavailable(self, what: str, exc: redis.RedisError) -> EventStoreUnavailable:
+        self._last_error = f"Redis at {self.target.display}: {exc}"
+        return EventStoreUnavailable(f"{what}: Redis at {self.target.display} did not answer ({exc})")
+
+
+def _connect(target: RedisTarget, socket_timeout_s: float) -> redis.Redis:
+    """A client that fails fast and never resends a command on its own (a resent write could store twice)."""
+    return redis.Redis(
+        host=target.host,
+        port=target.port,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=min(socket_timeout_s, DEFAULT_SOCKET_TIMEOUT_S),
+        retry=Retry(NoBackoff(), 0),
+        client_name="movierec-events",
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _arrays(
+    rows: list[tuple[int, int, float | None, int, float]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    return (
+        np.array([row[1] for row in rows], dtype=np.int64),
+        np.array([math.nan if row[2] is None else row[2] for row in rows], dtype=np.float64),
+        np.array([row[3] for row in rows], dtype=np.int64),
+    )
+
+
+def _decode(entry_id: bytes, fields: dict[bytes, Any]) -> _Entry:
+    """A stream entry as written by the record script (ids are ``<last offset>-0``)."""
+    return _Entry(
+        last=int(entry_id.split(b"-", 1)[0]),
+        user_id=int(fields[b"u"]),
+        item_ids=np.frombuffer(fields[b"i"], dtype="<i8").astype(np.int64),
+        ratings=np.frombuffer(fields[b"r"], dtype="<f8").astype(np.float64),
+        times=np.frombuffer(fields[b"t"], dtype="<i8").astype(np.int64),
+    )
+
+
+def _events_of(entries: list[_Entry], after: int) -> SeenEvents:
+    """Entries flattened into events, dropping those at or below ``after`` (an entry may straddle it)."""
+    if not entries:
+        empty_float = np.zeros(0, dtype=np.float64)
+        return SeenEvents(_EMPTY.copy(), _EMPTY.copy(), _EMPTY.copy(), empty_float, _EMPTY.copy())
+    offsets = np.concatenate([entry.offsets for entry in entries])
+    keep = offsets > after
+    return SeenEvents(
+        offsets=offsets[keep],
+        user_ids=np.concatenate([np.full(entry.item_ids.shape[0], entry.user_id, np.int64) for entry in entries])[keep],
+        item_ids=np.concatenate([entry.item_ids for entry in entries])[keep],
+        ratings=np.concatenate([entry.ratings for entry in entries])[keep],
+        times=np.concatenate([entry.times for entry in entries])[keep],
+    )
+
+
+def _view_of(latest: dict[int, tuple[float, int]], like_threshold: float) -> _UserView:
+    """A user's sorted seen items and liked items (latest rating NaN, i.e. none, or >= the threshold)."""
+    items = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
+    ratings = np.fromiter((event[0] for event in latest.values()), dtype=np.float64, count=len(latest))
+    order = np.argsort(items)
+    items, ratings = items[order], ratings[order]
+    liked = items[np.isnan(ratings) | (ratings >= like_threshold)]
+    items.setflags(write=False)
+    liked.setflags(write=False)
+    return _UserView(seen=items, liked=liked)

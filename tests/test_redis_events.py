@@ -1,0 +1,316 @@
+"""The Redis-backed live event store against a real redis-server: same answers as the SQLite log, shared by
+replicas within 100 ms, no acknowledged event lost to kill -9, unavailable (never silently lossy) while Redis
+is down, and back on its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from redis_harness import RedisServer, running_redis
+
+from movierec.server.interaction_log import InteractionLog, InvalidInteractions
+from movierec.server.live_events import LiveEventStore
+from movierec.server.redis_events import (
+    EventStoreUnavailable,
+    InvalidEventsUrl,
+    RedisEventStore,
+    parse_events_url,
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path) as started:
+        yield started
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def _shows(store: RedisEventStore, user: int, items: list[int], *, exactly: bool = False) -> Callable[[], bool]:
+    """A condition: the store's view of ``user`` holds ``items`` (and nothing else, when ``exactly``)."""
+
+    def check() -> bool:
+        seen = store.extra_seen(user).tolist()
+        return seen == items if exactly else set(items) <= set(seen)
+
+    return check
+
+
+def _random_calls(seed: int, n: int) -> list[tuple[int, list[int], list[float | None], list[int]]]:
+    rng = np.random.default_rng(seed)
+    calls = []
+    for _ in range(n):
+        size = int(rng.integers(1, 6))
+        items = rng.integers(1, 40, size=size).tolist()  # few items: re-rated items and duplicates in one call
+        ratings: list[float | None] = [None if r < 1 else float(r) for r in rng.integers(0, 6, size=size)]
+        times = rng.integers(1_500_000_000, 1_600_000_000, size=size).tolist()
+        calls.append((int(rng.integers(1, 12)), items, ratings, times))
+    return calls
+
+
+def _assert_same_state(sqlite: InteractionLog, shared: RedisEventStore, users: range) -> None:
+    for user in users:
+        assert shared.extra_seen(user).tolist() == sqlite.extra_seen(user).tolist(), f"user {user}"
+        assert shared.liked(user).tolist() == sqlite.liked(user).tolist(), f"user {user}"
+        assert not shared.extra_seen(user).flags.writeable
+    expected, got = sqlite.export(), shared.export()
+    for name in ("offsets", "user_ids", "item_ids", "times"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    np.testing.assert_array_equal(got.ratings, expected.ratings)  # NaN == NaN here
+    assert shared.last_offset == sqlite.last_offset
+
+
+def test_same_answers_as_the_sqlite_log_through_records_compaction_and_replay(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    users = range(0, 13)
+    calls = _random_calls(seed=1, n=120)
+    with InteractionLog(tmp_path / "events.sqlite3") as sqlite, RedisEventStore(server.url) as shared:
+        for user, items, ratings, times in calls[:80]:
+            assert shared.record(user, items, ratings, times) == sqlite.record(user, items, ratings, times)
+        _assert_same_state(sqlite, shared, users)
+        middle = int(sqlite.export().offsets[150])  # inside a call: compaction may split one
+        assert shared.truncate_through(middle) == sqlite.truncate_through(middle)
+        _assert_same_state(sqlite, shared, users)
+        for user, items, ratings, times in calls[80:]:
+            assert shared.record(user, items, ratings, times) == sqlite.record(user, items, ratings, times)
+        _assert_same_state(sqlite, shared, users)
+        assert shared.export(after=middle + 7).offsets.tolist() == sqlite.export(after=middle + 7).offsets.tolist()
+    after = middle + 40
+    with (
+        InteractionLog(tmp_path / "events.sqlite3", replay_after=after) as sqlite,
+        RedisEventStore(server.url, replay_after=after) as shared,
+    ):
+        for user in users:
+            assert shared.extra_seen(user).tolist() == sqlite.extra_seen(user).tolist(), f"replayed user {user}"
+            assert shared.liked(user).tolist() == sqlite.liked(user).tolist(), f"replayed user {user}"
+        assert shared.last_offset == sqlite.last_offset
+
+
+def test_it_is_a_live_event_store(server: RedisServer) -> None:
+    store: LiveEventStore = RedisEventStore(server.url)  # mypy checks the protocol here
+    try:
+        assert store.record(5, [50]) == 1
+        assert store.extra_seen(5).tolist() == [50]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        ({"user_id": 1, "item_ids": []}, "item_ids"),
+        ({"user_id": True, "item_ids": [1]}, "user_id"),
+        ({"user_id": 2**63, "item_ids": [1]}, "user_id"),
+        ({"user_id": 1, "item_ids": [1.5]}, "item_ids"),
+        ({"user_id": 1, "item_ids": [1, 2], "ratings": [4.0]}, "ratings"),
+        ({"user_id": 1, "item_ids": [1], "ratings": [float("inf")]}, "ratings"),
+        ({"user_id": 1, "item_ids": [1], "times": [-5]}, "times"),
+        ({"user_id": 1, "item_ids": list(range(11))}, "item_ids"),
+    ],
+)
+def test_bad_calls_are_refused_as_the_sqlite_log_refuses_them(
+    server: RedisServer, tmp_path: Path, call: dict[str, object], field: str
+) -> None:
+    with (
+        InteractionLog(tmp_path / "events.sqlite3", max_items_per_call=10) as sqlite,
+        RedisEventStore(server.url, max_items_per_call=10) as shared,
+    ):
+        with pytest.raises(InvalidInteractions) as expected:
+            sqlite.record(**call)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInteractions) as refused:
+            shared.record(**call)  # type: ignore[arg-type]
+        assert (refused.value.field, str(refused.value)) == (field, str(expected.value))
+        assert len(shared.export()) == 0 and shared.last_offset == 0
+
+
+def test_two_replicas_see_each_other_within_100_ms(server: RedisServer) -> None:
+    lags: list[float] = []
+    with RedisEventStore(server.url) as first, RedisEventStore(server.url) as second:
+        for n in range(100):
+            writer, reader = (first, second) if n % 2 == 0 else (second, first)
+            item = 1000 + n
+            started = time.perf_counter()
+            writer.record(7, [item])
+            assert item in writer.extra_seen(7)  # the writer at once
+            assert _wait_until(_shows(reader, 7, [item]), timeout_s=2.0)
+            lags.append(time.perf_counter() - started)
+        assert first.extra_seen(7).tolist() == second.extra_seen(7).tolist() == list(range(1000, 1100))
+        assert _wait_until(lambda: first.last_offset == second.last_offset == 100, timeout_s=1.0)
+    lags.sort()
+    assert lags[98] < 0.1, f"p99 lag {lags[98] * 1000:.1f} ms (median {lags[50] * 1000:.1f} ms)"
+
+
+def test_concurrent_writers_on_two_replicas_get_distinct_offsets_and_lose_nothing(server: RedisServer) -> None:
+    per_thread = 25
+    with RedisEventStore(server.url) as first, RedisEventStore(server.url) as second:
+        offsets: list[list[int]] = [[] for _ in range(6)]
+
+        def write(t: int) -> None:
+            store = first if t % 2 == 0 else second
+            for j in range(per_thread):
+                offsets[t].append(store.record(user_id=t % 3, item_ids=[t * 1000 + j, t * 1000 + j + 500]))
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        flat = sorted(o for per in offsets for o in per)
+        assert flat == list(range(2, 2 * 6 * per_thread + 1, 2))  # each call holds two offsets, none shared
+        exported = first.export()
+        assert exported.offsets.tolist() == list(range(1, 2 * 6 * per_thread + 1))
+        for user in range(3):
+            expected = sorted(exported.item_ids[exported.user_ids == user].tolist())
+            assert _wait_until(_shows(first, user, expected, exactly=True), timeout_s=2.0)
+            assert _wait_until(_shows(second, user, expected, exactly=True), timeout_s=2.0)
+
+
+def test_kill_9_of_redis_loses_no_acknowledged_event(server: RedisServer) -> None:
+    acknowledged: list[tuple[int, int]] = []
+    refused = threading.Event()
+    with RedisEventStore(server.url, follow=False) as store:
+
+        def write() -> None:
+            n = 0
+            while not refused.is_set():
+                n += 1
+                try:
+                    acknowledged.append((store.record(user_id=3, item_ids=[n]), n))
+                except EventStoreUnavailable:
+                    refused.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert _wait_until(lambda: len(acknowledged) >= 200, timeout_s=10.0)
+        server.kill()
+        writer.join(timeout=10)
+        assert refused.is_set() and not writer.is_alive()
+    server.start()  # on the same AOF
+    with RedisEventStore(server.url) as restarted:
+        stored = restarted.export()
+        stored_pairs = set(zip(stored.offsets.tolist(), stored.item_ids.tolist(), strict=True))
+        assert set(acknowledged) <= stored_pairs, "an acknowledged event was lost"
+        assert restarted.extra_seen(3).tolist()[: len(acknowledged)] == [n for _, n in acknowledged]
+        assert restarted.record(3, [10**9]) > acknowledged[-1][0]
+
+
+def test_while_redis_is_down_writes_fail_loudly_reads_go_on_and_recovery_is_automatic(server: RedisServer) -> None:
+    with RedisEventStore(server.url) as first:
+        first.record(1, [10, 11])
+        assert first.healthy and first.last_error is None
+        server.kill()
+        started = time.monotonic()
+        with pytest.raises(EventStoreUnavailable, match=r"could not store interactions: Redis at redis://127\.0\.0\.1"):
+            first.record(1, [12])
+        assert time.monotonic() - started < 3.0
+        assert first.extra_seen(1).tolist() == [10, 11]  # stale reads go on; nothing unacknowledged shows
+        assert not first.healthy and first.last_error is not None and str(server.port) in first.last_error
+        assert _wait_until(lambda: not first.healthy, timeout_s=1.0)  # the follower keeps saying so
+        time.sleep(0.3)  # the follower backs off for a while
+        server.start()
+        with RedisEventStore(server.url) as second:  # another replica writes while `first` may still back off
+            written = [second.record(2, [20 + n]) for n in range(5)]
+        assert _wait_until(lambda: first.extra_seen(2).tolist() == [20, 21, 22, 23, 24], timeout_s=3.0)
+        assert first.healthy and first.last_error is None
+        assert first.record(1, [12]) == written[-1] + 1
+        assert first.extra_seen(1).tolist() == [10, 11, 12]
+
+
+def test_a_request_id_is_stored_once_and_forgotten_after_its_ttl(server: RedisServer) -> None:
+    with (
+        RedisEventStore(server.url, request_id_ttl_s=0.3) as first,
+        RedisEventStore(server.url, request_id_ttl_s=0.3, follow=False) as second,
+    ):
+        offset = first.record(1, [10, 11], request_id="call-1")
+        assert first.record(1, [10, 11], request_id="call-1") == offset  # a retry
+        assert second.record(1, [10, 11], request_id="call-1") == offset  # a retry through another replica
+        assert second.extra_seen(1).tolist() == [10, 11]  # ...that shows the stored call there at once
+        assert first.record(2, [10], request_id="call-1") != offset  # the id is per user
+        assert first.record(1, [12]) != first.record(1, [12])  # no request id: no deduplication
+        assert first.export().item_ids.tolist() == [10, 11, 10, 12, 12]
+        time.sleep(0.4)
+        assert first.record(1, [10, 11], request_id="call-1") > offset  # remembered for the TTL only
+
+
+def test_compaction_by_another_handle_leaves_a_serving_replica_whole(server: RedisServer) -> None:
+    with RedisEventStore(server.url) as serving:
+        serving.record(1, [10, 11])
+        serving.record(2, [20])
+        with RedisEventStore(server.url, follow=False) as rebuild:  # what `recctl index rebuild --events` holds
+            merged = rebuild.export()
+            serving.record(1, [12])  # arrives while the new bundle is built
+            assert rebuild.export(after=merged.last_offset).item_ids.tolist() == [12]
+            assert rebuild.truncate_through(merged.last_offset) == 3
+            assert rebuild.export().item_ids.tolist() == [12]
+        assert serving.extra_seen(1).tolist() == [10, 11, 12]  # still on the old bundle: nothing forgotten
+        assert serving.truncate_through(merged.last_offset) == 0  # its own swap: already trimmed in Redis
+        assert serving.extra_seen(1).tolist() == [12] and serving.extra_seen(2).size == 0
+    with RedisEventStore(server.url, replay_after=merged.last_offset) as restarted:
+        assert restarted.extra_seen(1).tolist() == [12]
+        last = restarted.last_offset
+        assert restarted.truncate_through(last) == 1 and len(restarted.export()) == 0
+    with RedisEventStore(server.url) as reopened:
+        assert reopened.last_offset == last  # the counter survives compaction: offsets are never reused
+        assert reopened.record(1, [13]) == last + 1
+        reopened.truncate_through(last + 50)  # past the newest: no later write may land in the trimmed range
+        assert reopened.record(1, [14]) == last + 51
+
+
+def test_durability_settings_that_break_the_guarantee_are_reported(server: RedisServer) -> None:
+    with RedisEventStore(server.url, follow=False) as store:
+        assert store.durability_note is None
+    admin = redis.Redis(host="127.0.0.1", port=server.port)
+    admin.config_set("appendfsync", "everysec")
+    admin.close()
+    with RedisEventStore(server.url, follow=False) as store:
+        assert store.durability_note is not None and "appendfsync everysec" in store.durability_note
+
+
+def test_a_redis_that_cannot_be_reached_at_start_is_a_clear_error(server: RedisServer) -> None:
+    server.kill()
+    with pytest.raises(EventStoreUnavailable, match=r"cannot reach Redis: Redis at redis://127\.0\.0\.1:\d+/0"):
+        RedisEventStore(server.url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://localhost:6379/0", "unsupported scheme"),
+        ("localhost:6379", "unsupported scheme"),
+        ("redis://", "no host"),
+        ("redis://:6379/0", "no host"),
+        ("redis://localhost:notaport/0", "not a Redis URL"),
+        ("redis://localhost:70000/0", "not a Redis URL"),
+        ("redis://localhost:0/0", "port 0"),
+        ("redis://localhost:6379/abc", "database 'abc' is not a number"),
+        ("redis://localhost:6379/0/1", "is not a number"),
+        ("redis://localhost:6379/-1", "is not a number"),
+        ("redis://localhost:6379/0?timeout=1", "options after"),
+    ],
+)
+def test_bad_urls_are_refused_with_the_reason(url: str, message: str) -> None:
+    with pytest.raises(InvalidEventsUrl, match=message):
+        parse_events_url(url)
+
+
+def test_urls_parse_with_defaults_and_never_show_a_password() -> None:
+    target = parse_events_url("redis://localhost")
+    assert (target.host, target.port, target.db, target.tls) == ("localhost", 6379, 0, False)
+    secret = parse_events_url("rediss://app:s3cret@cache.internal:6380/2")
+    assert (secret.username, secret.password, secret.port, secret.db, secret.tls) == ("app", "s3cret", 6380, 2, True)
+    assert secret.display == "rediss://app:***@cache.internal:6380/2"
+    assert parse_events_url("redis://[::1]:7000/3").display == "redis://[::1]:7000/3"
