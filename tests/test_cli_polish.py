@@ -174,3 +174,26 @@ def test_demo_prints_the_metrics_table_once() -> None:
     demo = (Path(__file__).parent.parent / "scripts" / "demo.sh").read_text()
     commands = [line for line in demo.splitlines() if re.match(r'\s*"\$recctl" (train|evaluate)\b', line)]
     assert len([line for line in commands if "--json" not in line]) == 1, commands
+
+
+def test_title_lookup_is_best_effort(index_root: Path, server: ServerThread) -> None:
+    """Within max_k every title is found; beyond it (or when a call fails) the id stays unnamed, never an error."""
+    from movierec.clients import RecommenderClient
+    from movierec.clients.cli.query_cmd import look_up_titles
+    from movierec.server.limits import Limits
+
+    model = open_index(index_root).model
+    ids = model.item_ids.tolist()
+    with RecommenderClient(server.target, timeout=5) as client:
+        assert look_up_titles(client, set(ids[1:]), anchors=[ids[0]]) == dict(
+            zip(ids[1:], model.items.titles[1:], strict=True)
+        )
+        assert look_up_titles(client, {ids[1]}, anchors=[7]) == {}  # 7: no such movie (NOT_FOUND)
+    capped = ServerThread(ServerConfig(index_root, poll_seconds=0, limits=Limits(max_k=2)))
+    try:
+        capped.start_loading().result(30)
+        with RecommenderClient(capped.target, timeout=5) as client:
+            nearest = {item.item_id for item in client.similar_items(ids[0], 2).items}
+            assert look_up_titles(client, set(ids[1:]), anchors=[ids[0]]).keys() == nearest
+    finally:
+        capped.stop()
