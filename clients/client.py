@@ -2,7 +2,9 @@
 
 Callers get plain frozen dataclasses (no protobuf types leak out) and
 exceptions named after what went wrong, each carrying the gRPC status code;
-every call has a deadline, so a dead server never hangs a caller.
+every call has a deadline, so a dead server never hangs a caller. It speaks
+only the wire: it imports the generated messages and :mod:`movierec.security`,
+never the server, index or trainer (a test checks it in a fresh interpreter).
 
     with RecommenderClient("127.0.0.1:50051") as client:
         for item in client.recommend(user_id=1, k=10).items:

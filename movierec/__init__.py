@@ -1,7 +1,8 @@
 """movierec: LightGCN movie recommendations served over gRPC.
 
 The root package holds only the contract shared by every layer (the model
-bundle format, the versioned store and the error type); the layers live in
+bundle format, the versioned store, the error type, and the TLS and token
+helpers both ends of the wire use, :mod:`movierec.security`); the layers live in
 ``movierec.trainer``, ``movierec.index``, ``movierec.server`` and
 ``movierec.clients``.
 """
