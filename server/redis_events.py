@@ -29,6 +29,8 @@ events are stored all or none and two writers never interleave offsets.
 ``truncate_through`` is ``XTRIM MINID`` with the trim point (and a counter bump
 so no later write can land below the trimmed range).
 
+Offsets are below 2**53 (Redis scripts count in doubles): 9e15 events.
+
 Durability: ``record`` returns only after Redis replied to the script. With
 ``appendonly yes`` and ``appendfsync always`` Redis fsyncs the AOF before it
 replies, so an acknowledged event survives kill -9 of Redis (and of this
@@ -485,20 +487,29 @@ class RedisEventStore:
                     logger.warning("live events: Redis at %s answers again; catching up", self.target.display)
                     failing, delay = False, _BACKOFF_FIRST_S
                 self._last_error = None
-                for _stream, raw_entries in cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply):
-                    entries = [_decode(entry_id, fields) for entry_id, fields in raw_entries]
-                    if entries and entries[0].first > self._cursor + 1:
-                        logger.warning(
-                            "live events: offsets %d..%d were trimmed before this replica read them",
-                            self._cursor + 1,
-                            entries[0].first - 1,
-                        )
-                    with self._state_lock:
-                        self._apply_locked(entries)
-                    if entries:
-                        self._cursor = entries[-1].last
+                try:
+                    for _stream, raw_entries in cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, Any]]]]], reply):
+                        self._take(raw_entries)
+                except Exception as exc:  # a bug here must not end following for good: log it, retry later
+                    logger.exception("live events: could not apply entries after offset %d", self._cursor)
+                    self._last_error = f"applying followed events failed: {exc!r}"
+                    self._stop.wait(_BACKOFF_MAX_S)
         finally:
             follower.close()
+
+    def _take(self, raw_entries: list[tuple[bytes, dict[bytes, Any]]]) -> None:
+        """Apply followed entries and move the cursor past them (a foreign entry is logged and skipped)."""
+        entries = _decoded(raw_entries)
+        if entries and entries[0].first > self._cursor + 1:
+            logger.warning(
+                "live events: offsets %d..%d were trimmed before this replica read them",
+                self._cursor + 1,
+                entries[0].first - 1,
+            )
+        with self._state_lock:
+            self._apply_locked(entries)
+        if raw_entries:
+            self._cursor = int(raw_entries[-1][0].split(b"-", 1)[0])
 
     def _check_not_rewound(self, follower: redis.Redis) -> None:
         """After an outage: say loudly if Redis came back without events this replica had already seen."""
@@ -542,8 +553,7 @@ class RedisEventStore:
             page = cast(
                 list[tuple[bytes, dict[bytes, bytes]]], self._client.xrange(self._stream_key, start, end, count=_PAGE)
             )
-            for entry_id, fields in page:
-                yield _decode(entry_id, fields)
+            yield from _decoded(page)
             if len(page) < _PAGE:
                 return
             start = f"({page[-1][0].decode()}"
@@ -554,7 +564,7 @@ class RedisEventStore:
             list[tuple[bytes, dict[bytes, bytes]]],
             self._client.xrange(self._stream_key, f"{first_last_offset}-0", "+", count=count),
         )
-        return [_decode(entry_id, fields) for entry_id, fields in page]
+        return _decoded(page)
 
     def _read_entry(self, offset: int) -> _Entry | None:
         """The stored entry whose last offset is ``offset`` (None once compacted away)."""
@@ -604,15 +614,36 @@ def _arrays(
     )
 
 
+def _decoded(raw_entries: list[tuple[bytes, dict[bytes, Any]]]) -> list[_Entry]:
+    """The live events among stream entries; anything else written into the stream is logged and skipped."""
+    entries: list[_Entry] = []
+    for entry_id, fields in raw_entries:
+        try:
+            entries.append(_decode(entry_id, fields))
+        except InteractionLogError as exc:
+            logger.error("live events: skipped %s", exc)
+    return entries
+
+
 def _decode(entry_id: bytes, fields: dict[bytes, Any]) -> _Entry:
-    """A stream entry as written by the record script (ids are ``<last offset>-0``)."""
-    return _Entry(
-        last=int(entry_id.split(b"-", 1)[0]),
-        user_id=int(fields[b"u"]),
-        item_ids=np.frombuffer(fields[b"i"], dtype="<i8").astype(np.int64),
-        ratings=np.frombuffer(fields[b"r"], dtype="<f8").astype(np.float64),
-        times=np.frombuffer(fields[b"t"], dtype="<i8").astype(np.int64),
-    )
+    """A stream entry as written by the record script (ids are ``<last offset>-0``).
+
+    Raises :class:`InteractionLogError` for an entry something else wrote into the stream.
+    """
+    try:
+        entry = _Entry(
+            last=int(entry_id.split(b"-", 1)[0]),
+            user_id=int(fields[b"u"]),
+            item_ids=np.frombuffer(fields[b"i"], dtype="<i8").astype(np.int64),
+            ratings=np.frombuffer(fields[b"r"], dtype="<f8").astype(np.float64),
+            times=np.frombuffer(fields[b"t"], dtype="<i8").astype(np.int64),
+        )
+        consistent = entry.item_ids.shape == entry.ratings.shape == entry.times.shape and entry.item_ids.size > 0
+    except (KeyError, ValueError) as exc:
+        raise InteractionLogError(f"stream entry {entry_id!r} is not a live event ({exc!r})") from None
+    if not consistent:
+        raise InteractionLogError(f"stream entry {entry_id!r} is not a live event (field lengths differ)")
+    return entry
 
 
 def _events_of(entries: list[_Entry], after: int) -> SeenEvents:

@@ -270,6 +270,19 @@ def test_compaction_by_another_handle_leaves_a_serving_replica_whole(server: Red
         assert reopened.record(1, [14]) == last + 51
 
 
+def test_a_foreign_entry_in_the_stream_is_logged_and_skipped(server: RedisServer) -> None:
+    with RedisEventStore(server.url) as store:
+        store.record(1, [10])
+        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        admin.xadd("{movierec}:events", {"hello": "world"}, id="5-0")
+        admin.close()
+        with RedisEventStore(server.url, follow=False) as writer:
+            writer.record(1, [11])
+        assert _wait_until(_shows(store, 1, [10, 11], exactly=True), timeout_s=2.0)
+        assert store.healthy
+        assert store.export().item_ids.tolist() == [10, 11]
+
+
 def test_durability_settings_that_break_the_guarantee_are_reported(server: RedisServer) -> None:
     with RedisEventStore(server.url, follow=False) as store:
         assert store.durability_note is None
