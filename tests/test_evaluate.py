@@ -9,7 +9,13 @@ import numpy.typing as npt
 import pytest
 
 from movierec.bundle.csr import CSR
-from movierec.trainer.evaluate import evaluate_ranking, evaluate_vectors, top_k_items
+from movierec.trainer.evaluate import (
+    WORKING_BYTES_PER_SCORE,
+    chunk_rows,
+    evaluate_ranking,
+    evaluate_vectors,
+    top_k_items,
+)
 
 # 3 users x 6 items.
 # user 0: train {0}, test {1, 4}; scores 9 4 5 4 3 1 -> item 0 masked, ranking 2, 1, 3, 4, 5
@@ -60,6 +66,65 @@ def test_batching_does_not_change_the_result() -> None:
     whole = evaluate_ranking(score_rows, TRAIN, TEST, ks=(2, 5), batch_size=1024)
     one_by_one = evaluate_ranking(score_rows, TRAIN, TEST, ks=(2, 5), batch_size=1)
     assert whole == pytest.approx(one_by_one)
+
+
+def _random_problem(n_users: int, n_items: int, seed: int) -> tuple[CSR, CSR]:
+    rng = np.random.default_rng(seed)
+
+    def pairs(per_user: int) -> CSR:
+        size = n_users * per_user
+        return CSR.from_pairs(rng.integers(0, n_users, size), rng.integers(0, n_items, size), n_users, n_items)
+
+    return pairs(8), pairs(3)
+
+
+def test_memory_chunks_do_not_change_a_single_bit() -> None:
+    # 2,500 users over three accounting blocks of 1,024; scores with many ties (integers 0-4) so the
+    # tie rule is exercised. One user per chunk, 7 per chunk, and everything in one chunk agree exactly.
+    n_users, n_items = 2500, 300
+    train, test = _random_problem(n_users, n_items, seed=3)
+    scores = np.random.default_rng(4).integers(0, 5, (n_users, n_items)).astype(np.float32)
+    results = [
+        evaluate_ranking(lambda rows: scores[rows], train, test, ks=(5, 20), memory_budget=budget)
+        for budget in (1, 7 * n_items * WORKING_BYTES_PER_SCORE, 2**40)
+    ]
+    assert results[0] == results[1] == results[2]
+    users = np.random.default_rng(5).standard_normal((n_users, 16), dtype=np.float32)
+    items = np.random.default_rng(6).standard_normal((n_items, 16), dtype=np.float32)
+    small = evaluate_vectors(users, items, train, test, memory_budget=50 * n_items * WORKING_BYTES_PER_SCORE)
+    assert small == evaluate_vectors(users, items, train, test)
+
+
+def test_chunk_rows_follows_the_budget() -> None:
+    assert chunk_rows(60_000, 256 * 2**20, batch_size=1024) == 256 * 2**20 // (60_000 * WORKING_BYTES_PER_SCORE)
+    assert chunk_rows(3_706, 256 * 2**20, batch_size=1024) == 1024  # ML-1M: the batch size binds, as before
+    assert chunk_rows(10**9, 1, batch_size=1024) == 1  # always progress, one user at a time
+    with pytest.raises(ValueError, match="memory_budget"):
+        chunk_rows(10, 0)
+
+
+def test_many_users_are_never_scored_as_one_matrix() -> None:
+    import tracemalloc
+
+    n_users, n_items, budget = 1500, 6000, 4 * 2**20  # all scores at once: 36 MB, 216 MB with temporaries
+    train, test = _random_problem(n_users, n_items, seed=7)
+    user_vectors = np.random.default_rng(8).standard_normal((n_users, 8), dtype=np.float32)
+    item_vectors = np.random.default_rng(9).standard_normal((n_items, 8), dtype=np.float32)
+    calls: list[int] = []
+
+    def score(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        calls.append(rows.shape[0])
+        return user_vectors[rows] @ item_vectors.T
+
+    tracemalloc.start()
+    try:
+        got = evaluate_ranking(score, train, test, memory_budget=budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert max(calls) == chunk_rows(n_items, budget) < n_users
+    assert sum(calls) == got["users_evaluated"] == int((test.row_lengths() > 0).sum())
+    assert peak <= budget, f"peak {peak / 2**20:.1f} MiB over the {budget / 2**20:.0f} MiB budget"
 
 
 def test_evaluate_vectors_scores_by_dot_product() -> None:

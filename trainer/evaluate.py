@@ -13,6 +13,13 @@ is the lower movie id because item ids are sorted):
   with its claims; it is not recall (it cannot drop when |T_u| > K).
 
 Each metric is the plain mean over evaluated users; ``users_evaluated`` says how many.
+
+Memory is bounded: users are scored in chunks of :func:`chunk_rows` users, as
+many as keep the chunk's working set (scores plus the ranking's temporaries,
+about ``WORKING_BYTES_PER_SCORE`` bytes per user x item) within
+``memory_budget``, so 100k users x 60k items is never one dense matrix. The
+per-user metrics are summed in blocks of ``batch_size`` users whatever the
+chunk size, so the result does not depend on the budget, bit for bit.
 """
 
 from __future__ import annotations
@@ -27,6 +34,18 @@ from movierec.bundle.csr import CSR
 ScoreFn = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]]
 
 METRIC_NAMES = ("recall", "ndcg", "precision", "seed_recall")
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+WORKING_BYTES_PER_SCORE = 24
+"""Bytes per (user, item) score a chunk may hold while it is ranked: tracemalloc measures a peak of 14 (the
+scores and their copy, the partition's negated copy, boolean masks, the int32 tie count); the rest is headroom
+for the score function's own temporaries. tests/test_evaluate.py checks the peak stays within the budget."""
+
+
+def chunk_rows(n_items: int, memory_budget: int = DEFAULT_MEMORY_BUDGET, batch_size: int = 1024) -> int:
+    """Users scored at once: as many as fit ``memory_budget``, at most ``batch_size``, at least one."""
+    if memory_budget < 1:
+        raise ValueError("memory_budget must be positive")
+    return max(1, min(batch_size, memory_budget // (max(n_items, 1) * WORKING_BYTES_PER_SCORE)))
 
 
 def top_k_items(scores: npt.NDArray[np.floating], k: int) -> npt.NDArray[np.int64]:
@@ -43,7 +62,7 @@ def top_k_items(scores: npt.NDArray[np.floating], k: int) -> npt.NDArray[np.int6
     above = scores > kth_value
     tied = scores == kth_value
     tie_slots = k - above.sum(axis=1, keepdims=True)
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= tie_slots))
+    chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= tie_slots))
     columns = np.nonzero(chosen)[1].reshape(n_rows, k)  # ascending item index within each row
     chosen_scores = np.take_along_axis(scores, columns, axis=1)
     order = np.argsort(-chosen_scores, axis=1, kind="stable")
@@ -71,10 +90,13 @@ def evaluate_ranking(
     test: CSR,
     ks: Sequence[int] = (10, 20),
     batch_size: int = 1024,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, float]:
     """Mean Recall/NDCG/Precision/seed-recall@K over users with >= 1 test item.
 
-    ``score_users(rows)`` returns float scores of shape [len(rows), n_items];
+    ``score_users(rows)`` returns float scores of shape [len(rows), n_items] for
+    at most ``chunk_rows(n_items, memory_budget, batch_size)`` rows at a time;
     NaN scores are rejected because they would make the ranking arbitrary.
     """
     if train.n_rows != test.n_rows or train.n_cols != test.n_cols:
@@ -82,35 +104,51 @@ def evaluate_ranking(
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     ks = sorted(set(int(k) for k in ks))
-    k_max = ks[-1]
+    rows_per_chunk = chunk_rows(train.n_cols, memory_budget, batch_size)
     test_sizes = test.row_lengths()
     users = np.flatnonzero(test_sizes > 0).astype(np.int64)
     totals = {f"{name}@{k}": 0.0 for name in METRIC_NAMES for k in ks}
-    discounts = _discounts(k_max)
-    ideal_cumulative = np.cumsum(discounts)
     for start in range(0, users.shape[0], batch_size):
-        rows = users[start : start + batch_size]
-        scores = np.array(score_users(rows), dtype=np.float32, copy=True)
-        if scores.shape != (rows.shape[0], train.n_cols):
-            raise ValueError(f"score_users returned shape {scores.shape}, expected {(rows.shape[0], train.n_cols)}")
-        if np.isnan(scores).any():
-            raise ValueError("score_users returned NaN scores")
-        scores[_dense_rows(train, rows)] = -np.inf
-        ranked = top_k_items(scores, k_max)
-        hit = np.take_along_axis(_dense_rows(test, rows), ranked, axis=1)
-        sizes = test_sizes[rows].astype(np.float64)
-        for k in ks:
-            hits = hit[:, :k].sum(axis=1).astype(np.float64)
-            dcg = (hit[:, :k] * discounts[:k]).sum(axis=1)
-            ideal = ideal_cumulative[np.minimum(k, sizes).astype(np.int64) - 1]
-            totals[f"recall@{k}"] += float((hits / sizes).sum())
-            totals[f"precision@{k}"] += float((hits / k).sum())
-            totals[f"ndcg@{k}"] += float((dcg / ideal).sum())
-            totals[f"seed_recall@{k}"] += float((hits / np.minimum(k, sizes)).sum())
+        block = users[start : start + batch_size]
+        parts = [
+            _user_metrics(score_users, train, test, block[first : first + rows_per_chunk], ks)
+            for first in range(0, block.shape[0], rows_per_chunk)
+        ]
+        for name in totals:
+            totals[name] += float(np.concatenate([part[name] for part in parts]).sum())
     n_users = users.shape[0]
     result: dict[str, float] = {name: (total / n_users if n_users else 0.0) for name, total in totals.items()}
     result["users_evaluated"] = n_users
     return result
+
+
+def _user_metrics(
+    score_users: ScoreFn, train: CSR, test: CSR, rows: npt.NDArray[np.int64], ks: Sequence[int]
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each metric of each user in ``rows`` (one chunk), before averaging."""
+    k_max = ks[-1]
+    discounts = _discounts(k_max)
+    ideal_cumulative = np.cumsum(discounts)
+    scores = np.array(score_users(rows), dtype=np.float32, copy=True)
+    if scores.shape != (rows.shape[0], train.n_cols):
+        raise ValueError(f"score_users returned shape {scores.shape}, expected {(rows.shape[0], train.n_cols)}")
+    if np.isnan(scores).any():
+        raise ValueError("score_users returned NaN scores")
+    scores[_dense_rows(train, rows)] = -np.inf
+    ranked = top_k_items(scores, k_max)
+    del scores
+    hit = np.take_along_axis(_dense_rows(test, rows), ranked, axis=1)
+    sizes = (test.indptr[rows + 1] - test.indptr[rows]).astype(np.float64)
+    metrics: dict[str, npt.NDArray[np.float64]] = {}
+    for k in ks:
+        hits = hit[:, :k].sum(axis=1).astype(np.float64)
+        dcg = (hit[:, :k] * discounts[:k]).sum(axis=1)
+        ideal = ideal_cumulative[np.minimum(k, sizes).astype(np.int64) - 1]
+        metrics[f"recall@{k}"] = hits / sizes
+        metrics[f"precision@{k}"] = hits / k
+        metrics[f"ndcg@{k}"] = dcg / ideal
+        metrics[f"seed_recall@{k}"] = hits / np.minimum(k, sizes)
+    return metrics
 
 
 def evaluate_vectors(
@@ -120,12 +158,17 @@ def evaluate_vectors(
     test: CSR,
     ks: Sequence[int] = (10, 20),
     batch_size: int = 1024,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, float]:
-    """Evaluate a dot-product model (score = user_vector · item_vector), as served by the index."""
+    """Evaluate a dot-product model (score = user_vector · item_vector), as served by the index.
+
+    Scores are computed chunk by chunk (see :func:`evaluate_ranking`), never for all users at once.
+    """
     users = np.asarray(user_vectors, dtype=np.float32)
     items_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)
 
     def score(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         return users[rows] @ items_t
 
-    return evaluate_ranking(score, train, test, ks=ks, batch_size=batch_size)
+    return evaluate_ranking(score, train, test, ks=ks, batch_size=batch_size, memory_budget=memory_budget)
