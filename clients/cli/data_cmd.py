@@ -46,6 +46,16 @@ def register(commands: Any) -> None:
     download.add_argument("--json", action="store_true", help="machine-readable output")
     download.set_defaults(func=_download)
 
+    synth = actions.add_parser("synth", help="write a MovieLens-shaped synthetic dataset (MovieLens CSV)")
+    synth.add_argument("--users", type=int, required=True, metavar="U", help="number of users (ids 1..U)")
+    synth.add_argument("--items", type=int, required=True, metavar="I", help="number of movies (ids 1..I)")
+    synth.add_argument("--ratings", type=int, required=True, metavar="N", help="exactly N distinct ratings")
+    synth.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for ratings.csv and movies.csv")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")
+    synth.add_argument("--force", action="store_true", help="replace ratings.csv/movies.csv already in DIR")
+    synth.add_argument("--json", action="store_true", help="machine-readable output")
+    synth.set_defaults(func=_synth)
+
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -158,4 +168,36 @@ def _download(args: argparse.Namespace) -> int:
         return 0
     resumed = f" (resumed at byte {result.resumed_from:,})" if result.resumed_from else ""
     print(f"{args.dataset}: verified MD5 {result.md5}, extracted to {result.path}{resumed}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from movierec.trainer.data.synth import generate
+
+    result = generate(
+        args.out,
+        users=args.users,
+        items=args.items,
+        ratings=args.ratings,
+        seed=args.seed,
+        force=args.force,
+        progress=False if args.json else None,
+    )
+    summary = {
+        "path": str(result.folder),
+        "ratings": result.ratings,
+        "users": result.users,
+        "items": result.items,
+        "users_with_ratings": result.users_with_ratings,
+        "items_with_ratings": result.items_with_ratings,
+        "seed": args.seed,
+        "seconds": round(result.seconds, 2),
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    print(
+        f"wrote {result.ratings:,} ratings by {result.users_with_ratings:,} users of {result.items_with_ratings:,} "
+        f"movies ({result.items:,} in movies.csv) to {result.folder} in {result.seconds:.1f} s"
+    )
     return 0
