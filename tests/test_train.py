@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,9 +17,10 @@ from movierec.bundle import read_model_bundle
 from movierec.bundle.csr import CSR
 from movierec.clients.cli.main import main
 from movierec.errors import MovierecError
-from movierec.trainer.config import resolve_config
+from movierec.trainer.config import PRESETS, TrainConfig, resolve_config
 from movierec.trainer.data.split import Split
-from movierec.trainer.train import EpochRecord, plateau_end, train_model
+from movierec.trainer.models.lightgcn import LightGCN
+from movierec.trainer.train import train_model
 
 N_USERS, N_ITEMS = 80, 40
 
@@ -115,35 +118,58 @@ def test_cosine_scoring_serves_unit_vectors_and_learns() -> None:
     assert result.best_valid_recall > 0.9
 
 
-def test_refit_retrains_on_all_of_train_for_the_chosen_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from movierec.trainer import train as train_module
-
-    calls: list[tuple[int, int]] = []
-    real_refit = train_module.refit_on_train
-
-    def spy(split: Split, config: object, epochs: int, *args: object, **kwargs: object) -> object:
-        calls.append((epochs, split.train.nnz))
-        return real_refit(split, config, epochs, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(train_module, "refit_on_train", spy)
+def test_refit_keeps_training_on_all_of_train_with_the_rate_annealed() -> None:
     settings = {"dim": 16, "layers": 2, "lr": 0.02, "batch_size": 64, "epochs": 12, "eval_every": 3}
     plain = train_model(tiny_split(), resolve_config("fast", refit=False, **settings), progress=False)
-    refitted = train_model(tiny_split(), resolve_config("fast", refit=True, **settings), progress=False)
+    refitted = train_model(
+        tiny_split(), resolve_config("fast", refit=True, refit_fraction=0.5, **settings), progress=False
+    )
     assert not plain.refitted and refitted.refitted
-    assert refitted.refit_epochs == plateau_end(refitted.history, refitted.best_valid_recall)
-    assert refitted.refit_epochs >= refitted.best_epoch
-    assert calls == [(refitted.refit_epochs, tiny_split().train.nnz)]
     assert refitted.best_epoch == plain.best_epoch  # the same selection run, then the refit
+    assert refitted.refit_epochs == math.ceil(0.5 * refitted.selection_epochs)
+    refit_records = [record for record in refitted.history if record.phase == "refit"]
+    assert [record.epoch for record in refit_records] == list(
+        range(refitted.selection_epochs + 1, refitted.selection_epochs + refitted.refit_epochs + 1)
+    )
+    assert all(record.valid_recall is None for record in refit_records)
     assert not np.allclose(refitted.item_vectors, plain.item_vectors)
 
 
-def test_the_refit_runs_to_the_last_epoch_on_the_validation_plateau() -> None:
-    history = [
-        EpochRecord(epoch, float(epoch), 1.0, recall)
-        for epoch, recall in [(2, 0.20), (4, 0.281), (5, None), (6, 0.2823), (8, 0.2805), (10, 0.2802), (12, 0.27)]
-    ]
-    assert plateau_end(history, 0.2823) == 8  # 0.2805 is within 0.002 of the best; 0.2802 is not
-    assert plateau_end(history[:4], 0.2823) == 6
+def test_the_refit_anneals_the_learning_rate_to_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.trainer import train as train_module
+
+    rates: list[float] = []
+    real_epoch = train_module._Stepper.epoch
+
+    def spy(self: train_module._Stepper, should_stop: object) -> float:
+        if self.positives.nnz == tiny_split().train.nnz:  # refit steppers train on all of train
+            rates.append(self.optimizer.param_groups[0]["lr"])
+        return real_epoch(self, should_stop)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module._Stepper, "epoch", spy)
+    config = resolve_config("fast", dim=8, layers=1, lr=0.04, epochs=8, eval_every=2, refit_fraction=1.0)
+    result = train_model(tiny_split(), config, progress=False)
+    assert len(rates) == result.refit_epochs == 8
+    assert rates[0] == pytest.approx(0.04) and all(a > b for a, b in itertools.pairwise(rates))
+    assert rates[-1] < 0.04 * 0.05
+
+
+def test_only_a_real_gain_restarts_the_patience_count() -> None:
+    from movierec.trainer.train import _BestSoFar
+
+    model = LightGCN(3, 3, 2, 1)
+    best = _BestSoFar(model, min_gain=0.01)
+    for epoch, recall in enumerate([0.20, 0.25, 0.251, 0.252, 0.249], start=1):
+        best.record(epoch, recall, model)
+    assert best.epoch == 4 and best.recall == 0.252  # any improvement is kept
+    assert best.evaluations_without_gain == 3  # but +0.4 % over 0.25 is not a gain of 1 %
+    best.record(6, 0.26, model)
+    assert best.evaluations_without_gain == 0
+
+
+def test_the_default_config_is_the_fast_preset_and_what_the_cli_runs() -> None:
+    assert resolve_config("fast") == TrainConfig() == PRESETS["fast"]
+    assert set(PRESETS) == {"fast", "paper"}
 
 
 def test_a_refit_cut_by_the_time_budget_keeps_the_validated_vectors() -> None:
@@ -271,6 +297,42 @@ def test_an_interrupted_write_leaves_no_half_bundle(tmp_path: Path, monkeypatch:
     assert main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN]) == 130
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")] == []
+
+
+def test_cli_closing_lines_say_what_happened(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, out = write_ratings(tmp_path / "data"), tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN]) == 0
+    printed = capsys.readouterr()
+    selection, refit, total = (
+        line for line in printed.out.splitlines() if line.startswith(("selection:", "refit:", "total:"))
+    )
+    metrics = read_model_bundle(out).metrics["training"]
+    assert f"{metrics['selection_epochs']} epochs on fit" in selection
+    assert refit.startswith(f"refit: {metrics['refit_epochs']} more epochs on all of train")
+    assert f"total: {metrics['epochs_run']} epochs" in total and "wall" in total and "peak RSS" in total
+    assert metrics["epochs_run"] == metrics["selection_epochs"] + metrics["refit_epochs"] > metrics["selection_epochs"]
+    assert printed.err == ""  # stderr is not a terminal here: no progress bars, no escape codes
+    assert "-1.0000" not in printed.out
+
+
+def test_cli_refuses_a_missing_data_folder_before_importing_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch now raises ImportError
+        "from movierec.clients.cli.main import main\n"
+        f"sys.exit(main(['train', '--data', {str(tmp_path / 'nope')!r}, '--out', {str(tmp_path / 'b')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "no such file or folder" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_loss_axis_is_not_scaled_to_the_first_epochs() -> None:
+    from movierec.trainer.plot import loss_axis_limits
+
+    losses = [8.2, 6.0] + [5.0 - 0.01 * epoch for epoch in range(30)]
+    low, high = loss_axis_limits(losses)
+    assert low < min(losses) and 5.0 <= high < 5.2
 
 
 def test_evaluate_runs_without_torch(tmp_path: Path) -> None:

@@ -1,74 +1,21 @@
-"""Training settings and the named presets ``fast`` (our default) and ``paper`` (the stock PyG recipe).
+"""Training settings: ``TrainConfig()`` is our recipe, exactly what ``recctl train`` runs with no options.
 
-``paper`` reproduces what the LightGCN paper and PyG's example do: BPR with
-one uniformly sampled negative per positive, Adam lr 1e-3, 2048 pairs per
-batch, L2 1e-4 on the ego embeddings, 64 dimensions, 3 layers, and PyG's
-``LightGCN`` re-normalising an edge index on every batch. It exists so the
-speed benchmark can measure our recipe against it in one run.
+Two named recipes exist, and only two (:data:`PRESETS`):
 
-``fast`` is our default: a full-softmax loss over all items (BPR stays
-available with ``loss="bpr"``) on the *cosine* of the final user and item
-embeddings at temperature 0.15, for batches of 1024 users on the propagation
-operator built once; after early stopping (10 evaluations without gain) the
-model is retrained on all of train (fit + valid), as every tuned peer in
-``benchmarks/accuracy.py`` is, up to the last epoch of the validation plateau
-(``movierec.trainer.train.plateau_end``: with the best epoch itself, training
-seed 1 refitted 28 epochs and lost 0.007 test NDCG@20 to the same recipe
-refitted 40). Speed against the stock recipe:
-benchmarks/results/train_speed.md.
+* ``fast`` — ``TrainConfig()`` itself. A full-softmax loss over all items on
+  the cosine of the final LightGCN user and item embeddings, for batches of
+  users on a propagation operator built once; early stopping on the
+  validation slice once its Recall@20 stops rising; then the model keeps
+  training on all of train (fit + validation) while the learning rate is
+  annealed to zero, so the kept model has learned from every training
+  positive. How the values were chosen, with the runs behind them:
+  ``benchmarks/results/sweeps.md``.
+* ``paper`` — the stock recipe of the LightGCN paper and PyG's example (BPR,
+  one uniform negative, Adam lr 1e-3, 2048 pairs per batch, 64 dimensions),
+  kept so the speed and accuracy benchmarks can compare against it.
 
-How the settings were chosen (ML-1M, standard split, seed 42; full softmax, 3
-layers, 256-d, batch 1024 users unless noted; one torch thread, two runs at a
-time on the shared 2-core machine; "valid" = best validation Recall@20, which
-made every choice; test = Recall/NDCG@20 with vectors propagated over the whole
-train graph — over the fit graph for the first five rows — shown for the
-record). First sweep, dot-product scores:
-
-====  ====  ====  =====  ==================  ==========  ==============  ==============
-dim   lr    L2    best   note                valid R@20  test R@20       test NDCG@20
-====  ====  ====  =====  ==================  ==========  ==============  ==============
-64    1e-2  0     ep 40                      0.2547      0.2711          0.2911
-64    1e-2  3e-3  ep 40                      0.2585      0.2747          0.2965
-64    1e-2  3e-2  ep 65                      0.2727      0.2869          0.3128
-64    3e-2  1e-1  ep 75  too much L2         0.2409      0.2525          0.2909
-128   3e-2  3e-2  ep 25                      0.2743      0.2868          0.3104
-128   3e-2  3e-2  ep 10  τ 0.1: overfits     0.2570      0.2748          0.2964
-128   3e-2  3e-2  ep 35  2048 users/batch    0.2718      0.2879          0.3134
-256   5e-2  5e-2  ep 18                      0.2775      0.2896          0.3145
-256   3e-2  5e-2  ep 24  τ 0.25 (time cut)   0.2709      0.2825          0.3131
-256   3e-2  8e-2  ep 24  time cut at 360 s   0.2550      0.2656          0.3029
-384   3e-2  5e-2  ep 15  time cut, 24 s/ep   0.2652      0.2761          0.3118
-256   3e-2  5e-2  ep 25  τ 0.2: old default  0.2784      0.2907          0.3188
-====  ====  ====  =====  ==================  ==========  ==============  ==============
-
-Second sweep, from the old default (dot, τ 0.2, L2 5e-2, lr 3e-2). Neither
-dropping 30 % of the graph's edges per step (targets: all positives, or only
-the dropped ones, as a denoising objective) nor anything else on dot products
-moved validation; cosine scores did, and so did the refit:
-
-=======  ====  ====  =====  =================================  ==========  =========  ============
-score    τ     L2    best   note                               valid R@20  test R@20  test NDCG@20
-=======  ====  ====  =====  =================================  ==========  =========  ============
-dot      0.2   5e-2  ep 24  30 % edge dropout, all targets     0.2773      0.2905     0.3180
-dot      0.2   5e-2  —      30 % edge dropout, dropped targets  0.2647 (ep 32, stopped by hand)
-dot      0.2   5e-2  ep 24  refit on train, 24 / 32 epochs     —           0.2913 / 0.2937  0.3233 / 0.3227
-cosine   0.1   1e-3  ep 18                                     0.2782      0.2943     0.3248
-cosine   0.1   1e-3  ep 18  + refit                            —           0.2998     0.3301
-cosine   0.1   1e-2  ep 8                                      0.2727      0.2871     0.3139
-cosine   0.07  1e-3  —      0.2592 at ep 18, stopped by hand
-cosine   0.2   1e-3  —      0.2714 at ep 36, stopped by hand
-cosine   0.1   1e-4  ep 18  lr 1e-2                            0.2764      0.2918     0.3186
-cosine   0.12  1e-4  ep 34                                     0.2824      0.2979     0.3307
-cosine   0.12  1e-4  ep 34  + refit                            —           0.3046     0.3365
-cosine   0.12  1e-4  ep 34  2 layers                           0.2830      0.2985     0.3302
-cosine   0.18  1e-4  ep 44                                     0.2801      0.2946     0.3279
-cosine   0.15  1e-4  ep 34  lr 5e-2                            0.2824      0.2997     0.3325
-cosine   0.15  1e-4  ep 54  **chosen** (best valid)            0.2843      0.2997     0.3337
-cosine   0.15  1e-4  ep 54  + refit: **the default**           —           0.3036     0.3388
-=======  ====  ====  =====  =================================  ==========  =========  ============
-
-For reference on the same split (issue 3): EASE(λ=500) 0.288 / 0.330, PureSVD
-0.259 / 0.295, the seed's LightGCN prototype 0.259 / 0.282.
+``MODEL_DEFAULTS`` holds what the ``fast`` recipe changes for NGCF, whose
+layers and output width differ.
 """
 
 from __future__ import annotations
@@ -88,33 +35,61 @@ INFERENCE_GRAPHS = ("fit", "train")
 class TrainConfig:
     """Everything that decides a training run (recorded in the bundle's config.json).
 
-    ``batch_size`` counts users per step for the softmax loss and (user,
-    positive) pairs per step for BPR. ``epochs`` is a ceiling: training stops
-    earlier when validation Recall@20 has not improved for ``patience``
-    evaluations, or when ``time_budget`` seconds have passed (0 = no budget).
+    Each default is the ``fast`` recipe's value; the comment says what the
+    field means, its unit, and why this value.
     """
 
+    # Which graph recommender: "lightgcn" (the served default) or "ngcf" (the seed document's other row).
     model: str = "lightgcn"
+    # Name of the recipe these values came from (recorded in bundles; see PRESETS).
     preset: str = "fast"
+    # "softmax": every item is a negative for every user at once (a few thousand items make it cheap) and
+    # it ranks the whole catalogue; it beat BPR on every validation run. "bpr": the paper's pairwise loss.
     loss: str = "softmax"
+    # "csr": our normalised adjacency built once (~10x cheaper per epoch than "edge_index", PyG's stock
+    # model, which normalises again on every batch; identical outputs).
     propagation: str = "csr"
-    dim: int = 64
+    # Embedding width (floats per user and item). 256 beat 64 and 128 on validation; 384 did not beat 256
+    # and costs half again as much per epoch.
+    dim: int = 256
+    # LightGCN propagation layers (graph hops). 3 as in the paper; 2 was no better on validation.
     layers: int = 3
-    lr: float = 1e-3
-    batch_size: int = 2048
-    epochs: int = 100
+    # Adam learning rate while selecting on validation (the refit anneals it from here to zero).
+    # High because full-softmax steps are few: 6 per epoch on ML-1M.
+    lr: float = 3e-2
+    # Users per optimiser step for "softmax", (user, positive) pairs per step for "bpr".
+    batch_size: int = 1024
+    # Ceiling on epochs (passes over the users) of the selection phase; early stopping ends it sooner.
+    epochs: int = 200
+    # L2 weight on the layer-0 embeddings a batch touches (per batch row). Cosine scores are scale-free,
+    # so this only keeps the embeddings bounded: 1e-3 and 1e-2 lost validation recall.
     weight_decay: float = 1e-4
-    temperature: float = 0.2
-    # Score = cosine of the final embeddings instead of their dot product (both are served as plain
-    # inner products: the served vectors are then unit length).
-    cosine: bool = False
-    # After early stopping, retrain on all of train (fit + valid) for the chosen number of epochs.
-    refit: bool = False
-    eval_every: int = 1
-    patience: int = 5
+    # Softmax temperature (dimensionless: scores are cosines in [-1, 1]). 0.15 was the validation best
+    # between 0.07 and 0.2.
+    temperature: float = 0.15
+    # Score = cosine of the final embeddings rather than their dot product (served as unit vectors, so a
+    # plain inner-product index still ranks by cosine). Gained ~0.005 validation Recall@20 over dot.
+    cosine: bool = True
+    # After early stopping, keep training on all of train (fit + valid) with the learning rate annealed
+    # to zero (half a cosine) for refit_fraction x the selection epochs: the kept model then learned from
+    # the 10 % of train early stopping held out, and the annealing settles it (+0.007 test Recall@20).
+    refit: bool = True
+    # Length of the refit as a fraction of the selection phase's epochs (0.5: as good as longer refits).
+    refit_fraction: float = 0.5
+    # Validate every this many epochs (a full ranking of every item for every validation user).
+    eval_every: int = 2
+    # Evaluations without a gain before the selection phase stops (4 x 2 = 8 epochs past the best).
+    patience: int = 4
+    # A gain is validation Recall@20 above the best so far by more than this fraction of it (0.5 %):
+    # past its rise the curve is a noisy plateau, and chasing noise doubled training time for nothing.
+    min_gain: float = 0.005
+    # Seconds after which training stops and keeps what it has (0 = no budget).
     time_budget: float = 0.0
+    # Seed of the initial embeddings and the batch order (the split has its own seed).
     seed: int = 42
+    # Standard deviation of the normal initial embeddings.
     init_std: float = 0.1
+    # Graph the served vectors propagate over: "train" (fit + valid edges: every known positive) or "fit".
     inference_graph: str = "train"
 
     def to_json(self) -> dict[str, Any]:
@@ -122,44 +97,28 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
+    "fast": TrainConfig(),
     "paper": TrainConfig(
         preset="paper",
         loss="bpr",
         propagation="edge_index",
         dim=64,
-        layers=3,
         lr=1e-3,
         batch_size=2048,
         epochs=1000,
-        weight_decay=1e-4,
+        temperature=0.2,
+        cosine=False,
+        refit=False,
         eval_every=1,
         patience=10,
-    ),
-    "fast": TrainConfig(
-        preset="fast",
-        loss="softmax",
-        propagation="csr",
-        dim=256,
-        layers=3,
-        lr=3e-2,
-        batch_size=1024,
-        epochs=200,
-        weight_decay=1e-4,
-        temperature=0.15,
-        cosine=True,
-        refit=True,
-        eval_every=2,
-        patience=10,
+        min_gain=0.0,
     ),
 }
 
 
-# Settings a preset changes for one model only (applied before the user's own overrides). NGCF's
-# concatenated, per-layer-normalised output is (L+1)·dim wide and each layer has two dense weight
-# matrices: at 256 dimensions an ML-1M epoch took 15 s and reached only 0.156 valid Recall@20 in
-# 10 epochs (time budget). At 64 dimensions, lr 1e-2, both peak at epoch 10: L2 1e-3 valid 0.207,
-# test Recall@20 0.216 / NDCG@20 0.230; L2 1e-2 valid 0.209, test 0.219 / 0.233 (kept; one thread,
-# shared machine, 2-4 min with early stopping). Those runs used dot-product scores at τ 0.2, kept here.
+# What the fast recipe changes for NGCF (applied before the user's own overrides). Its output is
+# (L+1)·dim wide with two dense matrices per layer, so 64 dimensions; its settings come from a short
+# NGCF-only sweep (benchmarks/results/sweeps.md).
 MODEL_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("fast", "ngcf"): {"dim": 64, "lr": 1e-2, "weight_decay": 1e-2, "temperature": 0.2, "cosine": False},
 }
@@ -197,10 +156,10 @@ def check_config(config: TrainConfig) -> None:
     for name in ("dim", "epochs", "batch_size", "eval_every", "patience"):
         if getattr(config, name) <= 0:
             raise MovierecError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(config, name)}")
-    for name in ("lr", "temperature", "init_std"):
+    for name in ("lr", "temperature", "init_std", "refit_fraction"):
         if not getattr(config, name) > 0:
             raise MovierecError(f"{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
     if config.layers < 0:
         raise MovierecError(f"layers must be >= 0, got {config.layers}")
-    if config.weight_decay < 0 or config.time_budget < 0:
-        raise MovierecError("weight-decay and time-budget must not be negative")
+    if config.weight_decay < 0 or config.time_budget < 0 or config.min_gain < 0:
+        raise MovierecError("weight-decay, min-gain and time-budget must not be negative")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import resource
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ def train_bundle(
     An existing ``out`` is refused before any work unless ``force``; the bundle
     is staged and renamed into place, so a failure or Ctrl-C leaves ``out`` as it was.
     """
+    started = time.perf_counter()
     out = Path(out)
     if out.exists() and not force:
         raise BundleError("already exists (pass --force to replace it)", path=out)
@@ -58,16 +62,7 @@ def train_bundle(
     split = make_split(dataset, min_rating=min_rating, seed=SPLIT_SEED)
     result = train_model(split, config, progress=progress)
     metrics = test_metrics(result, split)
-    metrics["training"] = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.history[-1].epoch if result.history else 0,
-        "best_valid_recall@20": result.best_valid_recall,
-        "seconds": round(result.seconds, 2),
-        "stop_reason": result.stop_reason,
-        "refitted_on_train": result.refitted,
-        "refit_epochs": result.refit_epochs if result.refitted else 0,
-        "history": [vars(record) for record in result.history],
-    }
+    metrics["training"] = training_summary(result)
     bundle = ModelBundle(
         user_vectors=result.user_vectors,
         item_vectors=result.item_vectors,
@@ -93,9 +88,34 @@ def train_bundle(
     )
     with tempfile.TemporaryDirectory(prefix="movierec-train-") as scratch:
         curve = Path(scratch) / CURVE_NAME
-        plot_training_curve(result.history, result.best_epoch, curve, f"{config.model} ({config.preset} preset)")
+        title = f"{config.model} ({config.preset} preset) on {dataset.name}"
+        plot_training_curve(result.history, result.best_epoch, curve, title, test=metrics)
         write_model_bundle(bundle, out, force=force, attachments={CURVE_NAME: curve})
     summary = {key: value for key, value in metrics.items() if key != "training"}
     summary["training"] = {k: v for k, v in metrics["training"].items() if k != "history"}
+    # Everything this call did: loading, splitting, both training phases, test metrics, the bundle.
+    summary["training"]["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["training"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
     summary["bundle"] = str(out)
     return summary
+
+
+def training_summary(result: TrainResult) -> dict[str, Any]:
+    """How training went, as stored in the bundle's metrics (the history draws the curve)."""
+    return {
+        "best_epoch": result.best_epoch,
+        "selection_epochs": result.selection_epochs,
+        "refit_epochs": result.refit_epochs,
+        "epochs_run": result.selection_epochs + result.refit_epochs,
+        "best_valid_recall@20": result.best_valid_recall,
+        "seconds": round(result.seconds, 2),
+        "stop_reason": result.stop_reason,
+        "refitted_on_train": result.refitted,
+        "history": [vars(record) for record in result.history],
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -1,16 +1,26 @@
-"""The training loop: one optimiser step per batch, validation every few epochs, early stopping.
+"""The training loop in two phases: select on validation, then refit on all of train.
 
-Validation ranks all items for every user with validation positives, masking
-the user's *fit* items (what the model trained on), and the run keeps the
-final embeddings of the evaluation with the best validation Recall@20.
+1. *Selection*: train on ``split.fit`` and validate every ``eval_every``
+   epochs (all items ranked for every user with validation positives, the
+   user's fit items masked). It stops once ``patience`` evaluations pass
+   without a gain of more than ``min_gain`` (relative) in Recall@20, or at the
+   epoch ceiling or the time budget. The best validated parameters are kept.
+2. *Refit* (``TrainConfig.refit``): the same model and optimiser keep
+   training, now on all of train (fit + valid edges), for ``refit_fraction``
+   of the selection's epochs while the learning rate is annealed to zero.
+   Early stopping needs the validation positives held out, so the selected
+   model never learned from them; the refit does, and the annealing lets it
+   settle where a constant learning rate keeps it wandering.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,30 +41,34 @@ from movierec.trainer.models.ngcf import NGCF
 from movierec.trainer.sampling import NegativeSampler, rows_to_pairs
 
 VALID_METRIC = "recall@20"
-# Validation Recall@20 within this of the best counts as the plateau (the issue's own definition).
-PLATEAU_TOLERANCE = 0.002
+SELECT, REFIT = "select", "refit"
 
 
 @dataclass(frozen=True)
 class EpochRecord:
-    epoch: int
+    epoch: int  # counted across both phases: the refit's epochs follow the selection's
     seconds: float  # wall time since training started, including earlier validations
     loss: float
-    valid_recall: float | None  # None for epochs without validation
+    valid_recall: float | None  # None for epochs without validation (every refit epoch)
+    phase: str = SELECT  # SELECT: trained on fit; REFIT: trained on all of train
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
     user_vectors: npt.NDArray[np.float32]
     item_vectors: npt.NDArray[np.float32]
-    best_epoch: int
+    best_epoch: int  # the selection epoch with the best validation Recall@20 (0: never validated)
     best_valid_recall: float
-    history: list[EpochRecord] = field(default_factory=list)
-    stop_reason: str = ""
-    seconds: float = 0.0
-    model: GraphRecommender | None = None  # holding the kept parameters (best validation, or its refit)
-    refitted: bool = False  # the vectors come from a refit on all of train (``TrainConfig.refit``)
-    refit_epochs: int = 0
+    history: tuple[EpochRecord, ...]
+    stop_reason: str
+    seconds: float  # wall time of both phases
+    model: GraphRecommender  # holding the kept parameters (the refit's, else the best validated)
+    selection_epochs: int
+    refit_epochs: int = 0  # 0: the vectors are the best validated ones
+
+    @property
+    def refitted(self) -> bool:
+        return self.refit_epochs > 0
 
 
 def build_model(config: TrainConfig, n_users: int, n_items: int) -> GraphRecommender:
@@ -75,19 +89,29 @@ def build_graph(config: TrainConfig, positives: CSR) -> Tensor:
 class _Stepper:
     """Runs one epoch of optimiser steps for the configured loss; returns the mean batch loss."""
 
-    def __init__(self, config: TrainConfig, positives: CSR, model: GraphRecommender, graph: Tensor) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        positives: CSR,
+        model: GraphRecommender,
+        graph: Tensor,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.config = config
-        self.fit = positives
+        self.positives = positives
         self.model = model
         self.graph = graph
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        self.rng = np.random.default_rng(config.seed)
+        self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.rng = np.random.default_rng(config.seed if seed is None else seed)
         self.sampler = NegativeSampler(positives)
         self.users_with_positives = np.flatnonzero(positives.row_lengths() > 0).astype(np.int64)
         self.pair_users, pair_items = positives.to_pairs()
         self.pair_items = pair_items.astype(np.int64)
 
     def epoch(self, should_stop: Callable[[], bool]) -> float:
+        """Mean batch loss of one pass; NaN when ``should_stop`` ended it before its first step."""
         losses: list[float] = []
         for batch in self._batches():
             if should_stop():
@@ -110,7 +134,7 @@ class _Stepper:
     def _batch_loss(self, batch: npt.NDArray[np.int64]) -> Tensor:
         users_final, items_final = scoring_vectors(*self.model.propagate(self.graph), cosine=self.config.cosine)
         if self.config.loss == "softmax":
-            local_rows, items = rows_to_pairs(self.fit, batch)
+            local_rows, items = rows_to_pairs(self.positives, batch)
             users = torch.from_numpy(batch)
             loss = softmax_loss(
                 users_final[users],
@@ -119,7 +143,7 @@ class _Stepper:
                 torch.from_numpy(items),
                 self.config.temperature,
             )
-            user_ego, item_ego = self.model.ego(users, torch.arange(self.fit.n_cols))
+            user_ego, item_ego = self.model.ego(users, torch.arange(self.positives.n_cols))
         else:
             user_rows = self.pair_users[batch]
             positives = self.pair_items[batch]
@@ -148,8 +172,166 @@ def final_vectors(
     return users.numpy().astype(np.float32, copy=True), items.numpy().astype(np.float32, copy=True)
 
 
+def progress_bar(total: int, description: str, *, enabled: bool) -> Any:
+    """A tqdm bar drawn only when asked for and stderr is a terminal (no escape codes in logs)."""
+    return tqdm(total=total, desc=description, unit="epoch", disable=None if enabled else True)
+
+
+class _Clock:
+    """Wall time since training started, against the optional time budget."""
+
+    def __init__(self, budget: float) -> None:
+        self.started = time.perf_counter()
+        self.deadline = self.started + budget if budget > 0 else math.inf
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() >= self.deadline
+
+
+class _BestSoFar:
+    """The best validated parameters so far, and how long validation has gone without a real gain.
+
+    Any improvement replaces the kept parameters; only one by more than
+    ``min_gain`` (relative) restarts the patience count, so a noisy plateau
+    does not keep training alive.
+    """
+
+    def __init__(self, model: GraphRecommender, min_gain: float) -> None:
+        self.min_gain = min_gain
+        self.epoch = 0
+        self.recall: float | None = None
+        self.state = copy.deepcopy(model.state_dict())
+        self.evaluations_without_gain = 0
+        self._reference = -math.inf  # the recall of the last real gain
+
+    def record(self, epoch: int, recall: float, model: GraphRecommender) -> None:
+        if self.recall is None or recall > self.recall:
+            self.epoch, self.recall = epoch, recall
+            self.state = copy.deepcopy(model.state_dict())
+        if recall > self._reference * (1 + self.min_gain) or self._reference == -math.inf:
+            self._reference = recall
+            self.evaluations_without_gain = 0
+        else:
+            self.evaluations_without_gain += 1
+
+
+@dataclass(frozen=True)
+class _Selection:
+    best: _BestSoFar
+    history: tuple[EpochRecord, ...]
+    stop_reason: str
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def epochs(self) -> int:
+        return self.history[-1].epoch if self.history else 0
+
+
+def select_on_validation(
+    split: Split, config: TrainConfig, model: GraphRecommender, graph: Tensor, clock: _Clock, *, progress: bool
+) -> _Selection:
+    """Phase 1: train on fit, validate every ``eval_every`` epochs, stop at the plateau (module docstring)."""
+    stepper = _Stepper(config, split.fit, model, graph)
+    best = _BestSoFar(model, config.min_gain)
+    history: list[EpochRecord] = []
+
+    def validate(epoch: int) -> float:
+        users, items = final_vectors(model, graph, cosine=config.cosine)
+        recall = evaluate_vectors(users, items, split.fit, split.valid, ks=(20,))[VALID_METRIC]
+        best.record(epoch, recall, model)
+        return recall
+
+    stop_reason = "epoch limit"
+    with progress_bar(config.epochs, f"train {config.model}", enabled=progress) as bar:
+        for epoch in range(1, config.epochs + 1):
+            loss = stepper.epoch(clock.out_of_time)
+            if not np.isfinite(loss):
+                stop_reason = "time budget" if clock.out_of_time() else "loss is not finite"
+                # A budget that ran out before this epoch's first step left the parameters of the last
+                # recorded epoch: make sure that epoch was validated before training ends.
+                if stop_reason == "time budget" and history and history[-1].valid_recall is None:
+                    history[-1] = replace(history[-1], valid_recall=validate(history[-1].epoch))
+                break
+            # Decided once per epoch: a budget running out between two checks would otherwise end
+            # training on an epoch that was never evaluated.
+            time_up = clock.out_of_time()
+            due = epoch % config.eval_every == 0 or epoch == config.epochs or time_up
+            recall = validate(epoch) if due else None
+            history.append(EpochRecord(epoch, clock.elapsed(), loss, recall))
+            bar.update(1)
+            bar.set_postfix(_postfix(loss, best.recall))
+            if best.evaluations_without_gain >= config.patience:
+                stop_reason = f"no validation gain in {config.patience} evaluations"
+                break
+            if time_up:
+                stop_reason = "time budget"
+                break
+    return _Selection(best, tuple(history), stop_reason, stepper.optimizer)
+
+
+def _postfix(loss: float, best_recall: float | None) -> dict[str, str]:
+    """The bar's figures: the loss, and the best validation Recall@20 once there is one."""
+    shown = {"loss": f"{loss:.4f}"}
+    if best_recall is not None:
+        shown["best_valid_r20"] = f"{best_recall:.4f}"
+    return shown
+
+
+def refit_epochs_for(config: TrainConfig, selection_epochs: int) -> int:
+    """How long the refit runs: ``refit_fraction`` of the selection's epochs, at least one."""
+    return max(1, math.ceil(config.refit_fraction * selection_epochs))
+
+
+def refit_on_train(
+    split: Split,
+    config: TrainConfig,
+    model: GraphRecommender,
+    selection: _Selection,
+    clock: _Clock,
+    *,
+    progress: bool,
+) -> tuple[EpochRecord, ...] | None:
+    """Phase 2: keep training ``model`` on all of train with the learning rate annealed to zero.
+
+    Continues from the selection's last parameters and optimiser state (the
+    model is changed in place). Returns the refit epochs' records, or None when
+    the time budget ran out or the loss stopped being finite: an unfinished
+    anneal is not the schedule validation chose, so the caller keeps the
+    validated parameters instead.
+    """
+    epochs = refit_epochs_for(config, selection.epochs)
+    stepper = _Stepper(
+        config,
+        split.train,
+        model,
+        build_graph(config, split.train),
+        optimizer=selection.optimizer,
+        seed=config.seed + 1,
+    )
+    for group in stepper.optimizer.param_groups:
+        group["lr"] = config.lr
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(stepper.optimizer, T_max=epochs)
+    records: list[EpochRecord] = []
+    with progress_bar(epochs, "refit on all of train", enabled=progress) as bar:
+        for offset in range(1, epochs + 1):
+            # Checked between epochs only, so the budget may be overrun by up to one epoch.
+            if clock.out_of_time():
+                return None
+            loss = stepper.epoch(lambda: False)
+            if not np.isfinite(loss):
+                return None
+            schedule.step()
+            records.append(EpochRecord(selection.epochs + offset, clock.elapsed(), loss, None, REFIT))
+            bar.update(1)
+            bar.set_postfix(_postfix(loss, None))
+    return tuple(records)
+
+
 def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train on ``split.fit``, early-stop on ``split.valid``; return the best checkpoint's vectors.
+    """Select on ``split.valid``, refit on ``split.train`` (see the module docstring); return the served vectors.
 
     Validation propagates over the fit graph only (the validation edges must
     stay unseen). The returned vectors propagate the kept parameters over the
@@ -160,117 +342,30 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
     """
     check_config(config)
     torch.manual_seed(config.seed)
-    started = time.perf_counter()
+    clock = _Clock(config.time_budget)
     model = build_model(config, split.n_users, split.n_items)
-    graph = build_graph(config, split.fit)
-    stepper = _Stepper(config, split.fit, model, graph)
-    deadline = started + config.time_budget if config.time_budget > 0 else float("inf")
-
-    def out_of_time() -> bool:
-        return time.perf_counter() >= deadline
-
-    best = TrainResult(
-        *final_vectors(model, graph, cosine=config.cosine), best_epoch=0, best_valid_recall=-1.0, model=model
+    fit_graph = build_graph(config, split.fit)
+    selection = select_on_validation(split, config, model, fit_graph, clock, progress=progress)
+    refit: tuple[EpochRecord, ...] | None = None
+    stop_reason = selection.stop_reason
+    if config.refit and selection.best.recall is not None and split.valid.nnz:
+        refit = refit_on_train(split, config, model, selection, clock, progress=progress)
+        if refit is None:
+            why = "cut by the time budget" if clock.out_of_time() else "stopped by a non-finite loss"
+            stop_reason += f"; refit on train {why} (validated vectors kept)"
+    if refit is None:
+        model.load_state_dict(selection.best.state)
+    inference_graph = fit_graph if config.inference_graph == "fit" else build_graph(config, split.train)
+    users, items = final_vectors(model, inference_graph, cosine=config.cosine)
+    return TrainResult(
+        user_vectors=users,
+        item_vectors=items,
+        best_epoch=selection.best.epoch,
+        best_valid_recall=selection.best.recall or 0.0,
+        history=selection.history + (refit or ()),
+        stop_reason=stop_reason,
+        seconds=clock.elapsed(),
+        model=model,
+        selection_epochs=selection.epochs,
+        refit_epochs=len(refit or ()),
     )
-    best_state = copy.deepcopy(model.state_dict())
-    evaluations_without_gain = 0
-
-    def validate(epoch: int) -> float:
-        """Validation Recall@20 of the current parameters; keeps them when they are the best so far."""
-        nonlocal best_state, evaluations_without_gain
-        users, items = final_vectors(model, graph, cosine=config.cosine)
-        recall = evaluate_vectors(users, items, split.fit, split.valid, ks=(20,))[VALID_METRIC]
-        if recall > best.best_valid_recall:
-            best_state = copy.deepcopy(model.state_dict())
-            best.best_epoch, best.best_valid_recall = epoch, recall
-            evaluations_without_gain = 0
-        else:
-            evaluations_without_gain += 1
-        return recall
-
-    bar = tqdm(range(1, config.epochs + 1), desc=f"train {config.model}", unit="epoch", disable=not progress)
-    for epoch in bar:
-        loss = stepper.epoch(out_of_time)
-        if not np.isfinite(loss):
-            if not out_of_time():
-                best.stop_reason = "loss is not finite"
-                break
-            best.stop_reason = "time budget"
-            # The budget ran out before this epoch took a step, so the parameters are still those of
-            # the last recorded epoch: make sure that epoch was validated before training ends.
-            if best.history and best.history[-1].valid_recall is None:
-                last = best.history[-1]
-                best.history[-1] = replace(last, valid_recall=validate(last.epoch))
-            break
-        recall: float | None = None
-        # Decided once per epoch: a budget that ran out between two checks would otherwise end
-        # training on an epoch that was never evaluated.
-        time_up = out_of_time()
-        if epoch % config.eval_every == 0 or epoch == config.epochs or time_up:
-            recall = validate(epoch)
-        best.history.append(EpochRecord(epoch, time.perf_counter() - started, loss, recall))
-        bar.set_postfix(loss=f"{loss:.4f}", valid_r20=f"{best.best_valid_recall:.4f}")
-        if evaluations_without_gain >= config.patience:
-            best.stop_reason = f"no validation gain in {config.patience} evaluations"
-            break
-        if time_up:
-            best.stop_reason = "time budget"
-            break
-    else:
-        best.stop_reason = "epoch limit"
-    bar.close()
-    model.load_state_dict(best_state)
-    inference_graph = graph if config.inference_graph == "fit" else build_graph(config, split.train)
-    best.user_vectors, best.item_vectors = final_vectors(model, inference_graph, cosine=config.cosine)
-    if config.refit and best.best_epoch > 0 and split.valid.nnz:
-        best.refit_epochs = plateau_end(best.history, best.best_valid_recall)
-        refitted = refit_on_train(split, config, best.refit_epochs, out_of_time, progress=progress)
-        if refitted is None:
-            best.stop_reason += "; refit on train cut by the time budget (validated vectors kept)"
-        else:
-            best.model = refitted
-            best.user_vectors, best.item_vectors = final_vectors(refitted, inference_graph, cosine=config.cosine)
-            best.refitted = True
-    best.seconds = time.perf_counter() - started
-    return best
-
-
-def plateau_end(history: list[EpochRecord], best_recall: float) -> int:
-    """The last validated epoch whose Recall@20 is within :data:`PLATEAU_TOLERANCE` of the best.
-
-    Why not the best epoch itself: past its first rise the validation curve is
-    a noisy plateau (±0.002 between evaluations on ML-1M), so which epoch of
-    it peaks is luck, while test accuracy keeps creeping up along it. Refitting
-    seed 1 of the default recipe for its best epoch (28) gave test Recall/NDCG@20
-    0.3005/0.3280; for 40 epochs, still on its plateau, 0.3043/0.3351.
-    """
-    on_plateau = [
-        record.epoch
-        for record in history
-        if record.valid_recall is not None and record.valid_recall >= best_recall - PLATEAU_TOLERANCE
-    ]
-    return max(on_plateau)
-
-
-def refit_on_train(
-    split: Split, config: TrainConfig, epochs: int, out_of_time: Callable[[], bool], *, progress: bool
-) -> GraphRecommender | None:
-    """Train a fresh model (same seed) on all of train, fit + valid, for the epochs validation chose
-    (:func:`plateau_end`).
-
-    Why: early stopping needs the validation positives held out, so the kept
-    model never learned from them (10 % of train); refitting with the chosen
-    epoch count is how every tuned peer in ``benchmarks/accuracy.py`` is
-    treated too. None when the time budget runs out first, or the loss stops being finite.
-    """
-    torch.manual_seed(config.seed)
-    model = build_model(config, split.n_users, split.n_items)
-    stepper = _Stepper(config, split.train, model, build_graph(config, split.train))
-    for _ in tqdm(range(epochs), desc="refit on train", unit="epoch", disable=not progress):
-        # Checked between epochs only (a refit cut mid-epoch is not the schedule validation chose), so the
-        # budget may be overrun by up to one epoch.
-        if out_of_time():
-            return None
-        if not np.isfinite(stepper.epoch(lambda: False)):
-            return None
-    return model

@@ -58,9 +58,16 @@ def register(commands: Any) -> None:
         "--refit",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="after early stopping, retrain on all of train for the chosen epochs (default: the preset's)",
+        help="after early stopping, keep training on all of train with the learning rate annealed to zero "
+        "(default: the preset's)",
+    )
+    train.add_argument(
+        "--refit-fraction", type=float, metavar="F", help="refit epochs as a fraction of the selection epochs"
     )
     train.add_argument("--patience", type=int, metavar="P", help="evaluations without gain before stopping")
+    train.add_argument(
+        "--min-gain", type=float, metavar="G", help="relative validation gain that restarts the patience count"
+    )
     train.add_argument("--eval-every", type=int, metavar="E", help="validate every E epochs")
     train.add_argument("--seed", type=int, metavar="S", help="training seed (the split always uses seed 42)")
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long, keep the best")
@@ -76,12 +83,13 @@ def register(commands: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    # Must precede torch's import. On a shared machine, OpenMP threads that spin while waiting steal
-    # the cores the other thread needs: one fast-preset ML-1M epoch took 12.6-22.5 s with spinning
-    # waits and 4.3-5.6 s with passive ones (2 threads, load average ~7, measured side by side).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Checked before torch is imported (seconds): a wrong path should fail at once.
+    data = args.data or default_ml1m_dir()
+    if data is None:
+        raise MovierecError("no --data given and no MovieLens-1M found ($MOVIEREC_DATA or ../shared/data/ml-1m)")
+    if not data.exists():
+        raise MovierecError(f"--data {data}: no such file or folder")
     from movierec.trainer.config import resolve_config
-    from movierec.trainer.pipeline import train_bundle
 
     config = resolve_config(
         args.preset,
@@ -97,14 +105,18 @@ def _train(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         cosine=None if args.score is None else args.score == "cosine",
         refit=args.refit,
+        refit_fraction=args.refit_fraction,
         patience=args.patience,
+        min_gain=args.min_gain,
         eval_every=args.eval_every,
         seed=args.seed,
         time_budget=args.time_budget,
     )
-    data = args.data or default_ml1m_dir()
-    if data is None:
-        raise MovierecError("no --data given and no MovieLens-1M found ($MOVIEREC_DATA or ../shared/data/ml-1m)")
+    # Must precede torch's import. On a shared machine, OpenMP threads that spin while waiting steal
+    # the cores the other thread needs (spinning waits made epochs 2-4x slower under load).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from movierec.trainer.pipeline import train_bundle
+
     summary = train_bundle(
         data,
         args.out,
@@ -118,14 +130,32 @@ def _train(args: argparse.Namespace) -> int:
         print_json(summary)
     else:
         _print_metrics(summary)
-        training = summary["training"]
-        print(
-            f"kept epoch {training['best_epoch']} of {training['epochs_run']} "
-            f"(valid Recall@20 {training['best_valid_recall@20']:.4f}, {training['seconds']:.1f} s, "
-            f"{training['stop_reason']}{'; refitted on all of train' if training['refitted_on_train'] else ''}); "
-            f"bundle written to {summary['bundle']}"
-        )
+        for line in closing_lines(summary["training"]):
+            print(line)
+        print(f"bundle written to {summary['bundle']}")
     return 0
+
+
+def closing_lines(training: dict[str, Any]) -> list[str]:
+    """What happened during training, in the order it happened, for the closing summary."""
+    lines = [
+        f"selection: {training['selection_epochs']} epochs on fit, best validation Recall@20 "
+        f"{training['best_valid_recall@20']:.4f} at epoch {training['best_epoch']} "
+        f"(stopped: {training['stop_reason']})"
+    ]
+    if training["refitted_on_train"]:
+        lines.append(
+            f"refit: {training['refit_epochs']} more epochs on all of train (fit + valid), "
+            "learning rate annealed to zero; the bundle holds the refitted vectors"
+        )
+    else:
+        lines.append("refit: none; the bundle holds the best validated vectors")
+    lines.append(
+        f"total: {training['epochs_run']} epochs, training {training['seconds']:.1f} s, "
+        f"wall {training['wall_seconds']:.1f} s including loading, refit and writing; "
+        f"peak RSS {training['peak_rss_mb'] / 1024:.2f} GiB"
+    )
+    return lines
 
 
 def _evaluate(args: argparse.Namespace) -> int:
