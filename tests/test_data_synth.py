@@ -12,7 +12,7 @@ import pytest
 from movierec.clients.cli.main import main
 from movierec.errors import MovierecError
 from movierec.trainer.data import load_dataset, make_split
-from movierec.trainer.data.synth import GENRES, allocate_counts, generate
+from movierec.trainer.data.synth import FIRST_TIMESTAMP, GENRES, LAST_TIMESTAMP, allocate_counts, generate
 from movierec.trainer.evaluate import evaluate_ranking
 
 USERS, ITEMS, RATINGS = 1500, 400, 60_000
@@ -39,6 +39,8 @@ def test_exact_count_unique_pairs_and_ids_in_range(synth_dir: Path) -> None:
     assert r.items.min() >= 1 and r.items.max() <= ITEMS
     assert set(np.unique(r.ratings).tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
     assert np.unique(r.users).shape[0] == USERS  # every user rates something when ratings >= users
+    assert r.timestamps.min() >= FIRST_TIMESTAMP and r.timestamps.max() <= LAST_TIMESTAMP
+    assert np.unique(r.timestamps).shape[0] > 0.99 * RATINGS  # spread over time, not piled at one end
 
 
 def test_file_is_sorted_by_user_then_movie_like_movielens(synth_dir: Path) -> None:

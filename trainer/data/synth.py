@@ -234,13 +234,14 @@ def _draw_world(rng: np.random.Generator, users: int, items: int, ratings: int) 
         floor = max(floor, 1)
     cap = min(items, max(int(np.ceil(MAX_CATALOGUE_SHARE * items)), -(-ratings // users)))
     counts = allocate_counts(_power_law_weights(rng, users, USER_ACTIVITY_SHAPE), ratings, floor=floor, cap=cap)
+    history = LAST_TIMESTAMP - FIRST_TIMESTAMP
     span_days = rng.exponential(365.0, users) * (1.0 + np.log1p(counts / max(floor, 1)))
-    latest_start = LAST_TIMESTAMP - 86_400
+    span = np.clip(span_days * 86_400, 3_600, history).astype(np.int64)
     return _World(
         user_factors=user_factors,
         user_bias=(rng.standard_normal(users) * 0.4).astype(np.float32),
-        user_start=rng.integers(FIRST_TIMESTAMP, latest_start, users, dtype=np.int64),
-        user_span=np.maximum(span_days * 86_400, 3_600).astype(np.int64),
+        user_start=FIRST_TIMESTAMP + (rng.random(users) * (history - span)).astype(np.int64),
+        user_span=span,
         counts=counts,
         item_factors=item_factors,
         item_quality=(rng.standard_normal(items) * 0.5).astype(np.float32),
@@ -337,7 +338,8 @@ def _pick_by_candidates(
     drawn = np.ceil(needed * OVERSAMPLE).astype(np.int64) + 4
     owner = np.repeat(np.arange(users.shape[0], dtype=np.int64), drawn)
     candidates = np.searchsorted(world.item_cdf, rng.random(owner.shape[0]), side="right")
-    keys = np.unique(owner * n_items + np.minimum(candidates, n_items - 1))
+    keys = np.sort(owner * n_items + np.minimum(candidates, n_items - 1))
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]  # distinct; np.unique hashes first, slower here
     owner, candidates = keys // n_items, keys % n_items
     noise = -np.log(-np.log(rng.random(keys.shape[0])))
     merit = TASTE * _affinity(world, users[owner], candidates) + noise
@@ -377,9 +379,10 @@ def _stars(
 
 
 def _timestamps(world: _World, users: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[np.int64]:
-    """Within each user's active span, front-loaded (most ratings come early, as in MovieLens)."""
+    """Within each user's active span (which ends by ``LAST_TIMESTAMP``), front-loaded: most ratings come
+    early, as in MovieLens."""
     offset = (rng.random(users.shape[0]) ** 2 * world.user_span[users]).astype(np.int64)
-    stamps: npt.NDArray[np.int64] = np.minimum(world.user_start[users] + offset, LAST_TIMESTAMP)
+    stamps: npt.NDArray[np.int64] = world.user_start[users] + offset
     return stamps
 
 
