@@ -120,6 +120,7 @@ class ServerInfo:
     genres: tuple[str, ...] = ()
     events_through: int = 0
     events_last_offset: int = 0
+    max_batch_size: int = 0
 
 
 class RecommenderError(Exception):
@@ -272,6 +273,29 @@ class RecommenderClient:
         finally:
             responses.cancel()  # type: ignore[no-untyped-call]  # stops the call if the caller stops early
 
+    def recommend_batch(
+        self, queries: Iterable[StreamQuery], *, timeout: float | None = None
+    ) -> list[Recommendations | RecommenderError]:
+        """Many users in one call (at most the server's ``max_batch_size``): one result per query, in order.
+
+        A query the server rejects is a :class:`RecommenderError` (with its
+        ``request_id``) in its slot; a refused call (too many queries, no
+        index yet) raises.
+        """
+        request = pb.RecommendBatchRequest(requests=[_query_request(pb.RecommendRequest, query) for query in queries])
+        response: pb.RecommendBatchResponse = self._call(self._stub.RecommendBatch, request, timeout)
+        return [
+            _error_from_status(result.error, result.request_id)
+            if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]
+            else Recommendations(
+                request_id=result.request_id,
+                items=tuple(_item(item) for item in result.items),
+                model_version=response.model_version,
+                index_version=response.index_version,
+            )
+            for result in response.results
+        ]
+
     def similar_items(
         self,
         item_id: int,
@@ -310,6 +334,7 @@ class RecommenderClient:
             genres=tuple(response.genres),
             events_through=response.events_through,
             events_last_offset=response.events_last_offset,
+            max_batch_size=response.max_batch_size,
         )
 
     def is_serving(self, *, timeout: float | None = None) -> bool:

@@ -40,7 +40,7 @@ from movierec.server.interaction_log import LOG_FILE_NAME, InteractionLog
 from movierec.server.limits import Limits
 from movierec.server.metrics import MetricsHttpServer, MetricsInterceptor, ServerMetrics
 from movierec.server.reload import DEFAULT_POLL_SECONDS, IndexReloader
-from movierec.server.servicer import DEFAULT_MAX_STREAM_BATCH, RecommenderServicer
+from movierec.server.servicer import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_STREAM_BATCH, RecommenderServicer
 from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
@@ -63,6 +63,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH
+    # Most requests one RecommendBatch call may carry (INVALID_ARGUMENT beyond).
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     # Places of each user's ranking precomputed at load (movierec.index.ranked); 0: every request scans.
     ranked_depth: int = DEFAULT_RANKED_DEPTH
     # Interaction log; None: ``interactions.sqlite3`` in the store root (beside a single version).
@@ -131,7 +133,12 @@ class RecommenderServer:
         ``credentials`` make the port TLS-only."""
         self.config = config
         self.state = ServingState(metrics)
-        self.servicer = RecommenderServicer(self.state, max_stream_batch=config.max_stream_batch, metrics=metrics)
+        self.servicer = RecommenderServicer(
+            self.state,
+            max_stream_batch=config.max_stream_batch,
+            max_batch_size=config.max_batch_size,
+            metrics=metrics,
+        )
         self.log: InteractionLog | None = None
         self.reloader: IndexReloader | None = None
         self._credentials = credentials

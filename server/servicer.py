@@ -32,6 +32,8 @@ from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_STREAM_BATCH = 64
+# Most requests one RecommendBatch call may carry: 1,000 k=10 answers are ~0.5 MB and ~10 ms of the event loop.
+DEFAULT_MAX_BATCH_SIZE = 1000
 # Each stream buffers at most this many batches of requests (and of responses) ahead.
 QUEUE_BATCHES = 4
 
@@ -55,11 +57,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         state: ServingState,
         *,
         max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         metrics: ServerMetrics | None = None,
     ) -> None:
-        """``metrics`` hears of stream messages answered with an error (the call itself still succeeds)."""
+        """``metrics`` hears of stream messages answered with an error (the call itself still succeeds);
+        ``max_batch_size`` caps the requests of one RecommendBatch call."""
         if max_stream_batch < 1:
             raise ValueError("max_stream_batch must be >= 1")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._max_batch_size = max_batch_size
         self._state = state
         self._max_stream_batch = max_stream_batch
         self._metrics = metrics
@@ -123,6 +130,34 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if failure is not None:
             raise failure
 
+    async def RecommendBatch(
+        self,
+        request: pb.RecommendBatchRequest,
+        context: grpc.aio.ServicerContext[pb.RecommendBatchRequest, pb.RecommendBatchResponse],
+    ) -> pb.RecommendBatchResponse:
+        """Every request through one ``engine.recommend`` (one search per distinct k and filter); a bad request
+        gets its own error status in its slot, as in the stream."""
+        engine = await self._engine_or_abort(context)
+        await _abort_if_expired(context)
+        queries = request.requests
+        if len(queries) > self._max_batch_size:
+            await _abort(
+                context,
+                invalid_argument(
+                    "requests",
+                    f"at most {self._max_batch_size} requests per RecommendBatch call (max_batch_size), "
+                    f"got {len(queries)}: split the batch",
+                ),
+            )
+        response = pb.RecommendBatchResponse(model_version=engine.model_version, index_version=engine.index_version)
+        for query, answer in zip(queries, engine.recommend(queries), strict=True):
+            result = response.results.add(request_id=query.request_id)
+            if isinstance(answer, RequestError):
+                result.error.CopyFrom(answer.to_status())
+            else:
+                engine.write_items(result.items, answer)
+        return response
+
     async def SimilarItems(
         self,
         request: pb.SimilarItemsRequest,
@@ -140,6 +175,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         info.swap_count = self._state.swap_count
         info.last_reload_error = self._state.last_reload_error
         info.last_refused_version = self._state.last_refused_version
+        info.max_batch_size = self._max_batch_size
         if self.log is not None:
             info.events_last_offset = self.log.last_offset
         return info

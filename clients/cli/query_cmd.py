@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,19 +21,41 @@ if TYPE_CHECKING:
     from movierec.clients.client import ItemFilter, Recommendations, RecommenderClient
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_BATCH_SIZE = 100
 
 T = TypeVar("T")
 
 
 def register(commands: Any) -> None:
     recommend = commands.add_parser(
-        "recommend", help="top-k unseen movies for a user (or for a list of liked movies) from a running server"
+        "recommend",
+        help="top-k unseen movies for a user (or for a list of liked movies) from a running server",
+        description="Top-k unseen movies for a user (or for a list of liked movies) from a running server.\n"
+        "The table gives each movie's year and, under 'because you liked', the movie of theirs that\n"
+        "contributes most to its score. The API answers with ids there, so the titles are looked up\n"
+        "with SimilarItems calls (the whole catalogue when it fits the server's max_k; an id not found\n"
+        "stays an id). --json prints the answer as sent, ids only.",
     )
     _add_connection_options(recommend)
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, metavar="ID", help="MovieLens user id")
     who.add_argument(
         "--liked", type=int, nargs="+", metavar="ID", help="cold start: movie ids someone liked (never recommended)"
+    )
+    who.add_argument(
+        "--users-file",
+        type=Path,
+        metavar="FILE",
+        help="many users: one user id per line; answered with RecommendBatch calls, one JSON line per user "
+        "(in file order; a user the server refuses gets an 'error' line and the exit status is 1)",
+    )
+    recommend.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"users per RecommendBatch call with --users-file, at most the server's max_batch_size "
+        f"(default {DEFAULT_BATCH_SIZE})",
     )
     recommend.add_argument("-k", type=int, default=10, help="how many movies (default 10)")
     recommend.add_argument(
@@ -97,6 +121,13 @@ def _item_filter(args: argparse.Namespace) -> ItemFilter | None:
     return ItemFilter(tuple(args.genre), tuple(args.exclude_genre), args.min_year, args.max_year)
 
 
+def _batch_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def server_address(text: str) -> str:
     """``HOST:PORT`` with a port in 1..65535 (IPv6 as ``[::1]:PORT``); gRPC would silently default to 443."""
     host, _, port = text.rpartition(":")
@@ -106,6 +137,8 @@ def server_address(text: str) -> str:
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    if args.users_file is not None:
+        return _recommend_users_file(args)
     item_filter = _item_filter(args)
 
     def ask(client: RecommenderClient) -> tuple[Recommendations, dict[int, str]]:
@@ -131,6 +164,56 @@ def _recommend(args: argparse.Namespace) -> int:
         heading = f"Top {len(result.items)} for user {args.user}"
     _print_recommendations(result, args.json, heading, titles)
     return 0
+
+
+def _recommend_users_file(args: argparse.Namespace) -> int:
+    """One JSON line per user of ``--users-file``, in file order, asked ``--batch-size`` users per call."""
+    from movierec.clients.client import RecommenderError, StreamQuery
+
+    user_ids = read_user_ids(args.users_file)
+    item_filter = _item_filter(args)
+
+    def answer_all(client: RecommenderClient) -> int:
+        """Print every user's line as its batch comes back; return how many users got an error."""
+        failed = 0
+        for start in range(0, len(user_ids), args.batch_size):
+            batch = user_ids[start : start + args.batch_size]
+            queries = [StreamQuery(str(user), user, args.k, tuple(args.exclude), item_filter) for user in batch]
+            for user_id, result in zip(batch, client.recommend_batch(queries), strict=True):
+                line: dict[str, Any] = {"user_id": user_id}
+                if isinstance(result, RecommenderError):
+                    failed += 1
+                    line["error"] = {"code": result.code.name, "message": result.message}
+                else:
+                    line["items"] = [dataclasses.asdict(item) for item in result.items]
+                    line["model_version"] = result.model_version
+                    line["index_version"] = result.index_version
+                sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+        return failed
+
+    failed = _ask(args, answer_all)
+    if failed:
+        raise MovierecError(f"{failed} of {len(user_ids)} users got an error instead of recommendations (see 'error')")
+    return 0
+
+
+def read_user_ids(path: Path) -> list[int]:
+    """The user ids of a ``--users-file``: one integer per line, blank lines skipped; a bad line is named."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MovierecError(f"cannot read the users file ({exc})", path=path) from None
+    user_ids = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            user_ids.append(int(text))
+        except ValueError:
+            raise MovierecError(f"line {number}: {text[:40]!r} is not a user id", path=path) from None
+    return user_ids
 
 
 def _record(args: argparse.Namespace) -> int:

@@ -35,6 +35,13 @@ def register(commands: Any) -> None:
         help=f"most exclude_item_ids per request (default {DEFAULT_MAX_EXCLUDE})",
     )
     parser.add_argument(
+        "--max-batch",
+        type=_positive,
+        default=1000,
+        metavar="N",
+        help="most requests one RecommendBatch call may carry (default 1000)",
+    )
+    parser.add_argument(
         "--ranked-depth",
         type=_non_negative,
         default=None,
@@ -93,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         limits=Limits(max_k=args.max_k, max_exclude_item_ids=args.max_exclude),
         grace_seconds=args.grace,
+        max_batch_size=args.max_batch,
         ranked_depth=DEFAULT_RANKED_DEPTH if args.ranked_depth is None else args.ranked_depth,
         events_path=args.events,
         poll_seconds=args.poll,

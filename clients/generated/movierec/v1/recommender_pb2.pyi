@@ -283,6 +283,91 @@ class RecommendStreamResponse(_message.Message):
 Global___RecommendStreamResponse: _TypeAlias = RecommendStreamResponse  # noqa: Y015
 
 @_typing.final
+class RecommendBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecommendRequest]:
+        """Each is validated and answered as the unary Recommend would answer it."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RecommendRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendBatchRequest: _TypeAlias = RecommendBatchRequest  # noqa: Y015
+
+@_typing.final
+class RecommendBatchResult(_message.Message):
+    """One request's answer inside a RecommendBatchResponse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request's request_id."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecommendedItem]:
+        """Best first; empty when error is set."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Set (code != 0) when this one request failed; the others are unaffected."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        items: _abc.Iterable[Global___RecommendedItem] | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "items", b"items", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendBatchResult: _TypeAlias = RecommendBatchResult  # noqa: Y015
+
+@_typing.final
+class RecommendBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
+    model_version: _builtins.str
+    """The versions that answered every result of this call."""
+    index_version: _builtins.str
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecommendBatchResult]:
+        """One per request, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RecommendBatchResult] | None = ...,
+        model_version: _builtins.str = ...,
+        index_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_version", b"index_version", "model_version", b"model_version", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendBatchResponse: _TypeAlias = RecommendBatchResponse  # noqa: Y015
+
+@_typing.final
 class SimilarItemsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -387,6 +472,7 @@ class GetInfoResponse(_message.Message):
     GENRES_FIELD_NUMBER: _builtins.int
     EVENTS_THROUGH_FIELD_NUMBER: _builtins.int
     EVENTS_LAST_OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     index_version: _builtins.str
     user_count: _builtins.int
@@ -412,6 +498,8 @@ class GetInfoResponse(_message.Message):
     offset the log holds.
     """
     events_last_offset: _builtins.int
+    max_batch_size: _builtins.int
+    """Most requests one RecommendBatch call may carry."""
     @_builtins.property
     def training_metrics(self) -> _struct_pb2.Struct:
         """Evaluation results recorded by the trainer (metrics.json), as is."""
@@ -438,10 +526,11 @@ class GetInfoResponse(_message.Message):
         genres: _abc.Iterable[_builtins.str] | None = ...,
         events_through: _builtins.int = ...,
         events_last_offset: _builtins.int = ...,
+        max_batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training_metrics", b"training_metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "events_last_offset", b"events_last_offset", "events_through", b"events_through", "genres", b"genres", "index_kind", b"index_kind", "index_version", b"index_version", "item_count", b"item_count", "last_refused_version", b"last_refused_version", "last_reload_error", b"last_reload_error", "max_exclude_item_ids", b"max_exclude_item_ids", "max_k", b"max_k", "model_version", b"model_version", "swap_count", b"swap_count", "training_metrics", b"training_metrics", "user_count", b"user_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "events_last_offset", b"events_last_offset", "events_through", b"events_through", "genres", b"genres", "index_kind", b"index_kind", "index_version", b"index_version", "item_count", b"item_count", "last_refused_version", b"last_refused_version", "last_reload_error", b"last_reload_error", "max_batch_size", b"max_batch_size", "max_exclude_item_ids", b"max_exclude_item_ids", "max_k", b"max_k", "model_version", b"model_version", "swap_count", b"swap_count", "training_metrics", b"training_metrics", "user_count", b"user_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,11 @@ class RecommenderServiceStub:
                 request_serializer=movierec_dot_v1_dot_recommender__pb2.RecommendStreamRequest.SerializeToString,
                 response_deserializer=movierec_dot_v1_dot_recommender__pb2.RecommendStreamResponse.FromString,
                 _registered_method=True)
+        self.RecommendBatch = channel.unary_unary(
+                '/movierec.v1.RecommenderService/RecommendBatch',
+                request_serializer=movierec_dot_v1_dot_recommender__pb2.RecommendBatchRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_recommender__pb2.RecommendBatchResponse.FromString,
+                _registered_method=True)
         self.SimilarItems = channel.unary_unary(
                 '/movierec.v1.RecommenderService/SimilarItems',
                 request_serializer=movierec_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
@@ -120,6 +125,18 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecommendBatch(self, request, context):
+        """Many users' recommendations in one call, for jobs that need them in bulk
+        (home-page caches, e-mail campaigns): one result per request, in request
+        order, each with the items Recommend would give or its own error (the
+        call itself succeeds). All are answered by one index version, through the
+        batched search. At most GetInfoResponse.max_batch_size requests
+        (INVALID_ARGUMENT beyond).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SimilarItems(self, request, context):
         """Movies nearest to one movie by the item vectors ("more like this").
         """
@@ -173,6 +190,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.RecommendStream,
                     request_deserializer=movierec_dot_v1_dot_recommender__pb2.RecommendStreamRequest.FromString,
                     response_serializer=movierec_dot_v1_dot_recommender__pb2.RecommendStreamResponse.SerializeToString,
+            ),
+            'RecommendBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendBatch,
+                    request_deserializer=movierec_dot_v1_dot_recommender__pb2.RecommendBatchRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_recommender__pb2.RecommendBatchResponse.SerializeToString,
             ),
             'SimilarItems': grpc.unary_unary_rpc_method_handler(
                     servicer.SimilarItems,
@@ -269,6 +291,33 @@ class RecommenderService:
             '/movierec.v1.RecommenderService/RecommendStream',
             movierec_dot_v1_dot_recommender__pb2.RecommendStreamRequest.SerializeToString,
             movierec_dot_v1_dot_recommender__pb2.RecommendStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.RecommenderService/RecommendBatch',
+            movierec_dot_v1_dot_recommender__pb2.RecommendBatchRequest.SerializeToString,
+            movierec_dot_v1_dot_recommender__pb2.RecommendBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,14 @@ class RecommenderServiceStub:
     with the same request_id; a bad request gets a response carrying only
     an error, and the stream goes on. Responses come in request order.
     """
+    RecommendBatch: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.RecommendBatchRequest, _recommender_pb2.RecommendBatchResponse]
+    """Many users' recommendations in one call, for jobs that need them in bulk
+    (home-page caches, e-mail campaigns): one result per request, in request
+    order, each with the items Recommend would give or its own error (the
+    call itself succeeds). All are answered by one index version, through the
+    batched search. At most GetInfoResponse.max_batch_size requests
+    (INVALID_ARGUMENT beyond).
+    """
     SimilarItems: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.SimilarItemsRequest, _recommender_pb2.SimilarItemsResponse]
     """Movies nearest to one movie by the item vectors ("more like this")."""
     GetInfo: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.GetInfoRequest, _recommender_pb2.GetInfoResponse]
@@ -101,6 +109,14 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
     """Many users over one connection: each request gets exactly one response
     with the same request_id; a bad request gets a response carrying only
     an error, and the stream goes on. Responses come in request order.
+    """
+    RecommendBatch: _aio.UnaryUnaryMultiCallable[_recommender_pb2.RecommendBatchRequest, _recommender_pb2.RecommendBatchResponse]  # type: ignore[assignment]
+    """Many users' recommendations in one call, for jobs that need them in bulk
+    (home-page caches, e-mail campaigns): one result per request, in request
+    order, each with the items Recommend would give or its own error (the
+    call itself succeeds). All are answered by one index version, through the
+    batched search. At most GetInfoResponse.max_batch_size requests
+    (INVALID_ARGUMENT beyond).
     """
     SimilarItems: _aio.UnaryUnaryMultiCallable[_recommender_pb2.SimilarItemsRequest, _recommender_pb2.SimilarItemsResponse]  # type: ignore[assignment]
     """Movies nearest to one movie by the item vectors ("more like this")."""
@@ -157,6 +173,20 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Many users over one connection: each request gets exactly one response
         with the same request_id; a bad request gets a response carrying only
         an error, and the stream goes on. Responses come in request order.
+        """
+
+    @_abc_1.abstractmethod
+    def RecommendBatch(
+        self,
+        request: _recommender_pb2.RecommendBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_pb2.RecommendBatchResponse, _abc.Awaitable[_recommender_pb2.RecommendBatchResponse]]:
+        """Many users' recommendations in one call, for jobs that need them in bulk
+        (home-page caches, e-mail campaigns): one result per request, in request
+        order, each with the items Recommend would give or its own error (the
+        call itself succeeds). All are answered by one index version, through the
+        batched search. At most GetInfoResponse.max_batch_size requests
+        (INVALID_ARGUMENT beyond).
         """
 
     @_abc_1.abstractmethod
