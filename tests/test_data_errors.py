@@ -208,3 +208,104 @@ def test_broken_100k_genre_line(tmp_path: Path) -> None:
     (tmp_path / "u.genre").write_text("unknown|0\nAction\n")
     err = load_error(tmp_path)
     assert err.path == tmp_path / "u.genre" and err.line == 2 and "expected 'Genre|index'" in str(err)
+
+
+def one_line(err: DataError) -> str:
+    message = str(err)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "what", "message"),
+    [
+        ("1e30::20::3::101", "user id", "too large to be exact"),
+        ("1::1e30::3::101", "item id", "too large to be exact"),
+        ("9.3e18::20::3::101", "user id", "too large to be exact"),  # inside int64, but not exact as a float
+        ("1::20::3::1e30", "timestamp", "too large to be exact"),
+        ("1::99999999999999999999::3::101", "item id", "beyond the 64-bit integer range: '99999999999999999999'"),
+        ("-99999999999999999999::20::3::101", "user id", "beyond the 64-bit integer range"),
+        ("1::9223372036854775808::3::101", "item id", "beyond the 64-bit integer range"),
+        ("1::" + "9" * 5000 + "::3::101", "item id", "beyond the 64-bit integer range"),
+        ("١::20::3::101", "user id", "not a number: '١'"),
+        ("1::２０::3::101", "item id", "not a number: '２０'"),
+    ],
+)
+def test_ids_beyond_int64_or_in_other_scripts_name_their_line(
+    tmp_path: Path, bad_line: str, what: str, message: str
+) -> None:
+    err = dat_error(tmp_path, GOOD_DAT + bad_line + "\n")
+    assert err.line == 4 and f"{what}" in str(err) and message in one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("1e30,20,3", "user id '1e+30' is too large to be exact"),
+        ("1,99999999999999999999,3", "item id is beyond the 64-bit integer range"),
+        ("1,20,nan", "rating is not a number"),
+        ("1,20,-inf", "rating must be a number in [0, 10], got '-inf'"),
+    ],
+)
+def test_generic_table_refuses_the_same_values(tmp_path: Path, row: str, message: str) -> None:
+    table = tmp_path / "mine.csv"
+    table.write_text(f"user,item,rating\n1,10,4\n{row}\n")
+    err = load_error(table)
+    assert err.path == table and err.line == 3 and message in one_line(err)
+
+
+def test_negative_ids_still_load(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("-1::-10::5::100\n2::10::4::101\n")
+    ratings = load_dataset(tmp_path).ratings
+    assert ratings.users.tolist() == [-1, 2] and ratings.items.tolist() == [-10, 10]
+
+
+def test_a_whole_float_column_inside_2_pow_53_still_loads(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("1.0::10::5::100\n9007199254740992::20::4::101\n")
+    assert load_dataset(tmp_path).ratings.users.tolist() == [1, 2**53]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "content", "message"),
+    [
+        ("movies.dat", "99999999999999999999999::Heat (1995)::Action\n", "beyond the 64-bit integer range"),
+        ("movies.dat", "9223372036854775808::Heat (1995)::Action\n", "beyond the 64-bit integer range"),
+        ("movies.dat", "9" * 5000 + "::Heat (1995)::Action\n", "beyond the 64-bit integer range: '99999"),
+        ("movies.dat", "١٠::Heat (1995)::Action\n", "movie id is not a whole number: '١٠'"),
+        ("movies.dat", "１０::Heat (1995)::Action\n", "movie id is not a whole number"),
+        ("movies.dat", "1_0::Heat (1995)::Action\n", "movie id is not a whole number: '1_0'"),
+        ("movies.csv", "movieId,title,genres\n99999999999999999999,Heat (1995),Action\n", "beyond the 64-bit"),
+        ("u.genre", "unknown|0\nAction|²\n", "expected 'Genre|index'"),
+        ("u.genre", "unknown|0\nAction|１\n", "expected 'Genre|index'"),
+    ],
+)
+def test_metadata_ids_beyond_int64_or_in_other_scripts_name_their_line(
+    tmp_path: Path, file_name: str, content: str, message: str
+) -> None:
+    ratings = {
+        "movies.dat": ("ratings.dat", GOOD_DAT),
+        "movies.csv": ("ratings.csv", "userId,movieId,rating,timestamp\n1,10,4,100\n"),
+        "u.genre": ("u.data", "1\t10\t4\t100\n"),
+    }
+    ratings_name, ratings_text = ratings[file_name]
+    (tmp_path / ratings_name).write_text(ratings_text)
+    (tmp_path / file_name).write_text(content)
+    err = load_error(tmp_path)
+    assert err.path == tmp_path / file_name and err.line == content.count("\n") and message in one_line(err)
+
+
+@pytest.mark.parametrize("year", ["١٩٩٥", "１９９５", "¹⁹⁹⁵", "۱۳۷۴"])
+def test_a_year_in_other_digits_stays_in_the_title_and_is_unknown(tmp_path: Path, year: str) -> None:
+    write_good_dat(tmp_path)
+    (tmp_path / "movies.dat").write_text(f"10::Heat ({year})::Action\n20::Jumanji (1995)::Adventure\n")
+    movies = load_dataset(tmp_path).movies
+    assert movies is not None
+    assert movies.titles == [f"Heat ({year})", "Jumanji"] and movies.years == [None, 1995]
+
+
+def test_u_item_release_year_in_other_digits_is_unknown(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("1\t10\t4\t100\n")
+    flags = "|".join(["0"] * 19)
+    (tmp_path / "u.item").write_text(f"10|Heat|01-Jan-１９９５||url|{flags}\n")
+    movies = load_dataset(tmp_path).movies
+    assert movies is not None and movies.titles == ["Heat"] and movies.years == [None]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from movierec.errors import DataError
-from movierec.trainer.data.table import check_text
+from movierec.trainer.data.table import check_text, shown_value
 from movierec.trainer.data.types import Movies
 
 ML100K_GENRES = (
@@ -28,8 +28,11 @@ ML100K_GENRES = (
 """The 19 genre flags of ``u.item``, in column order (used when ``u.genre`` is absent)."""
 
 NO_GENRES = "(no genres listed)"
-_YEAR = re.compile(r"\((\d{4})\)")
-_RELEASE_YEAR = re.compile(r"(\d{4})\s*$")
+# ASCII digits only: ``\d`` would also take Arabic-Indic, fullwidth and other scripts' digits (see split_title_year).
+_YEAR = re.compile(r"\(([0-9]{4})\)")
+_RELEASE_YEAR = re.compile(r"([0-9]{4})\s*$")
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_INT64 = np.iinfo(np.int64)
 
 
 def split_title_year(raw_title: str) -> tuple[str, int | None]:
@@ -37,6 +40,10 @@ def split_title_year(raw_title: str) -> tuple[str, int | None]:
 
     Titles may hold other parentheses (``"City of Lost Children, The (Cité des enfants perdus, La) (1995)"``),
     so the last four-digit group wins. It is cut from the title only when it ends the title.
+
+    Only ASCII digits make a year: ``"Heat (١٩٩٥)"`` or fullwidth ``"Heat (１９９５)"`` keep that text in
+    the title and get an unknown year (None), as does any title without one. A number in another script may
+    count in another calendar, and one odd title is no reason to refuse a whole metadata file.
     """
     title = raw_title.strip()
     matches = list(_YEAR.finditer(title))
@@ -46,6 +53,22 @@ def split_title_year(raw_title: str) -> tuple[str, int | None]:
     if last.end() == len(title):
         title = title[: last.start()].rstrip()
     return title, int(last.group(1))
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as an int when it is an optionally signed run of ASCII digits (surrounding blanks allowed).
+
+    Stricter than ``int()``, which also takes other scripts' digits and ``1_000``: the ratings parser
+    reads neither, so a metadata id written that way could never match a rating. More than 20 digits
+    come back as a number out of int64 range without converting them (``int()`` refuses over 4300).
+    """
+    stripped = text.strip()
+    if not _WHOLE_NUMBER.fullmatch(stripped):
+        return None
+    digits = stripped.lstrip("+-").lstrip("0")
+    if len(digits) > len(str(_INT64.max)):
+        return _INT64.max + 1
+    return int(stripped)
 
 
 def _genre_list(field: str) -> list[str]:
@@ -86,10 +109,13 @@ class _MoviesBuilder:
         self._line_of: dict[int, int] = {}
 
     def add(self, line: int, id_field: str, raw_title: str, genres: list[str], year: int | None = None) -> None:
-        try:
-            movie_id = int(id_field)
-        except ValueError:
-            raise DataError(f"movie id is not a whole number: {id_field!r}", path=self.path, line=line) from None
+        movie_id = whole_number(id_field)
+        if movie_id is None:
+            raise DataError(f"movie id is not a whole number: {shown_value(id_field)}", path=self.path, line=line)
+        if not _INT64.min <= movie_id <= _INT64.max:
+            raise DataError(
+                f"movie id is beyond the 64-bit integer range: {shown_value(id_field)}", path=self.path, line=line
+            )
         if movie_id in self._line_of:
             raise DataError(
                 f"movie id {movie_id} already given on line {self._line_of[movie_id]}", path=self.path, line=line
@@ -144,10 +170,11 @@ def read_100k_genres(path: Path) -> tuple[str, ...]:
     """``u.genre``: ``name|index`` lines, returned in index order."""
     by_index: dict[int, str] = {}
     for number, line in _numbered_lines(_decode_metadata(path)):
-        name, sep, index = line.rpartition("|")
-        if not sep or not index.strip().isdigit():
+        name, sep, index_field = line.rpartition("|")
+        index = whole_number(index_field) if sep else None
+        if index is None or index < 0:
             raise DataError("expected 'Genre|index'", path=path, line=number)
-        by_index[int(index)] = name
+        by_index[index] = name
     if sorted(by_index) != list(range(len(by_index))):
         raise DataError("genre indices are not 0..n-1", path=path)
     return tuple(by_index[i] for i in range(len(by_index)))

@@ -26,6 +26,13 @@ from movierec.trainer.data.types import Ratings
 MAX_RATING = 10.0
 """Ratings above this are refused: no MovieLens release (nor a 10-star scale) goes higher."""
 
+MAX_EXACT_DECIMAL_ID = 2**53
+"""Whole numbers written as decimals (``1.0``, ``1e30``) are parsed as float64, exact only up to 2**53: beyond it
+an id would silently become another one (or, past 2**63, wrap around), so it is refused instead."""
+SHOWN_CHARS = 40
+"""At most this much of an offending field is quoted in an error, so the message stays one short line."""
+
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _FIELD_COUNT_ERROR = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
@@ -104,7 +111,11 @@ def integer_column(table: RawTable, column: str | int, what: str) -> npt.NDArray
     if values.dtype.kind in "iu":
         if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
             bad = int(np.argmax(values > np.iinfo(np.int64).max))
-            raise DataError(f"{what} is too large", path=table.path, line=int(table.lines[bad]))
+            raise DataError(
+                f"{what} is beyond the 64-bit integer range: {_shown(table, column, bad)}",
+                path=table.path,
+                line=int(table.lines[bad]),
+            )
         return values.astype(np.int64, copy=False)
     finite = np.isfinite(values)
     whole = finite & (values == np.floor(values))
@@ -112,6 +123,15 @@ def integer_column(table: RawTable, column: str | int, what: str) -> npt.NDArray
         bad = int(np.argmin(whole))
         raise DataError(
             f"{what} must be a whole number, got {_shown(table, column, bad)}",
+            path=table.path,
+            line=int(table.lines[bad]),
+        )
+    exact = np.abs(values) <= MAX_EXACT_DECIMAL_ID
+    if not exact.all():
+        bad = int(np.argmin(exact))
+        raise DataError(
+            f"{what} {_shown(table, column, bad)} is too large to be exact when written with a decimal point "
+            "or an exponent (at most 2**53; write larger values as plain integers)",
             path=table.path,
             line=int(table.lines[bad]),
         )
@@ -166,15 +186,31 @@ def _numeric(table: RawTable, column: str | int, what: str) -> npt.NDArray[Any]:
             )
         return values
     coerced = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = int(np.argmax(np.isnan(coerced))) if np.isnan(coerced).any() else 0
+    not_numbers = np.isnan(coerced)
+    if not_numbers.any() and not _WHOLE_NUMBER.fullmatch(str(series.iloc[int(np.argmax(not_numbers))]).strip()):
+        bad = int(np.argmax(not_numbers))
+        raise DataError(
+            f"{what} is not a number: {_shown(table, column, bad)}", path=table.path, line=int(table.lines[bad])
+        )
+    # The fields are numbers, yet pandas could not hold the column in one numeric type: whole numbers past 64 bits
+    # (past float64 too, for thousands of digits, which to_numeric then gives up on).
+    beyond = not_numbers | (np.abs(coerced) >= 2.0**63)
+    bad = int(np.argmax(beyond)) if beyond.any() else 0
     raise DataError(
-        f"{what} is not a number: {_shown(table, column, bad)}", path=table.path, line=int(table.lines[bad])
+        f"{what} is beyond the 64-bit integer range: {_shown(table, column, bad)}",
+        path=table.path,
+        line=int(table.lines[bad]),
     )
 
 
 def _shown(table: RawTable, column: str | int, row: int) -> str:
     value = table.frame[column].iloc[row]
-    return "an empty field" if pd.isna(value) else repr(str(value))
+    return "an empty field" if pd.isna(value) else shown_value(str(value))
+
+
+def shown_value(text: str) -> str:
+    """``text`` quoted for a one-line error message, cut to :data:`SHOWN_CHARS` characters."""
+    return repr(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...")
 
 
 def ratings_from_table(
