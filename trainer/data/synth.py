@@ -339,7 +339,7 @@ def _pick_by_candidates(
     owner = np.repeat(np.arange(users.shape[0], dtype=np.int64), drawn)
     candidates = np.searchsorted(world.item_cdf, rng.random(owner.shape[0]), side="right")
     keys = np.sort(owner * n_items + np.minimum(candidates, n_items - 1))
-    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]  # distinct; np.unique hashes first, slower here
+    keys = keys[np.diff(keys, prepend=-1) != 0]  # distinct pairs (np.unique would hash first: slower)
     owner, candidates = keys // n_items, keys % n_items
     noise = -np.log(-np.log(rng.random(keys.shape[0])))
     merit = TASTE * _affinity(world, users[owner], candidates) + noise
