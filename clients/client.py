@@ -9,10 +9,20 @@ never the server, index or trainer (a test checks it in a fresh interpreter).
     with RecommenderClient("127.0.0.1:50051") as client:
         for item in client.recommend(user_id=1, k=10).items:
             print(item.rank, item.title)
+
+Replicas: give several addresses (``["10.0.0.1:50051", "10.0.0.2:50051"]``) or
+one DNS name that resolves to all of them (``dns:///recommender:50051``, e.g.
+a Kubernetes headless service). The channel spreads calls over every replica
+(gRPC's ``round_robin``) and retries a call that failed with UNAVAILABLE (a
+replica killed or draining) on another, from the gRPC service config
+(:func:`service_config`): no code of ours decides where a call goes.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +41,10 @@ from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT = 5.0
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+DEFAULT_RETRY_ATTEMPTS = 5
+# Answers of a RecommendBatch at its cap (1,000 users x k items) outgrow gRPC's 4 MiB default.
+MAX_RECEIVE_BYTES = 64 * 2**20
 QueryMessage = TypeVar("QueryMessage", pb.RecommendRequest, pb.RecommendStreamRequest)
 
 
@@ -173,22 +187,41 @@ def error_for(
 class RecommenderClient:
     """Blocking client over one channel; thread-safe, like the gRPC channel under it.
 
-    ``timeout`` (seconds) is the default deadline of every unary call; each
-    method accepts its own. ``tls_ca`` (a PEM file) makes the channel TLS,
-    trusting that CA; ``token`` is sent as ``authorization: Bearer`` on every
-    call. Use as a context manager, or call :meth:`close`.
+    ``target`` is one ``HOST:PORT``, a gRPC target URI (``dns:///NAME:PORT``
+    resolving to every replica), or a list of ``HOST:PORT`` replicas; calls
+    are spread round-robin and a call that fails with UNAVAILABLE is retried
+    up to ``retry_attempts`` times in all (see :func:`service_config`).
+    ``timeout`` (seconds) is the default deadline of every unary call,
+    retries included; each method accepts its own. ``tls_ca`` (a PEM file)
+    makes the channel TLS, trusting that CA; ``token`` is sent as
+    ``authorization: Bearer`` on every call. Use as a context manager, or
+    call :meth:`close`.
     """
 
     def __init__(
-        self, target: str, *, timeout: float = DEFAULT_TIMEOUT, tls_ca: Path | None = None, token: str | None = None
+        self,
+        target: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls_ca: Path | None = None,
+        token: str | None = None,
+        retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
     ) -> None:
-        self.target = target
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.timeout = timeout
         self._metadata = bearer_metadata(token) if token is not None else None
+        channel_target, authority = channel_target_of(target)
+        options: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", service_config(retry_attempts)),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ]
+        if authority is not None:  # TLS checks the certificate against the name the caller gave, not an address
+            options.append(("grpc.default_authority", authority))
         if tls_ca is None:
-            self._channel = grpc.insecure_channel(target)
+            self._channel = grpc.insecure_channel(channel_target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, channel_credentials(tls_ca))
+            self._channel = grpc.secure_channel(channel_target, channel_credentials(tls_ca), options=options)
         self._stub = pb_grpc.RecommenderServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -384,6 +417,74 @@ class RecommenderClient:
         if status is not None:
             return _error_from_status(status, "")
         return error_for(exc.code(), exc.details() or "")
+
+
+def service_config(retry_attempts: int = DEFAULT_RETRY_ATTEMPTS) -> str:
+    """The gRPC service config: ``round_robin`` over every resolved address, and UNAVAILABLE retried.
+
+    UNAVAILABLE is what a call gets from a replica that died or drains before
+    answering; gRPC retries it on the next replica after a short jittered
+    backoff, within the call's own deadline. Other codes are answers, not
+    retried. A RecordInteractions retried after a lost reply may store its
+    events twice, which changes nothing a user sees (an event is "seen").
+    """
+    if not 2 <= retry_attempts <= 5:  # gRPC caps maxAttempts at 5
+        raise ValueError("retry_attempts must be in 2..5")
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [{"service": SERVICE_NAME}, {"service": "grpc.health.v1.Health"}],
+                    "retryPolicy": {
+                        "maxAttempts": retry_attempts,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
+
+
+def channel_target_of(target: str | Sequence[str]) -> tuple[str, str | None]:
+    """The gRPC target for one address or a list of replicas, and the authority to present (None: the default).
+
+    gRPC takes a static list only as ``ipv4:A:P,B:P`` (or ``ipv6:``), so the
+    replicas' host names are resolved here, once; a name whose addresses
+    change belongs in one ``dns:///NAME:PORT`` target instead, which gRPC
+    re-resolves itself.
+    """
+    if isinstance(target, str):
+        return target, None
+    if not target:
+        raise ValueError("no replica address given")
+    addresses: list[str] = []
+    families: set[int] = set()
+    for replica in target:
+        host, _, port = replica.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT for a replica, got {replica!r}")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ValueError(f"cannot resolve replica {replica!r}: {exc}") from None
+        for family, _, _, _, sockaddr in infos:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            families.add(family)
+            ip = ipaddress.ip_address(sockaddr[0])
+            address = f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+            if address not in addresses:
+                addresses.append(address)
+    if len(families) != 1:
+        raise ValueError(f"replicas {list(target)} resolve to a mix of IPv4 and IPv6 addresses (or to none)")
+    scheme = "ipv4" if families == {socket.AF_INET} else "ipv6"
+    first_host = target[0].rpartition(":")[0].strip("[]")
+    return f"{scheme}:{','.join(addresses)}", first_host
 
 
 def _error_from_status(status: status_pb2.Status, request_id: str) -> RecommenderError:
