@@ -179,6 +179,9 @@ CLI_SETTINGS_SHOWN = (
     "weight_decay",
     "epochs",
     "refit",
+    "refit_fraction",
+    "patience",
+    "min_gain",
 )
 
 

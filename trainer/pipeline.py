@@ -19,7 +19,7 @@ from movierec.trainer.plot import plot_training_curve
 from movierec.trainer.train import TrainResult, train_model
 
 CURVE_NAME = "training_curve.png"
-SPLIT_SEED = 42  # the standard split's seed (design notes §4); the training seed is separate
+SPLIT_SEED = 42  # the standard split's seed (see movierec.trainer.data.split); the training seed is separate
 
 
 def test_metrics(result: TrainResult, split: Split) -> dict[str, Any]:

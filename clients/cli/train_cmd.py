@@ -181,5 +181,5 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         print(
             f"protocol: {protocol.get('split')} split, seed {protocol.get('seed')}, "
             f"positives {protocol.get('positives')}, test fraction {protocol.get('test_fraction')}; "
-            "seed_recall = hits / min(K, |test|), the seed document's metric"
+            "seed_recall = hits / min(K, |test|), kept to compare with older reports"
         )

@@ -1,4 +1,4 @@
-"""NGCF (Wang et al., SIGIR 2019), the seed document's other GNN row.
+"""NGCF (Wang et al., SIGIR 2019), the other GNN the accuracy benchmark compares.
 
 With ``L = D^{-1/2} A D^{-1/2}`` over the user–item graph, each layer is
 

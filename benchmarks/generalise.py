@@ -1,0 +1,332 @@
+"""Do the training defaults generalise? Ours, EASE, iALS and popularity on differently shaped data.
+
+Every dataset of the suite is built from what is here — ML-1M and the
+synthetic generator (``recctl data synth``) — and shaped like the data a user
+may bring:
+
+* ``ml1m-users10`` / ``ml1m-users30``: 10 % / 30 % of the users (all their ratings): fewer users, same items.
+* ``ml1m-longtail``: shaped like the MovieLens "latest-small" release: 10 % of
+  the users, and outside the 300 most-rated movies each rating is kept with
+  probability 0.35, so most movies have only a few ratings.
+* ``ml1m-rare-items``: only movies with at most 100 ratings, plus the 100 most-rated movies as a popular head.
+* ``ml1m-temporal``: all of ML-1M with the temporal split (each user's latest positives are test).
+* ``ml1m-min3``: all of ML-1M with ratings >= 3 as positives (more, noisier positives).
+* ``synthetic``: ``recctl data synth`` output (power-law activity and popularity, latent tastes).
+
+Per dataset: the same split for every model (positives rating >= 4 unless
+noted, random 80/20 with seed 42, 10 % of train as validation); then
+
+* **ours**: ``train_model`` with ``TrainConfig()`` — exactly ``recctl train``'s
+  defaults — for each training seed;
+* **EASE**: λ tuned on the validation slice (fit → valid Recall@20), refitted on train;
+* **iALS** (``implicit``): factors / regularisation tuned on the validation slice, then one fit per seed;
+* **popularity**.
+
+Test: full ranking over all items, each user's train positives masked,
+Recall@20 and NDCG@20 averaged over users with test items. Results:
+``benchmarks/results/generalise.{md,json}``.
+
+Usage::
+
+    .venv/bin/python benchmarks/generalise.py [--quick] [--seeds 42,1] [--datasets ml1m-users10,synthetic]
+
+``--quick`` runs one training seed and smaller tuning grids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_machine import machine_basics
+from peers.base import TrainingData
+from peers.ease import Ease
+from peers.ials import ImplicitAls
+from peers.popularity import Popularity
+from peers.tuning import grid_search
+
+from movierec.paths import default_ml1m_dir
+from movierec.trainer.data import Dataset, Ratings, load_dataset, make_split
+from movierec.trainer.data.split import Split
+from movierec.trainer.evaluate import evaluate_ranking, evaluate_vectors
+
+RESULTS_NAME = "generalise"
+METRICS = ("recall@20", "ndcg@20")
+EASE_GRID = [{"l2": value} for value in (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)]
+EASE_GRID_QUICK = [{"l2": value} for value in (100.0, 500.0, 2000.0)]
+IALS_GRID = [{"factors": factors, "reg": reg, "alpha": 10.0} for factors in (64, 128) for reg in (10.0, 50.0, 100.0)]
+IALS_GRID_QUICK = [{"factors": 64, "reg": reg, "alpha": 10.0} for reg in (10.0, 100.0)]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One dataset of the suite: how to build it from ML-1M (or the generator) and how to split it."""
+
+    name: str
+    description: str
+    build: Callable[[Dataset], Dataset]
+    min_rating: float = 4.0
+    method: str = "random"
+
+
+def _keep(dataset: Dataset, mask: np.ndarray, name: str) -> Dataset:
+    r = dataset.ratings
+    ratings = Ratings(users=r.users[mask], items=r.items[mask], ratings=r.ratings[mask], timestamps=r.timestamps[mask])
+    return replace(dataset, name=name, ratings=ratings)
+
+
+def user_fraction(fraction: float, name: str) -> Callable[[Dataset], Dataset]:
+    def build(dataset: Dataset) -> Dataset:
+        users = np.unique(dataset.ratings.users)
+        chosen = np.random.default_rng(0).choice(users, size=max(1, round(fraction * users.size)), replace=False)
+        return _keep(dataset, np.isin(dataset.ratings.users, chosen), name)
+
+    return build
+
+
+def _rating_counts(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    return np.unique(dataset.ratings.items, return_counts=True)
+
+
+def long_tail(dataset: Dataset) -> Dataset:
+    """10 % of users; outside the 300 most-rated movies each rating survives with probability 0.35."""
+    few_users = user_fraction(0.1, "ml1m-longtail")(dataset)
+    items, counts = _rating_counts(dataset)
+    head = items[np.argsort(-counts, kind="stable")[:300]]
+    in_head = np.isin(few_users.ratings.items, head)
+    lucky = np.random.default_rng(1).random(len(few_users.ratings)) < 0.35
+    return _keep(few_users, in_head | lucky, "ml1m-longtail")
+
+
+def rare_items_and_head(dataset: Dataset) -> Dataset:
+    """Movies with at most 100 ratings, plus the 100 most-rated movies."""
+    items, counts = _rating_counts(dataset)
+    head = items[np.argsort(-counts, kind="stable")[:100]]
+    keep = np.concatenate([items[counts <= 100], head])
+    return _keep(dataset, np.isin(dataset.ratings.items, keep), "ml1m-rare-items")
+
+
+def renamed(name: str) -> Callable[[Dataset], Dataset]:
+    return lambda dataset: replace(dataset, name=name)
+
+
+def synthetic(_: Dataset) -> Dataset:
+    from movierec.trainer.data.synth import generate
+
+    with tempfile.TemporaryDirectory(prefix="movierec-synth-") as folder:
+        generate(folder, users=3000, items=2000, ratings=150_000, seed=7, progress=False)
+        return replace(load_dataset(folder), name="synthetic")
+
+
+VARIANTS = [
+    Variant("ml1m-users10", "10 % of ML-1M's users", user_fraction(0.1, "ml1m-users10")),
+    Variant("ml1m-users30", "30 % of ML-1M's users", user_fraction(0.3, "ml1m-users30")),
+    Variant("ml1m-longtail", "10 % of users, tail ratings thinned to 35 % (latest-small shape)", long_tail),
+    Variant("ml1m-rare-items", "movies with <= 100 ratings plus the 100 most-rated", rare_items_and_head),
+    Variant("ml1m-temporal", "all of ML-1M, temporal split", renamed("ml1m-temporal"), method="temporal"),
+    Variant("ml1m-min3", "all of ML-1M, ratings >= 3 are positives", renamed("ml1m-min3"), min_rating=3.0),
+    Variant("synthetic", "recctl data synth: 3,000 users, 2,000 movies, 150,000 ratings, seed 7", synthetic),
+]
+
+
+def describe(split: Split) -> dict[str, Any]:
+    positives = split.train.nnz + split.test.nnz
+    item_counts = np.bincount(split.train.indices, minlength=split.n_items)
+    return {
+        "users": split.n_users,
+        "items": split.n_items,
+        "positives": positives,
+        "density": positives / max(1, split.n_users * split.n_items),
+        "items_with_under_5_train_positives": float(np.mean(item_counts < 5)),
+    }
+
+
+def test_scores(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: round(float(metrics[name]), 4) for name in METRICS}
+
+
+def run_ours(split: Split, seeds: Sequence[int]) -> dict[str, Any]:
+    from movierec.trainer.config import TrainConfig
+    from movierec.trainer.train import train_model
+
+    runs = []
+    for seed in seeds:
+        started = time.perf_counter()
+        result = train_model(split, replace(TrainConfig(), seed=seed), progress=False)
+        metrics = evaluate_vectors(result.user_vectors, result.item_vectors, split.train, split.test)
+        runs.append(
+            {
+                "seed": seed,
+                "test": test_scores(metrics),
+                "seconds": round(time.perf_counter() - started, 1),
+                "epochs": [result.selection_epochs, result.refit_epochs],
+            }
+        )
+        print(f"    ours seed {seed}: {runs[-1]}", flush=True)
+    return {"runs": runs}
+
+
+def run_peer(
+    make: Callable[..., Any], grid: Sequence[dict[str, Any]], split: Split, seeds: Sequence[int] | None
+) -> dict[str, Any]:
+    """Tune on valid when the grid has several points, then fit on train (once per seed) and test."""
+    fit_data, train_data = TrainingData(split.fit), TrainingData(split.train)
+    started = time.perf_counter()
+    params = grid[0] if len(grid) == 1 else dict(grid_search(make, grid, fit_data, split.valid).best)
+    runs = []
+    for seed in seeds or [None]:
+        peer = make(**params, **({} if seed is None else {"seed": seed}))
+        peer.fit(train_data)
+        runs.append({"seed": seed, "test": test_scores(evaluate_ranking(peer.score, split.train, split.test))})
+    return {"params": params, "runs": runs, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    return {
+        name: {
+            "mean": round(float(np.mean([run["test"][name] for run in runs])), 4),
+            "min": min(run["test"][name] for run in runs),
+            "max": max(run["test"][name] for run in runs),
+        }
+        for name in METRICS
+    }
+
+
+def run_variant(variant: Variant, base: Dataset, seeds: Sequence[int], quick: bool) -> dict[str, Any]:
+    dataset = variant.build(base)
+    split = make_split(dataset, min_rating=variant.min_rating, method=variant.method)
+    shape = describe(split)
+    print(f"[generalise] {variant.name}: {shape}", flush=True)
+    rows: dict[str, dict[str, Any]] = {}
+    rows["ours"] = run_ours(split, seeds)
+    rows["EASE"] = run_peer(Ease, EASE_GRID_QUICK if quick else EASE_GRID, split, None)
+    rows["iALS"] = run_peer(ImplicitAls, IALS_GRID_QUICK if quick else IALS_GRID, split, seeds)
+    rows["popularity"] = run_peer(Popularity, [{}], split, None)
+    for name, row in rows.items():
+        row["summary"] = summarise(row["runs"])
+        print(f"  {name}: {row['summary']} {row.get('params', '')}", flush=True)
+    return {
+        "name": variant.name,
+        "description": variant.description,
+        "split": {"method": variant.method, "positives": f"rating >= {variant.min_rating:g}", "seed": 42},
+        "shape": shape,
+        "rows": rows,
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def _cell(summary: dict[str, float]) -> str:
+    if summary["min"] == summary["max"]:
+        return f"{summary['mean']:.4f}"
+    return f"{summary['mean']:.4f} ({summary['min']:.4f}-{summary['max']:.4f})"
+
+
+def verdict(results: dict[str, Any]) -> str:
+    ours, ease, ials = (results["rows"][name]["summary"] for name in ("ours", "EASE", "iALS"))
+    parts = []
+    for rival_name, rival in (("EASE", ease), ("iALS", ials)):
+        deltas = [ours[metric]["mean"] - rival[metric]["mean"] for metric in METRICS]
+        worst = [ours[metric]["min"] - rival[metric]["max"] for metric in METRICS]
+        status = (
+            "ahead"
+            if min(deltas) > 0
+            else "behind on " + "/".join(metric for metric, delta in zip(METRICS, deltas, strict=True) if delta <= 0)
+        )
+        parts.append(
+            f"vs {rival_name} {deltas[0]:+.4f} / {deltas[1]:+.4f} ({status}; worst seed vs best {rival_name} "
+            f"{worst[0]:+.4f} / {worst[1]:+.4f})"
+        )
+    return "; ".join(parts)
+
+
+def write_markdown(payload: dict[str, Any], path: Path) -> None:
+    info = payload["machine"]
+    lines = [
+        "# Do the defaults generalise? Ours, EASE, iALS and popularity on differently shaped data",
+        "",
+        f"Written by `{payload['command']}` ({payload['finished_at']}, {payload['seconds']:.0f} s). "
+        "Every dataset is built from ML-1M or the synthetic generator (see the script's docstring). "
+        "Split: random 80/20 of the positives with seed 42 unless noted, 10 % of train as validation; "
+        "test: full ranking over all items, each user's train positives masked, averaged over users with test "
+        "items. *Ours* = `TrainConfig()`, what `recctl train` runs with no options, one run per training seed "
+        f"({', '.join(map(str, payload['seeds']))}); EASE's λ and iALS's factors/regularisation are tuned on the "
+        "validation slice, then refitted on train (iALS once per seed). Cells: mean (min-max over seeds).",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores shared with other work (1-minute load average "
+        f"{payload['load_average_1min_at_start']} at the start), Python {info['python']}.",
+        "",
+        "| dataset | users | items | positives | density | ours R@20 | ours NDCG@20 | EASE R@20 | EASE NDCG@20 "
+        "| iALS R@20 | iALS NDCG@20 | pop. R@20 | pop. NDCG@20 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in payload["datasets"]:
+        shape, rows = result["shape"], result["rows"]
+        cells = [
+            _cell(rows[name]["summary"][metric])
+            for name in ("ours", "EASE", "iALS", "popularity")
+            for metric in METRICS
+        ]
+        lines.append(
+            f"| {result['name']} | {shape['users']:,} | {shape['items']:,} | {shape['positives']:,} "
+            f"| {shape['density']:.4f} | " + " | ".join(cells) + " |"
+        )
+    lines += ["", "## Ours against the tuned peers (mean differences, Recall@20 / NDCG@20)", ""]
+    for result in payload["datasets"]:
+        rows = result["rows"]
+        ours = rows["ours"]["runs"]
+        lines.append(
+            f"- **{result['name']}** ({result['description']}; {result['split']['positives']}, "
+            f"{result['split']['method']} split): {verdict(result)}. EASE λ {rows['EASE']['params']['l2']:g}; "
+            f"iALS {rows['iALS']['params']}; ours' epochs (selection, refit) {[run['epochs'] for run in ours]}, "
+            f"seconds {[run['seconds'] for run in ours]}."
+        )
+    lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data", type=Path, default=default_ml1m_dir(), help="the ML-1M folder")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--seeds", default="42,1,2", help="training seeds for ours and iALS")
+    parser.add_argument("--datasets", default=",".join(v.name for v in VARIANTS), help="comma-separated subset")
+    parser.add_argument("--quick", action="store_true", help="one seed (the first) and smaller tuning grids")
+    args = parser.parse_args()
+    if args.data is None:
+        raise SystemExit("no --data and no MovieLens-1M copy found")
+    names = [name for name in args.datasets.split(",") if name]
+    unknown = sorted(set(names) - {v.name for v in VARIANTS})
+    if unknown:
+        raise SystemExit(f"unknown dataset(s) {', '.join(unknown)}")
+    seeds = [int(seed) for seed in args.seeds.split(",")][: 1 if args.quick else None]
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    started, load_at_start = time.perf_counter(), round(os.getloadavg()[0], 2)
+    base = load_dataset(args.data)
+    results = [run_variant(v, base, seeds, args.quick) for v in VARIANTS if v.name in names]
+    payload = {
+        "command": "python benchmarks/generalise.py " + " ".join(sys.argv[1:]),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": time.perf_counter() - started,
+        "seeds": seeds,
+        "quick": args.quick,
+        "machine": machine_basics("torch", "numpy", "implicit"),
+        "load_average_1min_at_start": load_at_start,
+        "datasets": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{RESULTS_NAME}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_markdown(payload, args.out / f"{RESULTS_NAME}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
