@@ -165,6 +165,17 @@ def test_cli_writes_loads_and_refuses_to_overwrite(tmp_path: Path, capsys: pytes
     assert '"ratings": 3000' in capsys.readouterr().out
 
 
+def test_an_unwritable_destination_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    sizes = ["--users", "5", "--items", "4", "--ratings", "10"]
+    assert main(["data", "synth", *sizes, "--out", str(blocker / "below")]) == 1
+    assert main(["data", "synth", *sizes, "--out", str(blocker)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot create the folder" in err and "exists and is not a folder" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize(
     "sizes,message",
     [

@@ -156,7 +156,10 @@ def generate(
     existing = [p.name for p in (ratings_file, movies_file) if p.exists()]
     if existing and not force:
         raise MovierecError(f"already holds {' and '.join(existing)} (use --force to replace)", path=folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MovierecError(f"cannot create the folder: {exc.strerror}", path=folder) from None
 
     root = np.random.SeedSequence(seed)
     world_seed, movies_seed, chunks_seed = root.spawn(3)
@@ -213,6 +216,8 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
     try:
         write(partial)
         os.replace(partial, target)
+    except OSError as exc:
+        raise MovierecError(f"cannot write: {exc.strerror}", path=target) from None
     finally:
         partial.unlink(missing_ok=True)
 
