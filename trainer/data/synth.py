@@ -5,8 +5,10 @@ model trained on the output has something to learn and popularity is a real
 baseline, not the best possible answer:
 
 * **activity and popularity are power laws**: each user's number of ratings and
-  each movie's popularity weight are Pareto draws (a few users rate thousands
-  of movies, most rate a few dozen; a few movies collect most ratings);
+  each movie's popularity weight are Lomax (Pareto II) draws (a few users rate
+  thousands of movies, most rate a few dozen, none fewer than
+  ``MIN_RATINGS_PER_USER`` when the sizes allow; a few movies collect most
+  ratings, many have a handful);
 * **latent tastes**: users and movies have ``LATENT_DIM``-dimensional factors;
   a user picks movies by popularity times ``exp(TASTE * affinity)``, and rates
   them from the same affinity plus user and movie biases and noise, cut into
@@ -18,15 +20,15 @@ baseline, not the best possible answer:
 
 Output is the MovieLens CSV layout (``ratings.csv`` sorted by user then movie,
 ``movies.csv``), which :func:`movierec.trainer.data.load_dataset` detects as
-``ml-csv``. Ids run ``1..users`` and ``1..items``.
+``ml-csv``. Ids run ``1..users`` and ``1..items``; stars are whole numbers.
 
 Exactly ``ratings`` distinct (user, movie) pairs are written. Users are
 generated in chunks of about ``CHUNK_RATINGS`` ratings, each with its own
 random stream, so memory stays bounded whatever the size; per user, candidate
 movies are drawn by popularity (``OVERSAMPLE`` times the ratings needed) and
-the best by ``taste + Gumbel noise`` are kept, which samples without
-replacement from popularity x ``exp(TASTE * affinity)`` without scoring every
-movie. Users who need a large share of the catalogue (or whose candidates are
+the best by ``taste + Gumbel noise`` are kept, which approximates sampling
+without replacement from popularity x ``exp(TASTE * affinity)`` without scoring
+every movie. Users who need a large share of the catalogue (or whose candidates are
 too few once duplicates are dropped) are scored against every movie instead.
 The output depends on the seed and the sizes only.
 """
