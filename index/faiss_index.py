@@ -90,12 +90,21 @@ def write_index(index: faiss.Index, path: Path) -> None:
 
 
 def read_index(path: Path, item_vectors: npt.NDArray[np.float32]) -> faiss.Index:
-    """Load ``path`` and check it indexes exactly ``item_vectors`` (same count, dim and values)."""
+    """Load ``path`` and check it indexes exactly ``item_vectors`` (same count, dim and values).
+
+    Only the kinds this module builds are accepted, and an HNSW graph's links are
+    checked to stay inside it: a search walks them without bounds checks, so a bad
+    link would read out of memory instead of raising. Anything wrong is a BundleError.
+    """
     try:
         index = faiss.read_index(str(path))
-    except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
+    except (RuntimeError, MemoryError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"not a readable FAISS index ({first_line})", path=path) from None
+    if not isinstance(index, faiss.IndexFlatIP | faiss.IndexHNSWFlat):
+        raise BundleError(
+            f"holds a {type(index).__name__}, not one of the kinds built here ({', '.join(KINDS)})", path=path
+        )
     n_items, dim = item_vectors.shape
     if index.ntotal != n_items or index.d != dim:
         raise BundleError(
@@ -103,9 +112,42 @@ def read_index(path: Path, item_vectors: npt.NDArray[np.float32]) -> faiss.Index
         )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise BundleError("index does not use the inner-product metric", path=path)
+    if isinstance(index, faiss.IndexHNSWFlat) and (why := hnsw_graph_problem(index)) is not None:
+        raise BundleError(f"HNSW graph is damaged: {why}", path=path)
     if n_items and not np.array_equal(index.reconstruct_n(0, n_items), item_vectors):
         raise BundleError("index vectors differ from the model's item vectors", path=path)
     return index
+
+
+def hnsw_graph_problem(index: faiss.IndexHNSWFlat) -> str | None:
+    """Why the graph of ``index`` could send a walk outside it (or its vectors are missing), or None.
+
+    FAISS 1.15 runs the same checks when it reads a file; older releases (``faiss-cpu>=1.8`` is allowed) do not.
+    """
+    storage = faiss.downcast_index(index.storage)
+    if not isinstance(storage, faiss.IndexFlat) or storage.ntotal != index.ntotal or storage.d != index.d:
+        return "its vector storage does not hold one flat vector per node"
+    graph: Any = index.hnsw  # faiss's bundled stubs omit the graph's tables
+    n = int(index.ntotal)
+    levels = faiss.vector_to_array(graph.levels).astype(np.int64)
+    offsets = faiss.vector_to_array(graph.offsets).astype(np.int64)
+    neighbors = faiss.vector_to_array(graph.neighbors)
+    per_level = faiss.vector_to_array(graph.cum_nneighbor_per_level).astype(np.int64)
+    if levels.shape[0] != n or offsets.shape[0] != n + 1 or per_level.size < 2:
+        return "its level and offset tables do not have one entry per node"
+    if n == 0:
+        return None
+    if levels.min() < 1 or levels.max() >= per_level.size:
+        return "a node's level is outside the graph's levels"
+    if offsets[0] != 0 or not np.array_equal(np.diff(offsets), per_level[levels]) or offsets[-1] != neighbors.size:
+        return "its neighbour offsets do not match the nodes' levels"
+    if neighbors.size and (neighbors.min() < -1 or neighbors.max() >= n):
+        return "a link points outside the graph"
+    if not 0 <= graph.entry_point < n or graph.max_level != levels[graph.entry_point] - 1:
+        return "its entry point is outside the graph or not on its top level"
+    if graph.max_level != levels.max() - 1:
+        return "its top level does not match the nodes' levels"
+    return None
 
 
 class HnswSearcher:

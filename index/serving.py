@@ -16,11 +16,20 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from movierec.bundle import MANIFEST_NAME, ModelBundle, VersionedStore, read_manifest, sha256_file
-from movierec.bundle.model import read_model_bundle
+from movierec.bundle import MANIFEST_NAME, Manifest, ModelBundle, VersionedStore, read_manifest, sha256_file
+from movierec.bundle.manifest import listed_file
+from movierec.bundle.model import MODEL_KIND, read_model_bundle
+from movierec.bundle.npy import check_npy
 from movierec.errors import BundleError
 from movierec.index.because import BecauseExplainer
-from movierec.index.events import CompactedEvents, merge_into_seen, read_events, unknown_user_events
+from movierec.index.events import (
+    EVENT_ITEMS_FILE,
+    EVENT_USERS_FILE,
+    CompactedEvents,
+    merge_into_seen,
+    read_events,
+    unknown_user_events,
+)
 from movierec.index.faiss_index import HnswParams, HnswSearcher, read_index
 from movierec.index.filters import CatalogFilters, ItemFilter
 from movierec.index.fold_in import FoldIn
@@ -31,6 +40,7 @@ from movierec.index.ranked import RankedPrefixes, affordable_depth
 from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
 
 WARM_UP_QUERIES = 64
+EVENT_FILES = (EVENT_USERS_FILE, EVENT_ITEMS_FILE)
 
 
 class Searcher(Protocol):
@@ -88,6 +98,7 @@ class ServingIndex:
         self.path = path
         self.meta = meta
         self.events = events if events is not None else CompactedEvents.none()
+        _check_parts_agree(path, model, meta, self.events)
         # model.seen includes every compacted live event, so every query path excludes them.
         self.model = model if not len(self.events) else replace(model, seen=merge_into_seen(model, self.events)[0])
         self.faiss_index = faiss_index
@@ -99,7 +110,11 @@ class ServingIndex:
         if self.kind == "hnsw":
             if not isinstance(faiss_index, faiss.IndexHNSWFlat):
                 raise BundleError(f"manifest says hnsw but the file holds {type(faiss_index).__name__}", path=path)
-            self._searcher = HnswSearcher(faiss_index, self._exact, HnswParams.from_options(dict(self.meta.params)))
+            try:
+                params = HnswParams.from_options(dict(self.meta.params))
+            except (ValueError, TypeError) as exc:
+                raise BundleError(f"index manifest: bad HNSW parameters ({exc})", path=path / MANIFEST_NAME) from None
+            self._searcher = HnswSearcher(faiss_index, self._exact, params)
         self._users = IdLookup(model.user_ids)
         self._items = IdLookup(model.item_ids)
         self._fold_in = FoldIn.from_model(model)
@@ -318,6 +333,21 @@ class ServingIndex:
         return int(row)
 
 
+def _check_parts_agree(path: Path, model: ModelBundle, meta: IndexMeta, events: CompactedEvents) -> None:
+    """The manifest's counts match the loaded model, and the events are id vectors (``open_index`` also checks
+    their count against the manifest; a caller may hand in more, e.g. events re-applied from a newer version)."""
+    said = (meta.n_users, meta.n_items, meta.dim)
+    if said != (model.n_users, model.n_items, model.dim):
+        raise BundleError(
+            f"index manifest says {said[0]} users, {said[1]} items, dim {said[2]}; the model holds "
+            f"{model.n_users}, {model.n_items}, dim {model.dim}",
+            path=path / MANIFEST_NAME,
+        )
+    arrays = (events.user_ids, events.item_ids)
+    if any(a.dtype != np.int64 or a.ndim != 1 for a in arrays) or events.user_ids.shape != events.item_ids.shape:
+        raise BundleError("compacted events are not two int64 vectors of one length", path=path)
+
+
 def _all_answered(answers: list[Recommendation | None]) -> list[Recommendation]:
     """The answers, once every slot is filled (by the ranked prefixes or by the scan)."""
     filled = [answer for answer in answers if answer is not None]
@@ -327,10 +357,12 @@ def _all_answered(answers: list[Recommendation | None]) -> list[Recommendation]:
 
 
 def resolve_version_dir(path: Path) -> Path:
-    """``path`` itself when it is a version directory, else the version its ``CURRENT`` names."""
+    """``path`` itself when it is a version directory, else the version its ``CURRENT`` names (BundleError if none)."""
     path = Path(path)
     if (path / MANIFEST_NAME).is_file():
         return path
+    if not path.is_dir():
+        raise BundleError("no such index version or store", path=path)
     current = VersionedStore(path).current()
     if current is None:
         raise BundleError("neither an index version (no manifest.json) nor a store with a CURRENT pointer", path=path)
@@ -342,8 +374,11 @@ def open_index(path: Path, *, verify: bool = True, ranked_depth: int = 0) -> Ser
 
     The outer manifest checksums every file, including the copied model
     bundle's files; the model's own manifest (not covered, by name) is pinned
-    by the SHA-256 recorded at build time. So one pass over the bytes verifies
-    both bundles.
+    by the SHA-256 recorded at build time, and every file it lists must be in
+    the outer manifest with the same checksum. So one pass over the bytes
+    verifies both bundles, and every file read (model arrays, items, metrics,
+    the FAISS file, the compacted events) is one a verified manifest lists.
+    Anything wrong is a :class:`BundleError`; nothing else escapes.
     """
     directory = resolve_version_dir(path)
     manifest = read_manifest(directory, INDEX_KIND, verify=verify)
@@ -354,7 +389,45 @@ def open_index(path: Path, *, verify: bool = True, ranked_depth: int = 0) -> Ser
         raise BundleError(
             "model manifest is missing or differs from the one the index was built from", path=model_manifest
         )
+    if verify:
+        _check_model_files_covered(manifest, read_manifest(model_dir, MODEL_KIND, verify=False), directory)
     model = read_model_bundle(model_dir, verify=False)
-    faiss_index = read_index(directory / FAISS_FILE, model.item_vectors)
-    events = read_events(directory, meta.events_through)
+    faiss_index = read_index(listed_file(manifest, directory, FAISS_FILE), model.item_vectors)
+    events = read_events(directory, meta.events_through) if _lists_events(manifest, directory) else None
+    held = len(events) if events is not None else 0
+    if held != meta.compacted_events:
+        raise BundleError(
+            f"index manifest says {meta.compacted_events} compacted events, the version holds {held}",
+            path=directory / MANIFEST_NAME,
+        )
     return ServingIndex(directory.name, directory, model, meta, faiss_index, events, ranked_depth=ranked_depth)
+
+
+def _check_model_files_covered(index_manifest: Manifest, model_manifest: Manifest, directory: Path) -> None:
+    """Every file the model manifest lists is in the (verified) index manifest with the same size and checksum."""
+    for rel, entry in model_manifest.files.items():
+        outer = index_manifest.files.get(f"{MODEL_DIR}/{rel}")
+        if outer is None or outer["sha256"] != entry["sha256"] or outer["bytes"] != entry["bytes"]:
+            raise BundleError(
+                f"{MODEL_DIR}/{rel} is not covered by the index manifest as the model manifest lists it",
+                path=directory / MANIFEST_NAME,
+            )
+
+
+def _lists_events(manifest: Manifest, directory: Path) -> bool:
+    """Whether the version holds compacted events: both files listed (and so verified), int64 vectors.
+
+    Event files present but not listed would be read unverified, and one file without the other is half a
+    version: both are refused.
+    """
+    listed = [name in manifest.files for name in EVENT_FILES]
+    if not any(listed):
+        present = [name for name in EVENT_FILES if (directory / name).exists()]
+        if present:
+            raise BundleError(f"{', '.join(present)} present but not listed in the manifest", path=directory)
+        return False
+    if not all(listed):
+        raise BundleError(f"the manifest lists only some of {', '.join(EVENT_FILES)}", path=directory)
+    for name in EVENT_FILES:
+        check_npy(directory / name, np.int64, 1)
+    return True

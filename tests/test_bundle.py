@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from bundle_tamper import read_json, reseal, rewrite_array, write_json
 
 from movierec.bundle import (
     CSR,
@@ -175,4 +177,155 @@ def test_store_versions_and_atomic_pointer(tmp_path: Path) -> None:
     assert store.current_version() == "v0010"
     (tmp_path / "CURRENT").write_text("v0042\n")
     with pytest.raises(BundleError, match="v0042"):
+        store.current()
+
+
+# --- hostile bundles: every check runs after a re-seal, so the checksums cannot be what catches them ---
+
+
+def _written(tmp_path: Path) -> Path:
+    write_model_bundle(_bundle(), tmp_path / "b")
+    return tmp_path / "b"
+
+
+def _refused(directory: Path, message: str) -> BundleError:
+    with pytest.raises(BundleError, match=message) as caught:
+        read_model_bundle(directory)
+    assert "\n" not in str(caught.value)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "listed", ["../outside.npy", "/etc/passwd", "model/../../x", "./items.json", "a//b", "a\\b", ""]
+)
+def test_manifest_paths_must_stay_inside_the_bundle(tmp_path: Path, listed: str) -> None:
+    bundle = _written(tmp_path)
+    (tmp_path / "outside.npy").write_bytes(b"secret")
+    raw = read_json(bundle / "manifest.json")
+    raw["files"][listed] = {"sha256": "0" * 64, "bytes": 6}
+    write_json(bundle / "manifest.json", raw)
+    _refused(bundle, "leaves the bundle|empty or non-string path")
+
+
+def test_a_listed_symlink_leading_out_is_refused(tmp_path: Path) -> None:
+    bundle = _written(tmp_path)
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text('{"recall@20": 1.0}')
+    (bundle / "metrics.json").unlink()
+    (bundle / "metrics.json").symlink_to(outside)
+    reseal(bundle)
+    _refused(bundle, r"metrics\.json: a symlink leads outside the bundle")
+
+
+def test_a_file_the_manifest_does_not_list_is_never_read(tmp_path: Path) -> None:
+    bundle = _written(tmp_path)
+    raw = read_json(bundle / "manifest.json")
+    del raw["files"]["item_ids.npy"]
+    write_json(bundle / "manifest.json", raw)
+    _refused(bundle, r"item_ids\.npy is not listed in the manifest")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda raw: raw.pop("files"), "'files' is missing"),
+        (lambda raw: raw.pop("kind"), "'kind' is missing"),
+        (lambda raw: raw.update(format_version="1"), "'format_version' is missing or not an integer"),
+        (lambda raw: raw.update(format_version=True), "'format_version' is missing or not an integer"),
+        (lambda raw: raw.update(meta=[]), "'meta' is not an object"),
+        (lambda raw: raw["files"]["items.json"].pop("sha256"), "no valid sha256"),
+        (lambda raw: raw["files"]["items.json"].update(bytes=-1), "no valid byte count"),
+        (lambda raw: raw["files"].update({"items.json": "abc"}), "is not an object"),
+        (lambda raw: raw["meta"].pop("n_items"), "meta.n_items is missing"),
+        (lambda raw: raw["meta"].update(dim="3"), "meta.dim is missing"),
+        (lambda raw: raw["meta"].update(dataset=7), "meta.dataset is not an object"),
+        (lambda raw: raw["meta"].update(n_users=4), "manifest says 4 users"),
+    ],
+)
+def test_a_missing_or_ill_typed_manifest_field_is_a_bundle_error(tmp_path: Path, change: Any, message: str) -> None:
+    bundle = _written(tmp_path)
+    raw = read_json(bundle / "manifest.json")
+    change(raw)
+    write_json(bundle / "manifest.json", raw)
+    _refused(bundle, message)
+
+
+def test_a_manifest_that_is_not_an_object_is_a_bundle_error(tmp_path: Path) -> None:
+    bundle = _written(tmp_path)
+    write_json(bundle / "manifest.json", ["kind", "model"])
+    _refused(bundle, "not a JSON object")
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "message"),
+    [
+        ("user_vectors.npy", lambda a: a.astype(np.float64), r"user_vectors\.npy: holds <f8 values, expected <f4"),
+        ("item_ids.npy", lambda a: a.astype(np.int32), r"item_ids\.npy: holds <i4 values"),
+        ("seen_indices.npy", lambda a: a.astype(np.int64), r"seen_indices\.npy: holds <i8 values"),
+        ("item_vectors.npy", lambda a: a.ravel(), r"has 1 dimension\(s\)"),
+        ("user_ids.npy", lambda a: a[::-1].copy(), "user_ids are not strictly ascending"),
+        ("item_ids.npy", lambda a: np.concatenate([a[:1], a[:-1]]), "item_ids are not strictly ascending"),
+        ("user_vectors.npy", lambda a: a[:-1], "user_vectors rows != user_ids"),
+        ("item_vectors.npy", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.nan, a).astype(np.float32),
+         "NaN or infinity"),
+        ("seen_indptr.npy", lambda a: np.concatenate([a[:1], a[2:3], a[1:2], a[3:]]), "indptr is not monotone"),
+        ("seen_indices.npy", lambda a: np.where(np.arange(a.size) == 0, 99, a).astype(np.int32),
+         "column index outside"),
+        ("seen_indices.npy", lambda a: a[::-1].copy(), "not sorted and unique"),
+        ("train_indptr.npy", lambda a: a[:-1], "train CSR shape does not match"),
+    ],
+)  # fmt: skip
+def test_dtypes_shapes_order_and_csr_structure_are_checked_at_load(
+    tmp_path: Path, name: str, change: Any, message: str
+) -> None:
+    bundle = _written(tmp_path)
+    rewrite_array(bundle / name, change)
+    reseal(bundle)
+    _refused(bundle, message)
+
+
+def test_a_truncated_array_is_refused_from_its_header_even_when_resealed(tmp_path: Path) -> None:
+    bundle = _written(tmp_path)
+    path = bundle / "item_vectors.npy"
+    path.write_bytes(path.read_bytes()[:-4])
+    reseal(bundle)
+    _refused(bundle, r"item_vectors\.npy: truncated or padded")
+    path.write_bytes(b"\x93NUMPY")
+    reseal(bundle)
+    _refused(bundle, r"item_vectors\.npy: not a readable \.npy file")
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ({"titles": [], "years": []}, "lacks titles/years/genres"),
+        ({"titles": "abc", "years": [], "genres": []}, "lacks titles/years/genres"),
+        (["titles"], "lacks titles/years/genres"),
+        ({"titles": ["a"] * 7, "years": [1.5] * 7, "genres": [[]] * 7}, "a year is neither an integer nor null"),
+        ({"titles": [1] * 7, "years": [None] * 7, "genres": [[]] * 7}, "a title is not a string"),
+        ({"titles": ["a"] * 7, "years": [None] * 7, "genres": ["Drama"] * 7}, "genres are not lists of strings"),
+        ({"titles": ["a"] * 6, "years": [None] * 6, "genres": [[]] * 6}, "one entry per item"),
+    ],
+)
+def test_items_metadata_is_checked_at_load(tmp_path: Path, items: Any, message: str) -> None:
+    bundle = _written(tmp_path)
+    write_json(bundle / "items.json", items)
+    reseal(bundle)
+    _refused(bundle, message)
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.json"])
+def test_config_and_metrics_must_be_objects(tmp_path: Path, name: str) -> None:
+    bundle = _written(tmp_path)
+    write_json(bundle / name, [1, 2])
+    reseal(bundle)
+    _refused(bundle, f"{name.removesuffix('.json')} is not a JSON object")
+
+
+@pytest.mark.parametrize("content", [b"v0001\xff\n", b"\x00" * 100, b"v" + b"1" * 200])
+def test_an_unreadable_current_pointer_is_a_bundle_error(tmp_path: Path, content: bytes) -> None:
+    store = VersionedStore(tmp_path)
+    write_model_bundle(_bundle(), store.path("v0001"))
+    (tmp_path / "CURRENT").write_bytes(content)
+    with pytest.raises(BundleError, match="CURRENT"):
         store.current()

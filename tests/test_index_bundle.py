@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 from bundle_factory import make_model_bundle
+from bundle_tamper import read_json, reseal_version, rewrite_array, write_json
 
 from movierec.bundle import VersionedStore, read_manifest
 from movierec.errors import BundleError
 from movierec.index import build_index, newest_model_bundle, open_index, prune_versions, rebuild_index
+from movierec.index.events import SeenEvents
+from movierec.index.faiss_index import hnsw_graph_problem
 from movierec.index.info import describe_store
 
 
@@ -212,3 +217,126 @@ def test_prune_keeps_the_newest_and_the_current_version(model: Path, tmp_path: P
     assert prune_versions(root, keep=2) == []
     with pytest.raises(ValueError, match="keep"):
         prune_versions(root, keep=0)
+
+
+# --- hostile versions: re-sealed after the damage, so only open_index's own checks can refuse them ---
+
+
+def _events(n: int) -> SeenEvents:
+    offsets = np.arange(1, n + 1, dtype=np.int64)
+    return SeenEvents(offsets, offsets * 2 + 1, offsets * 10, np.full(n, np.nan), offsets)
+
+
+def _refused(version: Path, message: str) -> None:
+    with pytest.raises(BundleError, match=message) as caught:
+        open_index(version)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("kind", "params"), [("flat", {}), ("hnsw", {"m": 4})])
+def test_a_well_formed_version_still_opens_and_serves(model: Path, tmp_path: Path, kind: str, params: Any) -> None:
+    version = build_index(model, tmp_path / "index", kind=kind, new_events=_events(3), **params)
+    served = open_index(version)
+    assert len(served.events) == 3 and len(served.recommend([0], 5)[0]) == 5
+
+
+def test_model_files_must_be_covered_by_the_index_manifest(model: Path, tmp_path: Path) -> None:
+    version = build_index(model, tmp_path / "index")
+    raw = read_json(version / "manifest.json")
+    del raw["files"]["model/item_vectors.npy"]
+    write_json(version / "manifest.json", raw)
+    _refused(version, r"model/item_vectors\.npy is not covered by the index manifest")
+
+
+def test_the_faiss_file_must_be_listed(model: Path, tmp_path: Path) -> None:
+    version = build_index(model, tmp_path / "index")
+    raw = read_json(version / "manifest.json")
+    del raw["files"]["index.faiss"]
+    write_json(version / "manifest.json", raw)
+    _refused(version, r"index\.faiss is not listed in the manifest")
+
+
+def test_event_files_must_be_listed_together_and_hold_int64_vectors(model: Path, tmp_path: Path) -> None:
+    version = build_index(model, tmp_path / "index", new_events=_events(3))
+    manifest_path = version / "manifest.json"
+    original = manifest_path.read_text()
+    raw = read_json(manifest_path)
+    del raw["files"]["events_item_ids.npy"]
+    write_json(manifest_path, raw)
+    _refused(version, "lists only some of")
+    del raw["files"]["events_user_ids.npy"]
+    write_json(manifest_path, raw)
+    _refused(version, "present but not listed in the manifest")
+    manifest_path.write_text(original)
+    rewrite_array(version / "events_user_ids.npy", lambda a: a.astype(np.float64))
+    reseal_version(version)
+    _refused(version, r"events_user_ids\.npy: holds <f8 values, expected <i8")
+    rewrite_array(version / "events_user_ids.npy", lambda a: a.astype(np.int64)[:2])
+    reseal_version(version)
+    _refused(version, "differ in shape")
+
+
+def test_compacted_event_count_must_match_the_manifest(model: Path, tmp_path: Path) -> None:
+    version = build_index(model, tmp_path / "index", new_events=_events(3))
+    for name in ("events_user_ids.npy", "events_item_ids.npy"):
+        rewrite_array(version / name, lambda a: a[:2])
+    reseal_version(version)
+    _refused(version, "says 3 compacted events, the version holds 2")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda meta: meta.update(n_items=41), "index manifest says 12 users, 41 items"),
+        (lambda meta: meta["index"].update(params={"m": "many"}), "bad HNSW parameters"),
+        (lambda meta: meta["index"].update(params={"m": None}), "bad HNSW parameters"),
+        (lambda meta: meta["index"].update(params={"ef": 3}), "bad HNSW parameters"),
+        (lambda meta: meta.pop("source_model"), "source_model is missing"),
+    ],
+)
+def test_index_meta_that_disagrees_with_the_files_is_refused(
+    model: Path, tmp_path: Path, change: Any, message: str
+) -> None:
+    version = build_index(model, tmp_path / "index", kind="hnsw", m=4)
+    raw = read_json(version / "manifest.json")
+    change(raw["meta"])
+    write_json(version / "manifest.json", raw)
+    with pytest.raises(BundleError, match=message):
+        open_index(version, verify=False)
+
+
+def test_a_faiss_file_of_another_kind_is_refused(model: Path, tmp_path: Path) -> None:
+    version = build_index(model, tmp_path / "index")
+    vectors = np.load(version / "model" / "item_vectors.npy")
+    faiss.write_index(faiss.IndexLSH(vectors.shape[1], 8), str(version / "index.faiss"))
+    reseal_version(version)
+    _refused(version, r"index\.faiss: holds a IndexLSH")
+    faiss.write_index(faiss.IndexFlatL2(vectors.shape[1]), str(version / "index.faiss"))
+    reseal_version(version)
+    _refused(version, "not one of the kinds built here")
+
+
+@pytest.mark.parametrize("damage", ["link", "entry", "level"])
+def test_a_damaged_hnsw_graph_is_refused_before_any_walk(model: Path, tmp_path: Path, damage: str) -> None:
+    version = build_index(model, tmp_path / "index", kind="hnsw", m=4)
+    index: Any = faiss.read_index(str(version / "index.faiss"))
+    graph = index.hnsw
+    if damage == "link":
+        neighbors = faiss.vector_to_array(graph.neighbors)
+        neighbors[0] = 10_000
+        faiss.copy_array_to_vector(neighbors, graph.neighbors)
+    elif damage == "entry":
+        graph.entry_point = 10_000
+    else:
+        levels = faiss.vector_to_array(graph.levels)
+        levels[0] = 99
+        faiss.copy_array_to_vector(levels, graph.levels)
+    assert hnsw_graph_problem(index) is not None  # what an older FAISS, which reads it as it is, would be told
+    faiss.write_index(index, str(version / "index.faiss"))
+    reseal_version(version)
+    _refused(version, "HNSW graph is damaged|not a readable FAISS index .*out of range")
+
+
+def test_a_store_path_that_is_not_there_is_a_bundle_error(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no such index version or store"):
+        open_index(tmp_path / "nowhere")

@@ -54,13 +54,23 @@ class CSR:
         return cls(indptr=indptr, indices=(keys % n_cols).astype(np.int32), n_cols=n_cols)
 
     def validate(self) -> str | None:
-        """Why this is not a well-formed CSR, or None when it is."""
-        if self.indptr.ndim != 1 or self.indptr.shape[0] < 1:
-            return "indptr must be a non-empty vector"
+        """Why this is not a well-formed CSR, or None when it is: int64 ``indptr`` from 0, monotone, spanning
+        ``indices``; int32 ``indices`` inside ``[0, n_cols)``, sorted and unique within each row."""
+        if self.indptr.dtype != np.int64 or self.indices.dtype != np.int32:
+            return "indptr must be int64 and indices int32"
+        if self.indptr.ndim != 1 or self.indptr.shape[0] < 1 or self.indices.ndim != 1:
+            return "indptr must be a non-empty vector and indices a vector"
         if self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0]:
             return "indptr does not span indices"
-        if np.any(np.diff(self.indptr) < 0):
+        lengths = np.diff(self.indptr)
+        if np.any(lengths < 0):
             return "indptr is not monotone"
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= self.n_cols):
             return f"column index outside [0, {self.n_cols})"
+        if self.indices.size > 1:
+            rising = np.diff(self.indices.astype(np.int64)) > 0
+            row_starts = self.indptr[1:-1][(lengths[1:] > 0) & (self.indptr[1:-1] > 0)]
+            rising[row_starts - 1] = True  # the first entry of a row need not exceed the last of the one before
+            if not rising.all():
+                return "a row's indices are not sorted and unique"
         return None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 from movierec.errors import BundleError
 
@@ -61,24 +62,25 @@ def write_manifest(directory: Path, kind: str, meta: dict[str, Any]) -> Manifest
 
 
 def read_manifest(directory: Path, kind: str, *, verify: bool = True) -> Manifest:
-    """Load and (by default) verify a manifest: every listed file present, same size, same sha256."""
+    """Load and (by default) verify a manifest: every listed file present, same size, same sha256.
+
+    Whether or not it verifies, the manifest itself is checked field by field
+    (a missing or ill-typed field is a BundleError, never a KeyError) and every
+    listed path must stay inside ``directory``: relative, no ``..``, and no
+    symlink on the way that leads out of it.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"no {kind} bundle here (not a directory)", path=directory)
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"not a {kind} bundle: {MANIFEST_NAME} is missing", path=directory)
+    _check_inside(directory, path)
     try:
-        raw = json.loads(path.read_text())
-        manifest = Manifest(
-            kind=str(raw["kind"]),
-            format_version=int(raw["format_version"]),
-            created_at=str(raw["created_at"]),
-            files=dict(raw["files"]),
-            meta=dict(raw.get("meta", {})),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise BundleError(f"unreadable manifest ({exc})", path=path) from None
+    manifest = _parse(raw, path)
     if manifest.kind != kind:
         raise BundleError(f"is a {manifest.kind!r} bundle, expected {kind!r}", path=directory)
     if manifest.format_version != FORMAT_VERSION:
@@ -86,6 +88,8 @@ def read_manifest(directory: Path, kind: str, *, verify: bool = True) -> Manifes
             f"format version {manifest.format_version} is not supported (this build reads {FORMAT_VERSION})",
             path=directory,
         )
+    for rel in manifest.files:
+        _check_inside(directory, directory / rel)
     if verify:
         for rel, entry in manifest.files.items():
             file = directory / rel
@@ -97,3 +101,73 @@ def read_manifest(directory: Path, kind: str, *, verify: bool = True) -> Manifes
             if sha256_file(file) != entry["sha256"]:
                 raise BundleError("checksum mismatch: the file was altered after the bundle was written", path=file)
     return manifest
+
+
+def listed_file(manifest: Manifest, directory: Path, name: str) -> Path:
+    """``directory / name``, once the manifest lists it: a loader opens nothing the manifest does not vouch for."""
+    if name not in manifest.files:
+        raise BundleError(f"{name} is not listed in the manifest, so it cannot be verified", path=Path(directory))
+    return Path(directory) / name
+
+
+def _parse(raw: object, where: Path) -> Manifest:
+    """The manifest's fields, each checked for presence and type."""
+    if not isinstance(raw, dict):
+        raise BundleError("unreadable manifest (not a JSON object)", path=where)
+    kind = _required(raw, "kind", str, where)
+    format_version = _required(raw, "format_version", int, where)
+    created_at = _required(raw, "created_at", str, where)
+    files = _required(raw, "files", dict, where)
+    meta = raw.get("meta", {})
+    if not isinstance(meta, dict):
+        raise BundleError("manifest field 'meta' is not an object", path=where)
+    for rel, entry in files.items():
+        check_member_name(rel, where)
+        if not isinstance(entry, dict):
+            raise BundleError(f"manifest entry for {rel!r} is not an object", path=where)
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise BundleError(f"manifest entry for {rel!r} has no valid sha256", path=where)
+        size = entry.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BundleError(f"manifest entry for {rel!r} has no valid byte count", path=where)
+    return Manifest(kind=kind, format_version=format_version, created_at=created_at, files=files, meta=meta)
+
+
+T = TypeVar("T")
+
+
+def _required(raw: dict[str, Any], key: str, kind: type[T], where: Path) -> T:
+    value = raw.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BundleError(f"manifest field {key!r} is missing or not {_TYPE_NAMES[kind]}", path=where)
+    return value
+
+
+_TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", dict: "an object"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_member_name(rel: object, where: Path) -> None:
+    """A listed path must be a plain relative POSIX path inside the bundle: no ``..``, no absolute path."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"manifest lists an empty or non-string path {rel!r}", path=where)
+    parts = PurePosixPath(rel).parts
+    if (
+        "\\" in rel
+        or "\x00" in rel
+        or PurePosixPath(rel).is_absolute()
+        or PurePosixPath(rel).as_posix() != rel
+        or any(part in (".", "..") for part in parts)
+    ):
+        raise BundleError(f"manifest path {rel!r} leaves the bundle or is not a plain relative path", path=where)
+
+
+def _check_inside(directory: Path, file: Path) -> None:
+    """Refuse ``file`` when symlinks take it outside ``directory``."""
+    try:
+        inside = file.resolve().is_relative_to(directory.resolve())
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise BundleError(f"cannot resolve ({exc})", path=file) from None
+    if not inside:
+        raise BundleError("a symlink leads outside the bundle", path=file)

@@ -31,7 +31,8 @@ import numpy.typing as npt
 
 from movierec.bundle.atomic import staged_directory
 from movierec.bundle.csr import CSR
-from movierec.bundle.manifest import Manifest, read_manifest, write_manifest
+from movierec.bundle.manifest import MANIFEST_NAME, Manifest, listed_file, read_manifest, write_manifest
+from movierec.bundle.npy import read_npy
 from movierec.errors import BundleError
 
 MODEL_KIND = "model"
@@ -86,30 +87,65 @@ class ModelBundle:
         return int(self.item_vectors.shape[1])
 
     def check(self) -> None:
-        """Raise BundleError unless shapes, dtypes and CSR structure agree."""
-        problems: list[str] = []
-        if self.user_vectors.ndim != 2 or self.item_vectors.ndim != 2:
-            problems.append("vectors must be 2-d")
-        elif self.user_vectors.shape[1] != self.item_vectors.shape[1]:
-            problems.append("user and item vectors differ in dimension")
-        if self.user_vectors.shape[0] != self.n_users:
-            problems.append("user_vectors rows != user_ids")
-        if self.item_vectors.shape[0] != self.n_items:
-            problems.append("item_vectors rows != item_ids")
-        if len(self.items) != self.n_items or len(self.items.years) != self.n_items:
-            problems.append("items.json does not have one entry per item")
-        if np.unique(self.user_ids).size != self.n_users or np.unique(self.item_ids).size != self.n_items:
-            problems.append("duplicate ids in user_ids or item_ids")
+        """Raise BundleError unless dtypes, shapes, id order and CSR structure agree.
+
+        A reader relies on all of it: rows are found by binary search in the ascending ids, vectors are
+        scored as float32, and a CSR row outside the matrix would index past an array.
+        """
+        problems = [*self._array_problems(), *self._items_problems()]
         for name in CSR_NAMES:
             csr: CSR = getattr(self, name)
             if csr.n_rows != self.n_users or csr.n_cols != self.n_items:
                 problems.append(f"{name} CSR shape does not match users x items")
             elif (why := csr.validate()) is not None:
                 problems.append(f"{name}: {why}")
-        if not np.all(np.isfinite(self.item_vectors)) or not np.all(np.isfinite(self.user_vectors)):
-            problems.append("vectors contain NaN or infinity")
+        for name in ("config", "metrics", "dataset"):
+            if not isinstance(getattr(self, name), dict):
+                problems.append(f"{name} is not a JSON object")
         if problems:
             raise BundleError("inconsistent model bundle: " + "; ".join(problems))
+
+    def _array_problems(self) -> list[str]:
+        problems: list[str] = []
+        expected = {
+            "user_vectors": (np.float32, 2),
+            "item_vectors": (np.float32, 2),
+            "user_ids": (np.int64, 1),
+            "item_ids": (np.int64, 1),
+        }
+        for name, (dtype, ndim) in expected.items():
+            array = getattr(self, name)
+            if array.dtype != dtype or array.ndim != ndim:
+                problems.append(f"{name} must be {np.dtype(dtype).name} with {ndim} dimension(s)")
+        if problems:
+            return problems
+        if self.user_vectors.shape[1] != self.item_vectors.shape[1]:
+            problems.append("user and item vectors differ in dimension")
+        elif self.item_vectors.shape[1] < 1:
+            problems.append("vectors have no dimensions")
+        if self.user_vectors.shape[0] != self.n_users:
+            problems.append("user_vectors rows != user_ids")
+        if self.item_vectors.shape[0] != self.n_items:
+            problems.append("item_vectors rows != item_ids")
+        for name in ("user_ids", "item_ids"):
+            ids = getattr(self, name)
+            if ids.size > 1 and not np.all(ids[1:] > ids[:-1]):
+                problems.append(f"{name} are not strictly ascending (sorted, no duplicates)")
+        if not np.all(np.isfinite(self.item_vectors)) or not np.all(np.isfinite(self.user_vectors)):
+            problems.append("vectors contain NaN or infinity")
+        return problems
+
+    def _items_problems(self) -> list[str]:
+        items = self.items
+        if not (len(items.titles) == len(items.years) == len(items.genres) == self.n_items):
+            return ["items.json does not have one entry per item"]
+        if not all(isinstance(title, str) for title in items.titles):
+            return ["items.json: a title is not a string"]
+        if not all(year is None or (isinstance(year, int) and not isinstance(year, bool)) for year in items.years):
+            return ["items.json: a year is neither an integer nor null"]
+        if not all(isinstance(g, list) and all(isinstance(name, str) for name in g) for g in items.genres):
+            return ["items.json: genres are not lists of strings"]
+        return []
 
 
 def write_model_bundle(
@@ -145,66 +181,78 @@ def write_model_bundle(
         return write_manifest(stage, MODEL_KIND, meta)
 
 
-def _load_npy(directory: Path, name: str, mmap: bool) -> npt.NDArray[Any]:
-    path = directory / name
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)  # type: ignore[no-any-return]
-    except FileNotFoundError:
-        raise BundleError("missing from the bundle", path=path) from None
-    except (ValueError, OSError) as exc:
-        raise BundleError(f"not a readable .npy file ({exc})", path=path) from None
-
-
-def _load_json(directory: Path, name: str) -> Any:
-    path = directory / name
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError("missing from the bundle", path=path) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"not valid JSON ({exc})", path=path) from None
-
-
 def read_model_bundle(path: Path, *, verify: bool = True, mmap: bool = False) -> ModelBundle:
     """Load a model bundle; with ``verify`` every file's checksum is checked first.
 
-    Raises BundleError naming the file for anything missing, truncated,
-    tampered with or inconsistent.
+    Every file it opens must be listed in the manifest (so a caller that verified the
+    manifest's files, here or as part of an index version, verified everything read),
+    and every array's dtype and shape is checked from its header before it is read.
+    Raises BundleError naming the file for anything missing, truncated, tampered
+    with or inconsistent; nothing else.
     """
     directory = Path(path)
     manifest = read_manifest(directory, MODEL_KIND, verify=verify)
-    n_items = int(manifest.meta.get("n_items", -1))
-    csrs = {}
-    for name in CSR_NAMES:
-        csrs[name] = CSR(
-            indptr=_load_npy(directory, f"{name}_indptr.npy", mmap),
-            indices=_load_npy(directory, f"{name}_indices.npy", mmap),
+    n_users = _meta_count(manifest, "n_users", directory)
+    n_items = _meta_count(manifest, "n_items", directory)
+    dim = _meta_count(manifest, "dim", directory)
+    dataset = manifest.meta.get("dataset", {})
+    if not isinstance(dataset, dict):
+        raise BundleError("manifest meta.dataset is not an object", path=directory / MANIFEST_NAME)
+
+    def array(name: str, dtype: type[np.generic], ndim: int) -> npt.NDArray[Any]:
+        return read_npy(listed_file(manifest, directory, name), dtype, ndim, mmap=mmap)
+
+    csrs = {
+        name: CSR(
+            indptr=array(f"{name}_indptr.npy", np.int64, 1),
+            indices=array(f"{name}_indices.npy", np.int32, 1),
             n_cols=n_items,
         )
-    raw_items = _load_json(directory, "items.json")
-    try:
-        items = ItemMetadata(
-            titles=list(raw_items["titles"]), years=list(raw_items["years"]), genres=list(raw_items["genres"])
-        )
-    except (KeyError, TypeError):
-        raise BundleError("items.json lacks titles/years/genres", path=directory / "items.json") from None
+        for name in CSR_NAMES
+    }
+    raw_items = _load_json(manifest, directory, "items.json")
+    if not isinstance(raw_items, dict) or not all(
+        isinstance(raw_items.get(key), list) for key in ("titles", "years", "genres")
+    ):
+        raise BundleError("items.json lacks titles/years/genres lists", path=directory / "items.json")
     bundle = ModelBundle(
-        user_vectors=_load_npy(directory, "user_vectors.npy", mmap),
-        item_vectors=_load_npy(directory, "item_vectors.npy", mmap),
-        user_ids=_load_npy(directory, "user_ids.npy", mmap),
-        item_ids=_load_npy(directory, "item_ids.npy", mmap),
-        items=items,
+        user_vectors=array("user_vectors.npy", np.float32, 2),
+        item_vectors=array("item_vectors.npy", np.float32, 2),
+        user_ids=array("user_ids.npy", np.int64, 1),
+        item_ids=array("item_ids.npy", np.int64, 1),
+        items=ItemMetadata(titles=raw_items["titles"], years=raw_items["years"], genres=raw_items["genres"]),
         seen=csrs["seen"],
         train=csrs["train"],
         valid=csrs["valid"],
         test=csrs["test"],
-        config=_load_json(directory, "config.json"),
-        metrics=_load_json(directory, "metrics.json"),
-        dataset=dict(manifest.meta.get("dataset", {})),
+        config=_load_json(manifest, directory, "config.json"),
+        metrics=_load_json(manifest, directory, "metrics.json"),
+        dataset=dataset,
         manifest=manifest,
     )
     try:
         bundle.check()
+        if (bundle.n_users, bundle.dim) != (n_users, dim):
+            raise BundleError(
+                f"manifest says {n_users} users of dim {dim}, the arrays hold {bundle.n_users} of dim {bundle.dim}"
+            )
     except BundleError as exc:
         raise BundleError(str(exc), path=directory) from None
     return bundle
+
+
+def _meta_count(manifest: Manifest, key: str, directory: Path) -> int:
+    value = manifest.meta.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BundleError(f"manifest meta.{key} is missing or not a count", path=directory / MANIFEST_NAME)
+    return value
+
+
+def _load_json(manifest: Manifest, directory: Path, name: str) -> Any:
+    path = listed_file(manifest, directory, name)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError("missing from the bundle", path=path) from None
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise BundleError(f"not valid JSON ({exc})", path=path) from None

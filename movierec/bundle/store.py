@@ -14,6 +14,8 @@ from movierec.bundle.atomic import fsync_dir
 from movierec.errors import BundleError
 
 POINTER_NAME = "CURRENT"
+POINTER_MAX_BYTES = 64
+"""A version name and a newline; a longer pointer is not one, and is not read whole."""
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -42,7 +44,10 @@ class VersionedStore:
         pointer = self.root / POINTER_NAME
         if not pointer.is_file():
             return None
-        version = pointer.read_text().strip()
+        try:
+            version = pointer.read_bytes()[:POINTER_MAX_BYTES].decode("ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{POINTER_NAME} is unreadable ({exc})", path=pointer) from None
         if not _VERSION.match(version) or not (self.root / version).is_dir():
             raise BundleError(f"{POINTER_NAME} points at {version!r}, which is not a version here", path=pointer)
         return version
