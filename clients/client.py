@@ -36,6 +36,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from movierec.item_filter import ItemFilter as ItemFilter  # re-exported: the client API keeps the name
 from movierec.security import bearer_metadata, channel_credentials
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
@@ -58,24 +59,6 @@ class RecommendedItem:
     year: int | None
     # Asked with explain: the user's movie that contributes most to this score (None: none / not asked).
     because_item_id: int | None = None
-
-
-@dataclass(frozen=True)
-class ItemFilter:
-    """Which movies may be recommended (all conditions hold); the default allows every movie."""
-
-    include_genres: Sequence[str] = ()
-    exclude_genres: Sequence[str] = ()
-    min_year: int | None = None
-    max_year: int | None = None
-
-    def to_proto(self) -> pb.ItemFilter:
-        message = pb.ItemFilter(include_genres=list(self.include_genres), exclude_genres=list(self.exclude_genres))
-        if self.min_year is not None:
-            message.min_year = self.min_year
-        if self.max_year is not None:
-            message.max_year = self.max_year
-        return message
 
 
 @dataclass(frozen=True)
@@ -517,7 +500,18 @@ def _query_request(message_type: type[QueryMessage], query: StreamQuery) -> Quer
 
 
 def _filter_message(item_filter: ItemFilter | None) -> pb.ItemFilter | None:
-    return None if item_filter is None else item_filter.to_proto()
+    """The wire form of the shared :class:`~movierec.item_filter.ItemFilter` (genres sorted: one filter, one
+    message)."""
+    if item_filter is None:
+        return None
+    message = pb.ItemFilter(
+        include_genres=sorted(item_filter.include_genres), exclude_genres=sorted(item_filter.exclude_genres)
+    )
+    if item_filter.min_year is not None:
+        message.min_year = int(item_filter.min_year)
+    if item_filter.max_year is not None:
+        message.max_year = int(item_filter.max_year)
+    return message
 
 
 def _item(item: pb.RecommendedItem) -> RecommendedItem:

@@ -1,4 +1,4 @@
-"""Exact item filters (genres to include or exclude, a release-year range) as boolean item masks.
+"""Item filters (genres to include or exclude, a release-year range) compiled to boolean item masks.
 
 A filter never post-filters a short list: it compiles to an ``allowed`` mask
 over the whole catalog, and the exact search (:mod:`movierec.index.topk`)
@@ -7,72 +7,31 @@ a filtered answer is the brute-force top-K of the catalog minus the excluded
 items minus the items that fail the filter, with the usual order and tie rule,
 and has ``min(k, allowed)`` items.
 
-Semantics of :class:`ItemFilter`, all conditions combined with AND:
-
-* ``include_genres``: the item has ANY of them (empty = no condition);
-* ``exclude_genres``: the item has NONE of them;
-* ``min_year`` / ``max_year``: inclusive bounds on the release year; an item
-  whose year is unknown fails a filter with either bound (it cannot be shown
-  to be in range).
-
-Genre names are matched exactly (case-sensitive, as the dataset spells them);
-an unknown name is a :class:`FilterError` listing the valid ones, so a typo is
-an error rather than a silently empty answer.
+:class:`ItemFilter` and :class:`FilterError` live in :mod:`movierec.item_filter`
+(pure Python, shared with the client), which also states the semantics. An
+unknown genre name is a :class:`FilterError` naming a few of the unknown names
+and the valid ones, so a typo is an error rather than a silently empty answer;
+checking a filter costs O(number of genres), whatever the caller sent: a list
+longer than the catalog's genres is refused by its length alone.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from movierec.bundle import ItemMetadata
-from movierec.errors import MovierecError
+from movierec.item_filter import FilterError, ItemFilter, quote_some
+
+__all__ = ["MASK_CACHE_SIZE", "CatalogFilters", "FilterError", "ItemFilter"]
 
 # Distinct filters whose compiled mask is kept per ServingIndex (a mask is n_items bytes).
 MASK_CACHE_SIZE = 256
-
-
-class FilterError(MovierecError, ValueError):
-    """A filter the catalog cannot answer: an unknown genre, an empty year range, a non-integer year.
-
-    A ValueError too, so callers that map bad arguments by ValueError (the server's INVALID_ARGUMENT) need
-    no special case.
-    """
-
-
-@dataclass(frozen=True)
-class ItemFilter:
-    """Which items a request allows; hashable, so compiled masks are cached per distinct filter.
-
-    Genre collections are normalised to ``frozenset`` (any iterable of str is accepted).
-    """
-
-    include_genres: frozenset[str] = field(default_factory=frozenset)
-    exclude_genres: frozenset[str] = field(default_factory=frozenset)
-    min_year: int | None = None
-    max_year: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("include_genres", "exclude_genres"):
-            value: Iterable[str] = getattr(self, name)
-            if isinstance(value, str):  # frozenset("Drama") would be a set of letters
-                raise FilterError(f"{name} must be a collection of genre names, not the string {value!r}")
-            object.__setattr__(self, name, frozenset(value))
-        for name in ("min_year", "max_year"):
-            year = getattr(self, name)
-            if year is not None and (isinstance(year, bool) or not isinstance(year, int | np.integer)):
-                raise FilterError(f"{name} must be an integer year, got {year!r}")
-        if self.min_year is not None and self.max_year is not None and self.min_year > self.max_year:
-            raise FilterError(f"min_year {self.min_year} is after max_year {self.max_year}: no item can match")
-
-    @property
-    def is_empty(self) -> bool:
-        """True when the filter allows every item (the unfiltered search path is then used)."""
-        return not (self.include_genres or self.exclude_genres) and self.min_year is None and self.max_year is None
+# Characters of valid genre names an error lists, at most (a catalog may have hundreds; GetInfo lists them all).
+LISTING_CHARS = 300
 
 
 class CatalogFilters:
@@ -98,7 +57,8 @@ class CatalogFilters:
         """The read-only mask of items ``item_filter`` allows, or None when it allows every item."""
         if item_filter is None or item_filter.is_empty:
             return None
-        self._check_genres(item_filter.include_genres | item_filter.exclude_genres)
+        self._check_genres("include_genres", item_filter.include_genres)
+        self._check_genres("exclude_genres", item_filter.exclude_genres)
         return self._cached_mask(item_filter)
 
     def _compile(self, item_filter: ItemFilter) -> npt.NDArray[np.bool_]:
@@ -121,11 +81,25 @@ class CatalogFilters:
         result: npt.NDArray[np.bool_] = np.logical_or.reduce(self._bitmaps[rows], axis=0)
         return result
 
-    def _check_genres(self, genres: Iterable[str]) -> None:
-        unknown = sorted(set(genres) - self._position.keys())
+    def _check_genres(self, field: str, genres: frozenset[str]) -> None:
+        """O(len(self.genres)): a longer set must hold an unknown name, so its length alone refuses it."""
+        if len(genres) > len(self.genres):
+            raise FilterError(
+                f"{field} names {len(genres):,} genres but this catalog has {len(self.genres)}: {_listing(self.genres)}"
+            )
+        unknown = sorted(genres - self._position.keys())
         if unknown:
-            raise FilterError(f"unknown genre(s) {', '.join(map(repr, unknown))}; valid: {_listing(self.genres)}")
+            raise FilterError(f"{field}: unknown genre(s) {quote_some(unknown)}; valid: {_listing(self.genres)}")
 
 
 def _listing(genres: Sequence[str]) -> str:
-    return ", ".join(genres) if genres else "none (this catalog has no genre data)"
+    if not genres:
+        return "none (this catalog has no genre data)"
+    listed: list[str] = []
+    used = 0
+    for name in genres:
+        used += len(name) + 2
+        if used > LISTING_CHARS:
+            return f"{', '.join(listed)} and {len(genres) - len(listed)} more (GetInfo lists them all)"
+        listed.append(name)
+    return ", ".join(listed)

@@ -34,6 +34,16 @@ from movierec.bundle import MANIFEST_NAME
 from movierec.errors import MovierecError
 from movierec.index import ServingIndex, limit_serving_threads, open_index
 from movierec.security import read_token_file, server_credentials
+from movierec.server.admission import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_STREAM_BUFFER_BYTES,
+    check_token,
+    exposure_warnings,
+    receive_limit,
+    server_options,
+)
 from movierec.server.auth import BearerTokenInterceptor
 from movierec.server.engine import ServingEngine
 from movierec.server.interaction_log import LOG_FILE_NAME, InteractionLog
@@ -77,6 +87,21 @@ class ServerConfig:
     tls_key: Path | None = None
     # A file holding the bearer token every call must carry (health and reflection excepted).
     token_file: Path | None = None
+    # Admission (movierec.server.admission): calls and streams in progress at once (RESOURCE_EXHAUSTED beyond),
+    # bytes each stream holds per direction, request metadata bytes, and the largest message accepted
+    # (None: derived from ``limits`` and ``max_batch_size``).
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    max_streams: int = DEFAULT_MAX_STREAMS
+    stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+    max_receive_bytes: int | None = None
+
+    @property
+    def receive_bytes(self) -> int:
+        """The largest message the server accepts: configured, or derived from the request limits."""
+        if self.max_receive_bytes is not None:
+            return self.max_receive_bytes
+        return receive_limit(self.limits, max_batch_size=self.max_batch_size)
 
     @property
     def store_root(self) -> Path | None:
@@ -137,6 +162,9 @@ class RecommenderServer:
             self.state,
             max_stream_batch=config.max_stream_batch,
             max_batch_size=config.max_batch_size,
+            limits=config.limits,
+            max_streams=config.max_streams,
+            stream_buffer_bytes=config.stream_buffer_bytes,
             metrics=metrics,
         )
         self.log: InteractionLog | None = None
@@ -147,7 +175,11 @@ class RecommenderServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._loader = loader if loader is not None else functools.partial(load_index, ranked_depth=config.ranked_depth)
         # No SO_REUSEPORT: a port already in use (say, by an old instance) must fail loudly, not be shared.
-        self._server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[("grpc.so_reuseport", 0), *server_options(config.receive_bytes, config.max_metadata_bytes)],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
         pb_grpc.add_RecommenderServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -240,8 +272,13 @@ async def serve(config: ServerConfig, announce: Callable[[ServerEvent], None]) -
     if metrics is not None:  # outermost, so calls refused by the token check are counted too
         interceptors.append(MetricsInterceptor(metrics))
     if config.token_file is not None:
-        interceptors.append(BearerTokenInterceptor(read_token_file(config.token_file)))
+        token = read_token_file(config.token_file)
+        check_token(token)
+        interceptors.append(BearerTokenInterceptor(token))
     credentials = _credentials(config)
+    for warning in exposure_warnings(config.host, tls=credentials is not None, token=config.token_file is not None):
+        logger.warning("%s", warning)
+        announce(ServerEvent("warning", f"WARNING: {warning}", {"warning": warning}))
     server = RecommenderServer(config, interceptors=interceptors, credentials=credentials, metrics=metrics)
     port = await server.start()
     address = {"host": config.host, "port": port, "tls": credentials is not None}

@@ -28,6 +28,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from movierec.index import FilterError, ItemFilter, Recommendation, ServingIndex
+from movierec.server.admission import count_error, size_error
 from movierec.server.errors import RequestError, invalid_argument, not_found
 from movierec.server.limits import Limits
 from movierec.server.live_events import LiveEventStore
@@ -37,6 +38,8 @@ from movierec.v1 import recommender_pb2 as pb
 class RecommendQuery(Protocol):
     """The fields RecommendRequest and RecommendStreamRequest share."""
 
+    @property
+    def request_id(self) -> str: ...
     @property
     def user_id(self) -> int: ...
     @property
@@ -74,10 +77,20 @@ _NO_ROWS: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
 _NO_IDS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
 
 
-def item_filter_of(message: pb.ItemFilter) -> ItemFilter | None:
-    """The index filter a request asks for (None: no condition); INVALID_ARGUMENT for an impossible one."""
+def item_filter_of(message: pb.ItemFilter, max_genres: int) -> ItemFilter | None:
+    """The index filter a request asks for (None: no condition); INVALID_ARGUMENT for an impossible one.
+
+    A genre list longer than ``max_genres`` is refused by its length, before a set is built of it.
+    """
     if not message.ByteSize():  # the common case: no filter at all
         return None
+    for name, names in (("include_genres", message.include_genres), ("exclude_genres", message.exclude_genres)):
+        if len(names) > max_genres:
+            raise invalid_argument(
+                "filter",
+                f"filter.{name} has {len(names):,} names; at most {max_genres} are allowed "
+                "(the catalog's genres, GetInfo lists them)",
+            )
     try:
         return ItemFilter(
             include_genres=frozenset(message.include_genres),
@@ -99,6 +112,8 @@ class ServingEngine:
         self.live = live
         self.index_version = index.index_version
         self.model_version = index.model_version
+        # Genre names one filter list may carry: never more than the catalog has (duplicates are pointless).
+        self._max_filter_genres = min(limits.max_filter_genres, len(index.genres))
         # One ready-made wire item per catalogue row (id, title, genres, year): a response copies
         # k of them and sets score and rank, which is cheaper than building each item field by field.
         self._templates = [
@@ -127,16 +142,13 @@ class ServingEngine:
 
     def recommend_for_items(self, request: pb.RecommendForItemsRequest) -> Answer:
         """Cold start: fold the liked items into a user vector; never recommends them back."""
+        self._check_sizes(request)
         self._check_k(request.k)
-        self._check_exclusions(request.exclude_item_ids)
         if not request.item_ids:
             raise invalid_argument("item_ids", "item_ids is empty: give at least one liked movie")
-        if len(request.item_ids) > self.limits.max_exclude_item_ids:
-            raise invalid_argument(
-                "item_ids",
-                f"at most {self.limits.max_exclude_item_ids} item_ids are allowed (max_exclude_item_ids), "
-                f"got {len(request.item_ids)}",
-            )
+        error = count_error("item_ids", len(request.item_ids), self.limits.max_exclude_item_ids, "max_exclude_item_ids")
+        if error is not None:
+            raise error
         item_filter = self._filter(request.filter)
         liked = self.index.item_rows(request.item_ids)
         if liked.size == 0:
@@ -148,8 +160,8 @@ class ServingEngine:
 
     def similar_items(self, request: pb.SimilarItemsRequest) -> Recommendation:
         """Nearest items to ``request.item_id``, minus the item, the user's seen items and the exclusions."""
+        self._check_sizes(request)
         self._check_k(request.k)
-        self._check_exclusions(request.exclude_item_ids)
         item_filter = self._filter(request.filter)
         item_rows = self.index.item_rows([request.item_id])
         if item_rows.size == 0:
@@ -224,8 +236,8 @@ class ServingEngine:
         return self.index.because(valid.user_row, result.item_rows)
 
     def _validate(self, slot: int, query: RecommendQuery) -> _Valid:
+        self._check_sizes(query)
         self._check_k(query.k)
-        self._check_exclusions(query.exclude_item_ids)
         item_filter = self._filter(query.filter)
         exclude_rows = self.index.item_rows(query.exclude_item_ids)
         user_id = query.user_id
@@ -268,7 +280,7 @@ class ServingEngine:
 
     def _filter(self, message: pb.ItemFilter) -> ItemFilter | None:
         """The request's filter, checked against this catalogue (an unknown genre is INVALID_ARGUMENT)."""
-        item_filter = item_filter_of(message)
+        item_filter = item_filter_of(message, self._max_filter_genres)
         if item_filter is not None:
             try:
                 self.index.allowed_items(item_filter)
@@ -280,10 +292,8 @@ class ServingEngine:
         if not 1 <= k <= self.limits.max_k:
             raise invalid_argument("k", f"k must be between 1 and {self.limits.max_k}, got {k}")
 
-    def _check_exclusions(self, exclude_item_ids: Sequence[int]) -> None:
-        limit = self.limits.max_exclude_item_ids
-        if len(exclude_item_ids) > limit:
-            raise invalid_argument(
-                "exclude_item_ids",
-                f"at most {limit} exclude_item_ids are allowed (max_exclude_item_ids), got {len(exclude_item_ids)}",
-            )
+    def _check_sizes(self, query: RecommendQuery | pb.SimilarItemsRequest | pb.RecommendForItemsRequest) -> None:
+        """Lists and request_id within the limits, checked by length alone (O(1)) before any other work."""
+        error = size_error(query, self.limits)
+        if error is not None:
+            raise error

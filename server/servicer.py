@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_status import rpc_status
 
 from movierec.index import Recommendation
+from movierec.server.admission import DEFAULT_MAX_STREAMS, DEFAULT_STREAM_BUFFER_BYTES, ByteBudget, size_error
 from movierec.server.engine import Answer, ServingEngine
-from movierec.server.errors import RequestError, invalid_argument, not_ready
+from movierec.server.errors import RequestError, client_safe, invalid_argument, not_ready, resource_exhausted
 from movierec.server.interaction_log import InteractionLogError, InvalidInteractions
+from movierec.server.limits import Limits
 from movierec.server.live_events import LiveEventStore
 from movierec.server.metrics import ServerMetrics
 from movierec.server.reload import IndexReloader
@@ -34,8 +37,6 @@ from movierec.v1 import recommender_pb2_grpc as pb_grpc
 DEFAULT_MAX_STREAM_BATCH = 64
 # Most requests one RecommendBatch call may carry: 1,000 k=10 answers are ~0.5 MB and ~10 ms of the event loop.
 DEFAULT_MAX_BATCH_SIZE = 1000
-# Each stream buffers at most this many batches of requests (and of responses) ahead.
-QUEUE_BATCHES = 4
 
 _END_OF_STREAM = object()
 STREAM_METHOD = f"/{pb.DESCRIPTOR.services_by_name['RecommenderService'].full_name}/RecommendStream"
@@ -59,11 +60,21 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         metrics: ServerMetrics | None = None,
+        limits: Limits | None = None,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES,
     ) -> None:
         """``metrics`` hears of stream messages answered with an error (the call itself still succeeds);
-        ``max_batch_size`` caps the requests of one RecommendBatch call."""
+        ``max_batch_size`` caps the requests of one RecommendBatch call; ``max_streams`` the streams open at
+        once (RESOURCE_EXHAUSTED beyond); ``stream_buffer_bytes`` what each stream holds per direction
+        (:mod:`movierec.server.admission`); ``limits`` refuse an oversized stream message as it arrives."""
         if max_stream_batch < 1:
             raise ValueError("max_stream_batch must be >= 1")
+        if max_streams < 1 or stream_buffer_bytes < 1:
+            raise ValueError("max_streams and stream_buffer_bytes must be >= 1")
+        self._limits = limits if limits is not None else Limits()
+        self._max_streams = max_streams
+        self._stream_buffer_bytes = stream_buffer_bytes
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._max_batch_size = max_batch_size
@@ -87,23 +98,37 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         request_iterator: AsyncIterator[pb.RecommendStreamRequest],
         context: grpc.aio.ServicerContext[pb.RecommendStreamRequest, pb.RecommendStreamResponse],
     ) -> AsyncIterator[pb.RecommendStreamResponse]:
-        """Three tasks joined by bounded queues: read -> answer in batches -> write.
+        """Three tasks joined by queues bounded in bytes: read -> answer in batches -> write.
 
         While this handler waits for gRPC to take a response, the answerer
         searches the next batch and the reader collects more requests. The
-        bounds make a client that sends without reading its answers stall on
-        HTTP/2 flow control instead of growing the server's memory; when the
-        call ends or is cancelled, both helper tasks are cancelled with it.
+        byte budgets (requests read but not answered, answers not yet taken)
+        make a client that sends without reading its answers stall on HTTP/2
+        flow control instead of growing the server's memory; when the call
+        ends or is cancelled, both helper tasks are cancelled with it. Beyond
+        ``max_streams`` open streams a new one is refused (RESOURCE_EXHAUSTED).
         """
+        if self.active_streams >= self._max_streams:
+            await _abort(
+                context,
+                resource_exhausted(
+                    "RecommendStream",
+                    f"{self.active_streams} streams are open, the most this server allows (max_streams): "
+                    "retry later, or use Recommend/RecommendBatch",
+                ),
+            )
         self.active_streams += 1
-        inbox: asyncio.Queue[object] = asyncio.Queue(maxsize=QUEUE_BATCHES * self._max_stream_batch)
-        outbox: asyncio.Queue[object] = asyncio.Queue(maxsize=QUEUE_BATCHES * self._max_stream_batch)
-        reader = asyncio.create_task(_read_all(request_iterator, inbox))
-        answerer = asyncio.create_task(self._answer_all(inbox, outbox))
+        inbox: asyncio.Queue[object] = asyncio.Queue()
+        outbox: asyncio.Queue[object] = asyncio.Queue()
+        unanswered = ByteBudget(self._stream_buffer_bytes)
+        unsent = ByteBudget(self._stream_buffer_bytes)
+        reader = asyncio.create_task(_read_all(request_iterator, inbox, unanswered, self._limits))
+        answerer = asyncio.create_task(self._answer_all(inbox, unanswered, outbox, unsent))
         try:
-            while (response := await outbox.get()) is not _END_OF_STREAM:
-                assert isinstance(response, pb.RecommendStreamResponse)
-                yield response
+            while (sent := await outbox.get()) is not _END_OF_STREAM:
+                assert isinstance(sent, _Queued)
+                yield sent.message
+                unsent.release(sent.nbytes)
             await answerer
             await reader  # surfaces a read failure instead of ending the call as if all went well
         finally:
@@ -111,8 +136,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             answerer.cancel()
             self.active_streams -= 1
 
-    async def _answer_all(self, inbox: asyncio.Queue[object], outbox: asyncio.Queue[object]) -> None:
-        """Answer what has arrived, batch by batch, until the client half-closes.
+    async def _answer_all(
+        self, inbox: asyncio.Queue[object], unanswered: ByteBudget, outbox: asyncio.Queue[object], unsent: ByteBudget
+    ) -> None:
+        """Answer what has arrived, batch by batch, until the client half-closes; a batch's bytes are
+        released from ``unanswered`` once its answers are queued (within ``unsent``).
 
         The search runs on the event loop: on the benchmark machine a search
         thread pool cost ~20% more server CPU per message for no throughput gain.
@@ -122,8 +150,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             ended = False
             while not ended:
                 batch, ended = await _next_batch(inbox, self._max_stream_batch)
-                for response in self._answer_stream_batch(batch) if batch else ():
-                    await outbox.put(response)
+                for response in self._answer_stream_batch([received.message for received in batch]) if batch else ():
+                    nbytes = response.ByteSize()
+                    await unsent.acquire(nbytes)
+                    outbox.put_nowait(_Queued(response, nbytes))
+                unanswered.release(sum(received.nbytes for received in batch))
         except Exception as exc:  # a bug, not a bad request: end the call (INTERNAL) rather than hang it
             failure = exc
         await outbox.put(_END_OF_STREAM)
@@ -173,7 +204,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         engine = await self._engine_or_abort(context)
         info = engine.info()
         info.swap_count = self._state.swap_count
-        info.last_reload_error = self._state.last_reload_error
+        info.last_reload_error = client_safe(self._state.last_reload_error)  # no server paths to clients
         info.last_refused_version = self._state.last_refused_version
         info.max_batch_size = self._max_batch_size
         if self.log is not None:
@@ -234,16 +265,20 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             swapped=outcome.swapped,
             index_version=engine.index_version,
             model_version=engine.model_version,
-            error=outcome.error,
+            error=client_safe(outcome.error),
         )
 
-    def _answer_stream_batch(self, batch: Sequence[pb.RecommendStreamRequest]) -> list[pb.RecommendStreamResponse]:
-        """One response per request, in order; the engine is read once so a batch never mixes versions."""
+    def _answer_stream_batch(
+        self, batch: Sequence[pb.RecommendStreamRequest | _Refused]
+    ) -> list[pb.RecommendStreamResponse]:
+        """One response per request, in order; the engine is read once so a batch never mixes versions.
+        Messages refused as they arrived keep their place with their error."""
         try:
             engine = self._state.require_engine()
         except RequestError as error:
             return [pb.RecommendStreamResponse(request_id=r.request_id, error=error.to_status()) for r in batch]
-        answers: list[Answer | RequestError] = engine.recommend(batch)
+        searched = iter(engine.recommend([r for r in batch if isinstance(r, pb.RecommendStreamRequest)]))
+        answers: list[Answer | RequestError] = [r.error if isinstance(r, _Refused) else next(searched) for r in batch]
         responses = []
         for request, answer in zip(batch, answers, strict=True):
             if isinstance(answer, RequestError):
@@ -291,8 +326,46 @@ def _items_response(
     return response
 
 
-async def _read_all(requests: AsyncIterator[object], inbox: asyncio.Queue[object]) -> None:
-    """Move every incoming message into ``inbox`` as soon as it arrives, then the end marker.
+@dataclass(frozen=True)
+class _Refused:
+    """A stream message refused as it arrived (:func:`~movierec.server.admission.size_error`): only its
+    request_id (when not itself the problem) and error are kept."""
+
+    request_id: str
+    error: RequestError
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A stream message read and not yet answered, and the bytes it holds."""
+
+    message: pb.RecommendStreamRequest | _Refused
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """An answer waiting for the client, and the bytes it holds."""
+
+    message: pb.RecommendStreamResponse
+    nbytes: int
+
+
+def _received(request: pb.RecommendStreamRequest, limits: Limits) -> _Received:
+    """Memory a message holds, roughly: its wire size, plus 8 bytes per exclusion (an id takes 1-10 bytes on
+    the wire, 8 once parsed). An oversized message is dropped at once and only its error kept."""
+    error = size_error(request, limits)
+    if error is not None:
+        request_id = request.request_id if len(request.request_id) <= limits.max_request_id_length else ""
+        return _Received(_Refused(request_id, error), len(request_id) + len(error.message) + 256)
+    return _Received(request, request.ByteSize() + 8 * len(request.exclude_item_ids))
+
+
+async def _read_all(
+    requests: AsyncIterator[pb.RecommendStreamRequest], inbox: asyncio.Queue[object], budget: ByteBudget, limits: Limits
+) -> None:
+    """Move every incoming message into ``inbox`` as it arrives, then the end marker; while ``budget`` is
+    full, stop reading (the sender then waits on HTTP/2 flow control).
 
     The marker is queued even when reading fails, so the consumer stops; it
     then awaits this task, which re-raises the failure.
@@ -300,7 +373,10 @@ async def _read_all(requests: AsyncIterator[object], inbox: asyncio.Queue[object
     failure: Exception | None = None
     try:
         async for request in requests:
-            await inbox.put(request)
+            received = _received(request, limits)
+            del request  # an oversized message is freed now, not when the next one arrives
+            await budget.acquire(received.nbytes)
+            inbox.put_nowait(received)
     except Exception as exc:  # handed to whoever awaits this task, after the marker
         failure = exc
     await inbox.put(_END_OF_STREAM)
@@ -308,7 +384,7 @@ async def _read_all(requests: AsyncIterator[object], inbox: asyncio.Queue[object
         raise failure
 
 
-async def _next_batch(inbox: asyncio.Queue[object], max_batch: int) -> tuple[list[pb.RecommendStreamRequest], bool]:
+async def _next_batch(inbox: asyncio.Queue[object], max_batch: int) -> tuple[list[_Received], bool]:
     """Wait for one message, then gather what else has arrived (up to ``max_batch``).
 
     gRPC hands the reader one message per event-loop turn, so "what is queued
@@ -319,12 +395,12 @@ async def _next_batch(inbox: asyncio.Queue[object], max_batch: int) -> tuple[lis
 
     Returns the batch and whether the client has half-closed the stream.
     """
-    batch: list[pb.RecommendStreamRequest] = []
+    batch: list[_Received] = []
     item = await inbox.get()
     while True:
         if item is _END_OF_STREAM:
             return batch, True
-        assert isinstance(item, pb.RecommendStreamRequest)
+        assert isinstance(item, _Received)
         batch.append(item)
         if len(batch) >= max_batch:
             return batch, False

@@ -8,7 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from movierec.errors import MovierecError
-from movierec.server.limits import DEFAULT_MAX_EXCLUDE, DEFAULT_MAX_K, Limits
+from movierec.server.limits import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_EXCLUDE,
+    DEFAULT_MAX_FILTER_GENRES,
+    DEFAULT_MAX_K,
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_MAX_REQUEST_ID,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_STREAM_BUFFER_BYTES,
+    Limits,
+)
 
 
 def register(commands: Any) -> None:
@@ -41,6 +51,7 @@ def register(commands: Any) -> None:
         metavar="N",
         help="most requests one RecommendBatch call may carry (default 1000)",
     )
+    _add_admission_flags(parser)
     parser.add_argument(
         "--ranked-depth",
         type=_non_negative,
@@ -80,6 +91,63 @@ def register(commands: Any) -> None:
     parser.set_defaults(func=_serve)
 
 
+def _add_admission_flags(parser: argparse.ArgumentParser) -> None:
+    """What the server refuses by size or count before it costs memory (README "Hardening")."""
+    parser.add_argument(
+        "--max-filter-genres",
+        type=_non_negative,
+        default=DEFAULT_MAX_FILTER_GENRES,
+        metavar="N",
+        help="most genre names in one filter list, never more than the catalog has "
+        f"(default {DEFAULT_MAX_FILTER_GENRES})",
+    )
+    parser.add_argument(
+        "--max-request-id",
+        type=_non_negative,
+        default=DEFAULT_MAX_REQUEST_ID,
+        metavar="CHARS",
+        help=f"longest request_id (default {DEFAULT_MAX_REQUEST_ID})",
+    )
+    parser.add_argument(
+        "--max-receive",
+        type=_positive,
+        default=None,
+        metavar="BYTES",
+        help="largest message accepted, refused unparsed beyond (default: twice the largest valid request "
+        "under the limits above, rounded up to 64 KiB: 512 KiB with every default)",
+    )
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive,
+        default=DEFAULT_MAX_CONCURRENT_RPCS,
+        metavar="N",
+        help="calls in progress at once, streams included; RESOURCE_EXHAUSTED beyond "
+        f"(default {DEFAULT_MAX_CONCURRENT_RPCS})",
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=_positive,
+        default=DEFAULT_MAX_STREAMS,
+        metavar="N",
+        help=f"RecommendStream calls open at once; RESOURCE_EXHAUSTED beyond (default {DEFAULT_MAX_STREAMS})",
+    )
+    parser.add_argument(
+        "--stream-buffer",
+        type=_positive,
+        default=DEFAULT_STREAM_BUFFER_BYTES,
+        metavar="BYTES",
+        help="bytes each stream holds per direction (requests not yet answered, answers not yet read) before it "
+        f"stops reading (default {DEFAULT_STREAM_BUFFER_BYTES})",
+    )
+    parser.add_argument(
+        "--max-metadata",
+        type=_positive,
+        default=DEFAULT_MAX_METADATA_BYTES,
+        metavar="BYTES",
+        help=f"request metadata (headers) a call may carry (default {DEFAULT_MAX_METADATA_BYTES})",
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -98,7 +166,17 @@ def _serve(args: argparse.Namespace) -> int:
         index_path=args.index,
         host=args.host,
         port=args.port,
-        limits=Limits(max_k=args.max_k, max_exclude_item_ids=args.max_exclude),
+        limits=Limits(
+            max_k=args.max_k,
+            max_exclude_item_ids=args.max_exclude,
+            max_filter_genres=args.max_filter_genres,
+            max_request_id_length=args.max_request_id,
+        ),
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_streams=args.max_streams,
+        stream_buffer_bytes=args.stream_buffer,
+        max_metadata_bytes=args.max_metadata,
+        max_receive_bytes=args.max_receive,
         grace_seconds=args.grace,
         max_batch_size=args.max_batch,
         ranked_depth=DEFAULT_RANKED_DEPTH if args.ranked_depth is None else args.ranked_depth,

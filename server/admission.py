@@ -1,0 +1,213 @@
+"""Admission: what the server refuses by size or by count before a request costs it memory or loop time.
+
+Layers, outermost first:
+
+* **gRPC core** refuses a message larger than :func:`receive_limit` (derived
+  from the configured :class:`Limits`: the largest request any RPC could
+  validly carry, times :data:`HEADROOM`) with RESOURCE_EXHAUSTED before a byte
+  of it is parsed, and metadata beyond :data:`DEFAULT_MAX_METADATA_BYTES`;
+  HTTP/2 caps the streams of one connection.
+* **grpc.aio** refuses calls beyond ``max_concurrent_rpcs`` (RESOURCE_EXHAUSTED).
+* **The servicer** refuses streams beyond ``max_streams``, and each stream
+  holds at most a :class:`ByteBudget` of requests read but not yet answered
+  (and of answers not yet taken by the client); a full budget stops reading,
+  so HTTP/2 flow control pushes back on the sender instead of the server's
+  memory growing.
+* :func:`size_error` refuses, in O(1), a request whose lists or request_id are
+  longer than the limits allow: a stream reader drops such a message as soon
+  as it is read, keeping only its error, and the engine refuses it before any
+  work on its contents.
+
+Also the operator-facing checks: :func:`exposure_warnings` (a public address
+without TLS or a token) and :func:`check_token` (a minimum token length).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Sequence
+from typing import Protocol
+
+from movierec.errors import MovierecError
+from movierec.server.errors import RequestError, invalid_argument
+from movierec.server.limits import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_STREAM_BUFFER_BYTES,
+    Limits,
+)
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT_RPCS",
+    "DEFAULT_MAX_METADATA_BYTES",
+    "DEFAULT_MAX_STREAMS",
+    "DEFAULT_STREAM_BUFFER_BYTES",
+    "ByteBudget",
+    "check_token",
+    "count_error",
+    "exposure_warnings",
+    "is_loopback",
+    "receive_limit",
+    "server_options",
+    "size_error",
+]
+
+# HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
+MAX_STREAMS_PER_CONNECTION = 100
+# The receive limit is this many times the largest valid request, rounded up to RECEIVE_ROUNDING.
+HEADROOM = 2
+RECEIVE_ROUNDING = 64 * 1024
+# Most events one RecordInteractions call may carry (the interaction log's per-call cap).
+DEFAULT_MAX_RECORD_ITEMS = 10_000
+# Bytes budgeted per genre name when sizing requests (the longest MovieLens genre has 11 characters).
+GENRE_NAME_BYTES = 64
+# Shortest bearer token accepted by --token-file (12 random characters: ~72 bits as base64).
+MIN_TOKEN_LENGTH = 12
+
+# Wire bytes, at most: a varint (a negative int32/int64 takes 10), a one-byte tag plus a length prefix.
+_VARINT = 10
+_FIELD = 1 + 5
+
+
+class SizedQuery(Protocol):
+    """The list-bearing fields of every request that asks for items."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def exclude_item_ids(self) -> Sequence[int]: ...
+
+
+def receive_limit(limits: Limits, *, max_batch_size: int = 0, max_record_items: int = DEFAULT_MAX_RECORD_ITEMS) -> int:
+    """The largest message the server accepts, in bytes: :data:`HEADROOM` times the largest request that passes
+    validation (Recommend*, SimilarItems, RecordInteractions, a RecommendBatch of ``max_batch_size``
+    plain requests), rounded up to :data:`RECEIVE_ROUNDING`. With the defaults: 512 KiB.
+
+    Anything larger cannot be a valid request, so gRPC refuses it (RESOURCE_EXHAUSTED) before parsing it.
+    """
+    request_id = _FIELD + limits.max_request_id_length  # budgeted as ASCII; the UTF-8 worst case is in HEADROOM
+    exclusions = _FIELD + _VARINT * limits.max_exclude_item_ids
+    genre_list = limits.max_filter_genres * (_FIELD + GENRE_NAME_BYTES)
+    item_filter = _FIELD + 2 * genre_list + 2 * (1 + _VARINT)
+    scalars = 3 * (1 + _VARINT)  # user_id, k, explain (or item_id)
+    recommend = request_id + scalars + exclusions + item_filter
+    for_items = recommend + exclusions  # item_ids, as many as exclusions
+    record = request_id + (1 + _VARINT) + 3 * _FIELD + max_record_items * (_VARINT + 4 + _VARINT)
+    batch = _FIELD + max_batch_size * (_FIELD + request_id + scalars)
+    largest = max(recommend, for_items, record, batch)
+    return -(-HEADROOM * largest // RECEIVE_ROUNDING) * RECEIVE_ROUNDING
+
+
+def server_options(
+    max_receive_bytes: int, max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+) -> list[tuple[str, int]]:
+    """gRPC core channel arguments for the size limits (both metadata limits: gRPC has a soft and a hard one)."""
+    return [
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.max_metadata_size", max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", max_metadata_bytes),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ]
+
+
+def count_error(field: str, count: int, limit: int, limit_name: str) -> RequestError | None:
+    """INVALID_ARGUMENT naming ``field`` when ``count`` exceeds ``limit``; O(1)."""
+    if count <= limit:
+        return None
+    return invalid_argument(field, f"at most {limit:,} {field} are allowed ({limit_name}), got {count:,}")
+
+
+def size_error(query: SizedQuery, limits: Limits) -> RequestError | None:
+    """The first list or string of ``query`` longer than ``limits`` allow, as INVALID_ARGUMENT; O(1) whatever
+    the sizes, so it can run on every message as it arrives."""
+    if len(query.request_id) > limits.max_request_id_length:
+        return invalid_argument(
+            "request_id",
+            f"request_id is {len(query.request_id):,} characters; at most {limits.max_request_id_length} "
+            "are allowed (max_request_id_length)",
+        )
+    error = count_error(
+        "exclude_item_ids", len(query.exclude_item_ids), limits.max_exclude_item_ids, "max_exclude_item_ids"
+    )
+    if error is not None:
+        return error
+    item_filter = getattr(query, "filter", None)
+    if item_filter is not None:
+        for name in ("include_genres", "exclude_genres"):
+            count = len(getattr(item_filter, name))
+            if count > limits.max_filter_genres:
+                return invalid_argument(
+                    "filter",
+                    f"filter.{name} has {count:,} names; at most {limits.max_filter_genres} are allowed "
+                    "(max_filter_genres)",
+                )
+    return None
+
+
+class ByteBudget:
+    """Bytes one direction of one stream may hold; waiting for room is the stream's backpressure.
+
+    One waiter at a time (the stream's reader, or its answerer). An empty budget admits any single message,
+    so one larger than the budget still flows, alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a byte budget must be >= 1 byte")
+        self.limit = limit
+        self.used = 0
+        self._released = asyncio.Event()
+
+    async def acquire(self, nbytes: int) -> None:
+        while self.used and self.used + nbytes > self.limit:
+            self._released.clear()
+            await self._released.wait()
+        self.used += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
+        self._released.set()
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names only loopback addresses (an unresolvable name counts as not loopback)."""
+    name = host.strip("[]")
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
+
+
+def exposure_warnings(host: str, *, tls: bool, token: bool) -> list[str]:
+    """What an operator must hear when ``host`` is reachable from other machines without TLS or a token."""
+    if is_loopback(host):
+        return []
+    warnings = []
+    if not tls:
+        warnings.append(
+            f"serving {host} WITHOUT TLS: requests, answers and any token cross the network in cleartext "
+            "(--tls-cert/--tls-key)"
+        )
+    if not token:
+        warnings.append(
+            f"serving {host} WITHOUT A TOKEN: anyone who reaches the port can record events and reload the "
+            "index (--token-file)"
+        )
+    return warnings
+
+
+def check_token(token: str) -> None:
+    """Refuse a token too short to resist guessing (a clear error, before the server listens)."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise MovierecError(
+            f"the token is {len(token)} characters; at least {MIN_TOKEN_LENGTH} are required "
+            "(e.g. 'openssl rand -hex 16' makes 32)"
+        )
