@@ -362,6 +362,11 @@ def standing_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"NDCG@20 {min(ndcgs):.4f}-{max(ndcgs):.4f}; "
             + ("every seed is ahead of every other row on both." if beaten else "NOT every seed beats every row.")
         )
+        if peers:
+            best_recall = max(peer["recall@20"] for peer in peers)
+            best_ndcg = max(peer["ndcg@20"] for peer in peers)
+            margins = ", ".join(f"{m['recall@20'] - best_recall:+.4f} / {m['ndcg@20'] - best_ndcg:+.4f}" for m in seeds)
+            lines.append(f"Each seed's margin over the best other row on each metric (Recall@20 / NDCG@20): {margins}.")
     not_run = [row["name"] for row in rows if "metrics" not in row]
     if not_run:
         lines.append(f"Not run in these results: {', '.join(not_run)}.")

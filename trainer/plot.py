@@ -75,21 +75,15 @@ def plot_training_curve(
     recall_axis.set_ylabel("validation Recall@20", color="tab:orange")
     if best_epoch > 0:
         recall_axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
-        recall_axis.annotate(f"best valid: epoch {best_epoch}", (best_epoch, recall_axis.get_ylim()[0]), fontsize=8)
-    if test is not None and "recall@20" in test and "ndcg@20" in test:
-        recall_axis.text(
-            0.98,
-            0.04,
-            f"final test Recall@20 {test['recall@20']:.4f}, NDCG@20 {test['ndcg@20']:.4f}",
-            transform=recall_axis.transAxes,
-            ha="right",
-            fontsize=9,
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "grey"},
+        recall_axis.annotate(
+            f"best valid: epoch {best_epoch}", (best_epoch, recall_axis.get_ylim()[1]), fontsize=8, va="top", ha="right"
         )
     handles, labels = loss_axis.get_legend_handles_labels()
     more_handles, more_labels = recall_axis.get_legend_handles_labels()
     recall_axis.legend(handles + more_handles, labels + more_labels, fontsize=8, loc="center right")
-    loss_axis.set_title(title)
+    if test is not None and "recall@20" in test and "ndcg@20" in test:
+        title += f"\nfinal test Recall@20 {test['recall@20']:.4f}, NDCG@20 {test['ndcg@20']:.4f}"
+    loss_axis.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
