@@ -22,6 +22,7 @@ from movierec.bundle.model import MODEL_KIND, read_model_bundle
 from movierec.bundle.npy import check_npy
 from movierec.errors import BundleError
 from movierec.index.because import BecauseExplainer
+from movierec.index.diversify import Diversifier, check_diversity, pool_size
 from movierec.index.events import (
     EVENT_ITEMS_FILE,
     EVENT_USERS_FILE,
@@ -121,6 +122,7 @@ class ServingIndex:
         self._new_user_events = unknown_user_events(model, self.events)
         self._filters = CatalogFilters(model.items)
         self._explainer = BecauseExplainer.from_model(self.model)
+        self._diversifier = Diversifier(model.item_vectors)
         self.ranked: RankedPrefixes | None = None
         if ranked_depth < 0:
             raise ValueError(f"ranked_depth must be >= 0, got {ranked_depth}")
@@ -220,11 +222,16 @@ class ServingIndex:
         k: int,
         extra_exclude: Sequence[npt.NDArray[np.integer]] | None = None,
         item_filter: ItemFilter | None = None,
+        diversity: float = 0.0,
     ) -> list[Recommendation]:
         """Top-``k`` for each known user row, excluding their seen items and ``extra_exclude[i]``,
         among the items ``item_filter`` allows. Unfiltered queries the ranked prefixes can decide are
-        answered from them; the others share one scan."""
+        answered from them; the others share one scan. ``diversity`` > 0 re-ranks each user's exact best
+        ``pool_size(k)`` by MMR (:mod:`movierec.index.diversify`); 0 is the exact top-``k``, untouched."""
         check_k(k)
+        if check_diversity(diversity):
+            pools = self.recommend(user_rows, pool_size(k), extra_exclude, item_filter)
+            return [self._diversifier.rerank(pool, k, diversity) for pool in pools]
         allowed = self.allowed_items(item_filter)
         rows = [self._check_user_row(r) for r in user_rows]
         if extra_exclude is not None and len(extra_exclude) != len(rows):
@@ -254,10 +261,14 @@ class ServingIndex:
         k: int,
         exclude: Sequence[npt.NDArray[np.integer]],
         item_filter: ItemFilter | None = None,
+        diversity: float = 0.0,
     ) -> list[Recommendation]:
         """Top-``k`` for ad-hoc user vectors (fold-in users), excluding ``exclude[i]`` for vector ``i``,
-        among the items ``item_filter`` allows."""
+        among the items ``item_filter`` allows; ``diversity`` as in :meth:`recommend`."""
         check_k(k)
+        if check_diversity(diversity):
+            pools = self.recommend_vectors(vectors, pool_size(k), exclude, item_filter)
+            return [self._diversifier.rerank(pool, k, diversity) for pool in pools]
         allowed = self.allowed_items(item_filter)
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.model.dim:
