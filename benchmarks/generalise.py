@@ -183,7 +183,8 @@ def run_peer(
     started = time.perf_counter()
     params = grid[0] if len(grid) == 1 else dict(grid_search(make, grid, fit_data, split.valid).best)
     runs = []
-    for seed in seeds or [None]:
+    chosen_seeds: Sequence[int | None] = seeds or [None]
+    for seed in chosen_seeds:
         peer = make(**params, **({} if seed is None else {"seed": seed}))
         peer.fit(train_data)
         runs.append({"seed": seed, "test": test_scores(evaluate_ranking(peer.score, split.train, split.test))})
