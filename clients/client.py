@@ -98,6 +98,8 @@ class StreamQuery:
     exclude_item_ids: Sequence[int] = ()
     item_filter: ItemFilter | None = None
     explain: bool = False
+    diversity: float = 0.0
+    """0..1: re-rank for movies unlike each other (the server's MMR re-ranking); 0 = the exact top-k."""
 
 
 @dataclass(frozen=True)
@@ -216,11 +218,13 @@ class RecommenderClient:
         *,
         item_filter: ItemFilter | None = None,
         explain: bool = False,
+        diversity: float = 0.0,
         request_id: str = "",
         timeout: float | None = None,
     ) -> Recommendations:
-        """Top-``k`` unseen movies; ``explain`` fills each item's ``because_item_id``."""
-        query = StreamQuery(request_id, user_id, k, tuple(exclude_item_ids), item_filter, explain)
+        """Top-``k`` unseen movies; ``explain`` fills each item's ``because_item_id``; ``diversity`` in [0, 1]
+        trades relevance for movies unlike each other (0: the exact top-k; outside [0, 1]: INVALID_ARGUMENT)."""
+        query = StreamQuery(request_id, user_id, k, tuple(exclude_item_ids), item_filter, explain, diversity)
         return _recommendations(self._call(self._stub.Recommend, _query_request(pb.RecommendRequest, query), timeout))
 
     def recommend_for_items(
@@ -496,6 +500,7 @@ def _query_request(message_type: type[QueryMessage], query: StreamQuery) -> Quer
         exclude_item_ids=list(query.exclude_item_ids),
         filter=_filter_message(query.item_filter),
         explain=query.explain,
+        diversity=query.diversity or None,  # 0 is not sent: the request is byte for byte the one before the knob
     )
 
 

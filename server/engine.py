@@ -28,6 +28,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from movierec.index import FilterError, ItemFilter, Recommendation, ServingIndex
+from movierec.index.diversify import check_diversity
 from movierec.server.admission import count_error, size_error
 from movierec.server.errors import RequestError, invalid_argument, not_found
 from movierec.server.limits import Limits
@@ -50,6 +51,8 @@ class RecommendQuery(Protocol):
     def filter(self) -> pb.ItemFilter: ...
     @property
     def explain(self) -> bool: ...
+    @property
+    def diversity(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class _Valid:
     user_row: int | None
     liked_rows: npt.NDArray[np.int32]
     explain: bool
+    diversity: float = 0.0
 
 
 _NO_ROWS: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
@@ -122,20 +126,19 @@ class ServingEngine:
         ]
 
     def recommend(self, queries: Sequence[RecommendQuery]) -> list[Answer | RequestError]:
-        """One answer per query, same order; valid queries with the same k and filter share one search."""
+        """One answer per query, same order; valid queries with the same k, filter and diversity share one search."""
         answers: dict[int, Answer | RequestError] = {}
-        groups: dict[tuple[int, ItemFilter | None, bool], list[_Valid]] = defaultdict(list)
+        groups: dict[tuple[int, ItemFilter | None, bool, float], list[_Valid]] = defaultdict(list)
         for slot, query in enumerate(queries):
             try:
                 valid = self._validate(slot, query)
             except RequestError as error:
                 answers[slot] = error
                 continue
-            groups[valid.k, valid.item_filter, valid.user_row is None].append(valid)
-        for (k, item_filter, folded), group in groups.items():
-            results = (
-                self._fold_in_search(group, k, item_filter) if folded else self._model_search(group, k, item_filter)
-            )
+            groups[valid.k, valid.item_filter, valid.user_row is None, valid.diversity].append(valid)
+        for (k, item_filter, folded, diversity), group in groups.items():
+            search = self._fold_in_search if folded else self._model_search
+            results = search(group, k, item_filter, diversity)
             for valid, result in zip(group, results, strict=True):
                 answers[valid.slot] = Answer(result.item_rows, result.scores, self._because(valid, result))
         return [answers[slot] for slot in range(len(queries))]
@@ -215,18 +218,24 @@ class ServingEngine:
             events_through=index.events_through,
         )
 
-    def _model_search(self, group: list[_Valid], k: int, item_filter: ItemFilter | None) -> list[Recommendation]:
+    def _model_search(
+        self, group: list[_Valid], k: int, item_filter: ItemFilter | None, diversity: float = 0.0
+    ) -> list[Recommendation]:
         extra = [v.exclude_rows for v in group]
         return self.index.recommend(
             [v.user_row for v in group if v.user_row is not None],
             k,
             extra_exclude=extra if any(e.size for e in extra) else None,
             item_filter=item_filter,
+            diversity=diversity,
         )
 
-    def _fold_in_search(self, group: list[_Valid], k: int, item_filter: ItemFilter | None) -> list[Recommendation]:
+    def _fold_in_search(
+        self, group: list[_Valid], k: int, item_filter: ItemFilter | None, diversity: float = 0.0
+    ) -> list[Recommendation]:
         vectors = np.stack([self.index.fold_in_vector(v.liked_rows) for v in group])
-        return self.index.recommend_vectors(vectors, k, [v.exclude_rows for v in group], item_filter=item_filter)
+        exclude = [v.exclude_rows for v in group]
+        return self.index.recommend_vectors(vectors, k, exclude, item_filter=item_filter, diversity=diversity)
 
     def _because(self, valid: _Valid, result: Recommendation) -> npt.NDArray[np.int32] | None:
         if not valid.explain:
@@ -238,6 +247,7 @@ class ServingEngine:
     def _validate(self, slot: int, query: RecommendQuery) -> _Valid:
         self._check_sizes(query)
         self._check_k(query.k)
+        diversity = self._check_diversity(query.diversity)
         item_filter = self._filter(query.filter)
         exclude_rows = self.index.item_rows(query.exclude_item_ids)
         user_id = query.user_id
@@ -246,7 +256,7 @@ class ServingEngine:
         if live_rows.size:
             exclude_rows = np.concatenate([exclude_rows, live_rows]) if exclude_rows.size else live_rows
         if user_row is not None:
-            return _Valid(slot, query.k, item_filter, exclude_rows, user_row, _NO_ROWS, query.explain)
+            return _Valid(slot, query.k, item_filter, exclude_rows, user_row, _NO_ROWS, query.explain, diversity)
         liked = self.index.item_rows(self._liked_ids(user_id))
         if liked.size == 0:
             if self._known_by_events(user_id):
@@ -256,7 +266,7 @@ class ServingEngine:
                     not_found("user", user_id).details,
                 )
             raise not_found("user", user_id)
-        return _Valid(slot, query.k, item_filter, exclude_rows, None, liked, query.explain)
+        return _Valid(slot, query.k, item_filter, exclude_rows, None, liked, query.explain, diversity)
 
     def _live_seen_rows(self, user_id: int, user_row: int | None) -> npt.NDArray[np.int32]:
         """Rows of the user's live events, plus their compacted ones when the model cannot hold them."""
@@ -287,6 +297,12 @@ class ServingEngine:
             except FilterError as error:
                 raise invalid_argument("filter", str(error)) from None
         return item_filter
+
+    def _check_diversity(self, diversity: float) -> float:
+        try:
+            return check_diversity(diversity)
+        except ValueError:
+            raise invalid_argument("diversity", f"diversity must be between 0 and 1, got {diversity}") from None
 
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= self.limits.max_k:

@@ -6,17 +6,28 @@ remain, no duplicates, every item from the exact pool) for any diversity; divers
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
-from bundle_factory import GENRES, make_bundle
+from bundle_factory import GENRES, item_id_of_row, make_bundle, user_id_of_row
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from server_harness import ServerThread
 
 from movierec.bundle import write_model_bundle
+from movierec.clients import RecommenderClient, RecommenderError, StreamQuery
+from movierec.clients.cli.main import main
 from movierec.index import ItemFilter, Recommendation, ServingIndex, build_index, open_index
 from movierec.index.diversify import Diversifier, check_diversity, pool_size
+from movierec.server.app import ServerConfig
+from movierec.server.engine import ServingEngine
+from movierec.server.errors import RequestError
+from movierec.server.limits import Limits
+from movierec.v1 import recommender_pb2 as pb
 
 # Item 1 is a near-copy of item 0 (cosine 0.995); item 2 is unlike both; relevance scaled 1, 0.95, 0.
 VECTORS = np.array([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0]], dtype=np.float32)
@@ -154,3 +165,75 @@ def test_a_bad_diversity_is_a_value_error(index: ServingIndex, bad: float) -> No
         index.recommend([0], 5, diversity=bad)
     with pytest.raises(ValueError, match="diversity"):
         index.recommend_vectors(index.model.user_vectors[:1], 5, [np.empty(0, dtype=np.int64)], diversity=bad)
+
+
+def test_the_engine_groups_by_diversity_and_refuses_a_bad_one(index: ServingIndex) -> None:
+    engine = ServingEngine(index, Limits(max_k=50))
+    user = user_id_of_row(3)
+    queries = [
+        pb.RecommendStreamRequest(user_id=user, k=10),
+        pb.RecommendStreamRequest(user_id=user, k=10, diversity=0.7),
+        pb.RecommendStreamRequest(user_id=user, k=10, diversity=float("nan")),
+        pb.RecommendStreamRequest(user_id=user, k=10, diversity=1.5),
+        pb.RecommendStreamRequest(user_id=user, k=10, diversity=-0.25),
+        pb.RecommendStreamRequest(user_id=user, k=10, diversity=0.0),
+    ]
+    plain, diverse, *refused, zero = engine.recommend(queries)
+    for error in refused:
+        assert isinstance(error, RequestError) and error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "diversity must be between 0 and 1" in error.message
+    for answer, diversity in ((plain, 0.0), (diverse, 0.7), (zero, 0.0)):
+        assert not isinstance(answer, RequestError)
+        (expected,) = index.recommend([3], 10, diversity=diversity)
+        assert answer.item_rows.tolist() == expected.item_rows.tolist()
+    assert not isinstance(plain, RequestError) and not isinstance(diverse, RequestError)
+    assert plain.item_rows.tolist() != diverse.item_rows.tolist()
+
+
+@pytest.fixture(scope="module")
+def server(index: ServingIndex) -> Iterator[ServerThread]:
+    running = ServerThread(ServerConfig(index.path.parent, limits=Limits(max_k=50)))
+    try:
+        running.start_loading().result(30)
+        yield running
+    finally:
+        running.stop()
+
+
+def test_over_grpc_unary_stream_batch_and_recctl(
+    server: ServerThread, index: ServingIndex, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = user_id_of_row(6)
+    (expected,) = index.recommend([6], 8, diversity=0.5)
+    want = [item_id_of_row(r) for r in expected.item_rows.tolist()]
+    with RecommenderClient(server.target, timeout=10) as client:
+        assert [i.item_id for i in client.recommend(user, 8, diversity=0.5).items] == want
+        (streamed,) = client.recommend_stream([StreamQuery("s", user, 8, diversity=0.5)])
+        (batched,) = client.recommend_batch([StreamQuery("b", user, 8, diversity=0.5)])
+        for result in (streamed, batched):
+            assert not isinstance(result, RecommenderError)
+            assert [i.item_id for i in result.items] == want
+        with pytest.raises(RecommenderError) as refused:
+            client.recommend(user, 8, diversity=1.01)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and refused.value.field == "diversity"
+    assert (
+        main(["recommend", "--server", server.target, "--user", str(user), "-k", "8", "--diversity", "0.5", "--json"])
+        == 0
+    )
+    assert [item["item_id"] for item in json.loads(capsys.readouterr().out)["items"]] == want
+
+
+@pytest.mark.parametrize("text", ["nan", "1.5", "-0.1", "lots"])
+def test_recctl_refuses_a_bad_diversity_in_one_line(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["recommend", "--user", "1", "--diversity", text])
+    assert exited.value.code == 2
+    assert "argument --diversity" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_recctl_diversity_is_not_for_liked_movies(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recommend", "--liked", "10", "--diversity", "0.5"]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == "recctl: error: --diversity works with --user and --users-file, not with --liked"
+    )

@@ -61,6 +61,14 @@ def register(commands: Any) -> None:
     recommend.add_argument(
         "--exclude", type=int, nargs="+", default=[], metavar="ID", help="movie ids to leave out as well"
     )
+    recommend.add_argument(
+        "--diversity",
+        type=_diversity,
+        default=0.0,
+        metavar="D",
+        help="0..1: trade relevance for movies unlike each other (MMR re-ranking of the best max(4k, 50); "
+        "default 0: the exact top-k); with --user or --users-file",
+    )
     _add_filter_options(recommend)
     recommend.set_defaults(func=_recommend)
 
@@ -128,6 +136,16 @@ def _batch_size(text: str) -> int:
     return value
 
 
+def _diversity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def server_address(text: str) -> str:
     """``HOST:PORT`` with a port in 1..65535 (IPv6 as ``[::1]:PORT``); gRPC would silently default to 443."""
     host, _, port = text.rpartition(":")
@@ -139,13 +157,17 @@ def server_address(text: str) -> str:
 def _recommend(args: argparse.Namespace) -> int:
     if args.users_file is not None:
         return _recommend_users_file(args)
+    if args.liked is not None and args.diversity:
+        raise MovierecError("--diversity works with --user and --users-file, not with --liked")
     item_filter = _item_filter(args)
 
     def ask(client: RecommenderClient) -> tuple[Recommendations, dict[int, str]]:
         if args.liked is not None:
             result = client.recommend_for_items(args.liked, args.k, args.exclude, item_filter=item_filter, explain=True)
         else:
-            result = client.recommend(args.user, args.k, args.exclude, item_filter=item_filter, explain=True)
+            result = client.recommend(
+                args.user, args.k, args.exclude, item_filter=item_filter, explain=True, diversity=args.diversity
+            )
         if args.json:
             return result, {}
         explained: dict[int, int] = {}  # "because" movie -> the first recommendation it explains
@@ -162,6 +184,8 @@ def _recommend(args: argparse.Namespace) -> int:
         heading = f"Top {len(result.items)} for someone who liked {liked}"
     else:
         heading = f"Top {len(result.items)} for user {args.user}"
+        if args.diversity:
+            heading += f" (diversity {args.diversity:g})"
     _print_recommendations(result, args.json, heading, titles)
     return 0
 
@@ -178,7 +202,10 @@ def _recommend_users_file(args: argparse.Namespace) -> int:
         failed = 0
         for start in range(0, len(user_ids), args.batch_size):
             batch = user_ids[start : start + args.batch_size]
-            queries = [StreamQuery(str(user), user, args.k, tuple(args.exclude), item_filter) for user in batch]
+            queries = [
+                StreamQuery(str(user), user, args.k, tuple(args.exclude), item_filter, diversity=args.diversity)
+                for user in batch
+            ]
             for user_id, result in zip(batch, client.recommend_batch(queries), strict=True):
                 line: dict[str, Any] = {"user_id": user_id}
                 if isinstance(result, RecommenderError):

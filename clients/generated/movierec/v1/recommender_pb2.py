@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmovierec/v1/recommender.proto\x12\x0bmovierec.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\xac\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0e\n\x06genres\x18\x05 \x03(\t\x12\x11\n\x04year\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0f\x62\x65\x63\x61use_item_id\x18\x07 \x01(\x03H\x01\x88\x01\x01\x42\x07\n\x05_yearB\x12\n\x10_because_item_id\"\x84\x01\n\nItemFilter\x12\x16\n\x0einclude_genres\x18\x01 \x03(\t\x12\x16\n\x0e\x65xclude_genres\x18\x02 \x03(\t\x12\x15\n\x08min_year\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\x08max_year\x18\x04 \x01(\x05H\x01\x88\x01\x01\x42\x0b\n\t_min_yearB\x0b\n\t_max_year\"\x96\x01\n\x10RecommendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\x03\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.movierec.v1.ItemFilter\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"\x82\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\"\x9c\x01\n\x16RecommendStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\x03\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.movierec.v1.ItemFilter\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"\xab\x01\n\x17RecommendStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\"H\n\x15RecommendBatchRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.movierec.v1.RecommendRequest\"z\n\x14RecommendBatchResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"z\n\x16RecommendBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.movierec.v1.RecommendBatchResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rindex_version\x18\x03 \x01(\t\"\xaa\x01\n\x13SimilarItemsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x14\n\x07user_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\x03\x12\'\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x17.movierec.v1.ItemFilterB\n\n\x08_user_id\"\x85\x01\n\x14SimilarItemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\"\x10\n\x0eGetInfoRequest\"\x97\x03\n\x0fGetInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x12\n\nuser_count\x18\x03 \x01(\x03\x12\x12\n\nitem_count\x18\x04 \x01(\x03\x12\x11\n\tdimension\x18\x05 \x01(\x05\x12\x12\n\nindex_kind\x18\x06 \x01(\t\x12\r\n\x05max_k\x18\x07 \x01(\x05\x12\x1c\n\x14max_exclude_item_ids\x18\x08 \x01(\x05\x12\x31\n\x10training_metrics\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nswap_count\x18\n \x01(\x03\x12\x19\n\x11last_reload_error\x18\x0b \x01(\t\x12\x1c\n\x14last_refused_version\x18\x0c \x01(\t\x12\x0e\n\x06genres\x18\r \x03(\t\x12\x16\n\x0e\x65vents_through\x18\x0e \x01(\x03\x12\x1a\n\x12\x65vents_last_offset\x18\x0f \x01(\x03\x12\x16\n\x0emax_batch_size\x18\x10 \x01(\x05\"r\n\x19RecordInteractionsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x10\n\x08item_ids\x18\x03 \x03(\x03\x12\x0f\n\x07ratings\x18\x04 \x03(\x02\x12\r\n\x05times\x18\x05 \x03(\x03\"R\n\x1aRecordInteractionsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x10\n\x08recorded\x18\x03 \x01(\x05\"\x9f\x01\n\x18RecommendForItemsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\x03\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.movierec.v1.ItemFilter\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"\x8a\x01\n\x19RecommendForItemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\"\x14\n\x12ReloadIndexRequest\"c\n\x13ReloadIndexResponse\x12\x0f\n\x07swapped\x18\x01 \x01(\x08\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t2\xd5\x05\n\x12RecommenderService\x12J\n\tRecommend\x12\x1d.movierec.v1.RecommendRequest\x1a\x1e.movierec.v1.RecommendResponse\x12`\n\x0fRecommendStream\x12#.movierec.v1.RecommendStreamRequest\x1a$.movierec.v1.RecommendStreamResponse(\x01\x30\x01\x12Y\n\x0eRecommendBatch\x12\".movierec.v1.RecommendBatchRequest\x1a#.movierec.v1.RecommendBatchResponse\x12S\n\x0cSimilarItems\x12 .movierec.v1.SimilarItemsRequest\x1a!.movierec.v1.SimilarItemsResponse\x12\x44\n\x07GetInfo\x12\x1b.movierec.v1.GetInfoRequest\x1a\x1c.movierec.v1.GetInfoResponse\x12\x65\n\x12RecordInteractions\x12&.movierec.v1.RecordInteractionsRequest\x1a\'.movierec.v1.RecordInteractionsResponse\x12\x62\n\x11RecommendForItems\x12%.movierec.v1.RecommendForItemsRequest\x1a&.movierec.v1.RecommendForItemsResponse\x12P\n\x0bReloadIndex\x12\x1f.movierec.v1.ReloadIndexRequest\x1a .movierec.v1.ReloadIndexResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmovierec/v1/recommender.proto\x12\x0bmovierec.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\xac\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0e\n\x06genres\x18\x05 \x03(\t\x12\x11\n\x04year\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0f\x62\x65\x63\x61use_item_id\x18\x07 \x01(\x03H\x01\x88\x01\x01\x42\x07\n\x05_yearB\x12\n\x10_because_item_id\"\x84\x01\n\nItemFilter\x12\x16\n\x0einclude_genres\x18\x01 \x03(\t\x12\x16\n\x0e\x65xclude_genres\x18\x02 \x03(\t\x12\x15\n\x08min_year\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\x08max_year\x18\x04 \x01(\x05H\x01\x88\x01\x01\x42\x0b\n\t_min_yearB\x0b\n\t_max_year\"\xbc\x01\n\x10RecommendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\x03\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.movierec.v1.ItemFilter\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x12\x16\n\tdiversity\x18\x07 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_diversity\"\x82\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\"\xc2\x01\n\x16RecommendStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\x03\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.movierec.v1.ItemFilter\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x12\x16\n\tdiversity\x18\x07 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_diversity\"\xab\x01\n\x17RecommendStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\"H\n\x15RecommendBatchRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.movierec.v1.RecommendRequest\"z\n\x14RecommendBatchResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"z\n\x16RecommendBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.movierec.v1.RecommendBatchResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rindex_version\x18\x03 \x01(\t\"\xaa\x01\n\x13SimilarItemsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x14\n\x07user_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\x03\x12\'\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x17.movierec.v1.ItemFilterB\n\n\x08_user_id\"\x85\x01\n\x14SimilarItemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\"\x10\n\x0eGetInfoRequest\"\x97\x03\n\x0fGetInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x12\n\nuser_count\x18\x03 \x01(\x03\x12\x12\n\nitem_count\x18\x04 \x01(\x03\x12\x11\n\tdimension\x18\x05 \x01(\x05\x12\x12\n\nindex_kind\x18\x06 \x01(\t\x12\r\n\x05max_k\x18\x07 \x01(\x05\x12\x1c\n\x14max_exclude_item_ids\x18\x08 \x01(\x05\x12\x31\n\x10training_metrics\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nswap_count\x18\n \x01(\x03\x12\x19\n\x11last_reload_error\x18\x0b \x01(\t\x12\x1c\n\x14last_refused_version\x18\x0c \x01(\t\x12\x0e\n\x06genres\x18\r \x03(\t\x12\x16\n\x0e\x65vents_through\x18\x0e \x01(\x03\x12\x1a\n\x12\x65vents_last_offset\x18\x0f \x01(\x03\x12\x16\n\x0emax_batch_size\x18\x10 \x01(\x05\"r\n\x19RecordInteractionsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x10\n\x08item_ids\x18\x03 \x03(\x03\x12\x0f\n\x07ratings\x18\x04 \x03(\x02\x12\r\n\x05times\x18\x05 \x03(\x03\"R\n\x1aRecordInteractionsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x10\n\x08recorded\x18\x03 \x01(\x05\"\x9f\x01\n\x18RecommendForItemsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\x03\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.movierec.v1.ItemFilter\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"\x8a\x01\n\x19RecommendForItemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.movierec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\"\x14\n\x12ReloadIndexRequest\"c\n\x13ReloadIndexResponse\x12\x0f\n\x07swapped\x18\x01 \x01(\x08\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t2\xd5\x05\n\x12RecommenderService\x12J\n\tRecommend\x12\x1d.movierec.v1.RecommendRequest\x1a\x1e.movierec.v1.RecommendResponse\x12`\n\x0fRecommendStream\x12#.movierec.v1.RecommendStreamRequest\x1a$.movierec.v1.RecommendStreamResponse(\x01\x30\x01\x12Y\n\x0eRecommendBatch\x12\".movierec.v1.RecommendBatchRequest\x1a#.movierec.v1.RecommendBatchResponse\x12S\n\x0cSimilarItems\x12 .movierec.v1.SimilarItemsRequest\x1a!.movierec.v1.SimilarItemsResponse\x12\x44\n\x07GetInfo\x12\x1b.movierec.v1.GetInfoRequest\x1a\x1c.movierec.v1.GetInfoResponse\x12\x65\n\x12RecordInteractions\x12&.movierec.v1.RecordInteractionsRequest\x1a\'.movierec.v1.RecordInteractionsResponse\x12\x62\n\x11RecommendForItems\x12%.movierec.v1.RecommendForItemsRequest\x1a&.movierec.v1.RecommendForItemsResponse\x12P\n\x0bReloadIndex\x12\x1f.movierec.v1.ReloadIndexRequest\x1a .movierec.v1.ReloadIndexResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,39 +38,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMFILTER']._serialized_start=277
   _globals['_ITEMFILTER']._serialized_end=409
   _globals['_RECOMMENDREQUEST']._serialized_start=412
-  _globals['_RECOMMENDREQUEST']._serialized_end=562
-  _globals['_RECOMMENDRESPONSE']._serialized_start=565
-  _globals['_RECOMMENDRESPONSE']._serialized_end=695
-  _globals['_RECOMMENDSTREAMREQUEST']._serialized_start=698
-  _globals['_RECOMMENDSTREAMREQUEST']._serialized_end=854
-  _globals['_RECOMMENDSTREAMRESPONSE']._serialized_start=857
-  _globals['_RECOMMENDSTREAMRESPONSE']._serialized_end=1028
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=1030
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=1102
-  _globals['_RECOMMENDBATCHRESULT']._serialized_start=1104
-  _globals['_RECOMMENDBATCHRESULT']._serialized_end=1226
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=1228
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=1350
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1353
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1523
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1526
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1659
-  _globals['_GETINFOREQUEST']._serialized_start=1661
-  _globals['_GETINFOREQUEST']._serialized_end=1677
-  _globals['_GETINFORESPONSE']._serialized_start=1680
-  _globals['_GETINFORESPONSE']._serialized_end=2087
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=2089
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=2203
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=2205
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=2287
-  _globals['_RECOMMENDFORITEMSREQUEST']._serialized_start=2290
-  _globals['_RECOMMENDFORITEMSREQUEST']._serialized_end=2449
-  _globals['_RECOMMENDFORITEMSRESPONSE']._serialized_start=2452
-  _globals['_RECOMMENDFORITEMSRESPONSE']._serialized_end=2590
-  _globals['_RELOADINDEXREQUEST']._serialized_start=2592
-  _globals['_RELOADINDEXREQUEST']._serialized_end=2612
-  _globals['_RELOADINDEXRESPONSE']._serialized_start=2614
-  _globals['_RELOADINDEXRESPONSE']._serialized_end=2713
-  _globals['_RECOMMENDERSERVICE']._serialized_start=2716
-  _globals['_RECOMMENDERSERVICE']._serialized_end=3441
+  _globals['_RECOMMENDREQUEST']._serialized_end=600
+  _globals['_RECOMMENDRESPONSE']._serialized_start=603
+  _globals['_RECOMMENDRESPONSE']._serialized_end=733
+  _globals['_RECOMMENDSTREAMREQUEST']._serialized_start=736
+  _globals['_RECOMMENDSTREAMREQUEST']._serialized_end=930
+  _globals['_RECOMMENDSTREAMRESPONSE']._serialized_start=933
+  _globals['_RECOMMENDSTREAMRESPONSE']._serialized_end=1104
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=1106
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=1178
+  _globals['_RECOMMENDBATCHRESULT']._serialized_start=1180
+  _globals['_RECOMMENDBATCHRESULT']._serialized_end=1302
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=1304
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=1426
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1429
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1599
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1602
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1735
+  _globals['_GETINFOREQUEST']._serialized_start=1737
+  _globals['_GETINFOREQUEST']._serialized_end=1753
+  _globals['_GETINFORESPONSE']._serialized_start=1756
+  _globals['_GETINFORESPONSE']._serialized_end=2163
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=2165
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=2279
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=2281
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=2363
+  _globals['_RECOMMENDFORITEMSREQUEST']._serialized_start=2366
+  _globals['_RECOMMENDFORITEMSREQUEST']._serialized_end=2525
+  _globals['_RECOMMENDFORITEMSRESPONSE']._serialized_start=2528
+  _globals['_RECOMMENDFORITEMSRESPONSE']._serialized_end=2666
+  _globals['_RELOADINDEXREQUEST']._serialized_start=2668
+  _globals['_RELOADINDEXREQUEST']._serialized_end=2688
+  _globals['_RELOADINDEXRESPONSE']._serialized_start=2690
+  _globals['_RELOADINDEXRESPONSE']._serialized_end=2789
+  _globals['_RECOMMENDERSERVICE']._serialized_start=2792
+  _globals['_RECOMMENDERSERVICE']._serialized_end=3517
 # @@protoc_insertion_point(module_scope)

@@ -132,6 +132,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    DIVERSITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed in the response; free-form, for the caller's bookkeeping."""
     user_id: _builtins.int
@@ -141,6 +142,14 @@ class RecommendRequest(_message.Message):
     explain: _builtins.bool
     """Fill each item's because_item_id (costs about one more small matrix
     product per request, so it is asked for, not always paid for).
+    """
+    diversity: _builtins.float
+    """0..1 (absent or 0: the exact top-k, as before): re-rank the exact best
+    max(4k, 50) allowed unseen movies by maximal marginal relevance over the
+    item vectors, trading relevance for movies unlike each other. Exclusions
+    and filters hold as without it (still k while k remain); items keep
+    their model scores, so scores need not descend. INVALID_ARGUMENT outside
+    [0, 1] or NaN.
     """
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -161,12 +170,15 @@ class RecommendRequest(_message.Message):
         exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
         filter: Global___ItemFilter | None = ...,
         explain: _builtins.bool = ...,
+        diversity: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "diversity", b"diversity", "filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "diversity", b"diversity", "exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__diversity: _TypeAlias = _typing.Literal["diversity"]  # noqa: Y015
+    _WhichOneofArgType__diversity: _TypeAlias = _typing.Literal["_diversity", b"_diversity"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__diversity) -> _WhichOneofReturnType__diversity | None: ...
 
 Global___RecommendRequest: _TypeAlias = RecommendRequest  # noqa: Y015
 
@@ -213,6 +225,7 @@ class RecommendStreamRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    DIVERSITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed in the matching response; callers should make it unique per stream."""
     user_id: _builtins.int
@@ -221,6 +234,8 @@ class RecommendStreamRequest(_message.Message):
     """Fill each item's because_item_id (costs about one more small matrix
     product per request, so it is asked for, not always paid for).
     """
+    diversity: _builtins.float
+    """As RecommendRequest.diversity."""
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -236,12 +251,15 @@ class RecommendStreamRequest(_message.Message):
         exclude_item_ids: _abc.Iterable[_builtins.int] | None = ...,
         filter: Global___ItemFilter | None = ...,
         explain: _builtins.bool = ...,
+        diversity: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "diversity", b"diversity", "filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "diversity", b"diversity", "exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "filter", b"filter", "k", b"k", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__diversity: _TypeAlias = _typing.Literal["diversity"]  # noqa: Y015
+    _WhichOneofArgType__diversity: _TypeAlias = _typing.Literal["_diversity", b"_diversity"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__diversity) -> _WhichOneofReturnType__diversity | None: ...
 
 Global___RecommendStreamRequest: _TypeAlias = RecommendStreamRequest  # noqa: Y015
 
