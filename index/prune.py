@@ -4,6 +4,12 @@ Never the current version, never one of the ``keep`` newest. Each victim is
 first renamed to a hidden name (atomic: readers listing versions see it whole
 or not at all), then removed. A server already serving a pruned version is
 unaffected: :func:`movierec.index.open_index` reads everything into memory.
+
+Pruning never loses a live event: the live store is only ever truncated
+through what every *remaining* version holds
+(:func:`movierec.index.rollback.safe_truncation_offset`), so removing versions
+can only let that offset advance (``recctl index prune --events``, or the
+server on its next poll), never leave a remaining version short.
 """
 
 from __future__ import annotations

@@ -11,16 +11,27 @@ append-only file, because:
   recovery after a crash or a torn write is SQLite's (checksummed WAL frames; a
   frame that fails its checksum ends the log), which is far better tested than
   a CRC framing we would write;
-* a recorded call is one transaction, so a call's items are stored all or none.
+* a recorded call is one transaction, so a call's items (and its request id)
+  are stored all or none.
 
 The durable log is the source of truth; in memory each user has an immutable
-snapshot (sorted ``int64`` arrays) that writers replace whole, so the hot path
-(:meth:`InteractionLog.extra_seen`) is one dict lookup with no lock.
+snapshot (sorted ``int64`` item ids with each item's latest rating and offset)
+that writers replace whole, so the hot path (:meth:`InteractionLog.extra_seen`)
+is one dict lookup with no lock. A write merges the call's few items into the
+user's sorted arrays (a binary search and one copy; no re-sort of the history),
+and the per-user cap bounds that copy.
 
 Offsets are SQLite ``AUTOINCREMENT`` row ids: strictly increasing and never
 reused, even after the prefix is deleted, so "everything through offset N" is
-stable across compactions. A bundle built from :meth:`export` records the last
-offset it merged; the server then opens the log with ``replay_after`` set to it.
+stable across compactions. The log remembers how far it was truncated
+(:attr:`InteractionLog.truncated_through`) so the server can check that the
+index version it serves holds every event the log no longer has
+(:mod:`movierec.server.live_events`).
+
+Retries: a call that carries a ``request_id`` is remembered (user, request id
+-> offset, in the same transaction as its events) for ``request_id_ttl_s``
+(default 24 h, persisted, so it survives restarts); a retry within that time
+stores nothing and gets the first call's offset back.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,17 +54,25 @@ from movierec.index.events import SeenEvents
 LOG_FILE_NAME = "interactions.sqlite3"
 """The log's file name beside the index root (plus SQLite's ``-wal``/``-shm`` companions)."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_ITEMS_PER_CALL = 10_000
+DEFAULT_MAX_LIVE_ITEMS_PER_USER = 10_000
+"""Distinct items one user may have in the log at once (not yet compacted); RESOURCE_EXHAUSTED beyond."""
+DEFAULT_REQUEST_ID_TTL_S = 86_400.0
+"""How long a ``request_id`` is remembered: a call retried within a day is stored once."""
 DEFAULT_LIKE_THRESHOLD = 4.0
 """Ratings at or above this count as liked (the evaluation's positives are ratings >= 4)."""
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _BUSY_TIMEOUT_S = 30.0
+_REPLAY_BATCH = 65_536
+_PURGE_EVERY = 1024
+"""Forget expired request ids once per this many stored calls (one indexed DELETE)."""
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.setflags(write=False)
 
-_SCHEMA = """
+_TABLES = {
+    "interactions": """
 CREATE TABLE interactions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the offset: increasing, never reused
     user_id INTEGER NOT NULL,
@@ -61,8 +80,22 @@ CREATE TABLE interactions (
     rating REAL,                            -- NULL: an interaction without a rating (e.g. "watched")
     event_time INTEGER NOT NULL,            -- unix seconds; the server's clock when the client sent none
     recorded_at REAL NOT NULL               -- unix seconds when the server stored it
-)
-"""
+)""",
+    "log_state": """
+CREATE TABLE log_state (
+    name TEXT PRIMARY KEY,                  -- 'truncated_through': events at or below it were deleted
+    value INTEGER NOT NULL
+)""",
+    "request_ids": """
+CREATE TABLE request_ids (
+    user_id INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    offset INTEGER NOT NULL,                -- the last offset the call stored: its acknowledgement
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (user_id, request_id)
+) WITHOUT ROWID""",
+}
+_INDEXES = ("CREATE INDEX request_ids_by_age ON request_ids (stored_at)",)
 
 
 class InvalidInteractions(MovierecError):
@@ -77,24 +110,39 @@ class InvalidInteractions(MovierecError):
         self.field = field
 
 
+class LiveEventCapExceeded(MovierecError):
+    """The user already has as many live items as the log allows (the server answers RESOURCE_EXHAUSTED).
+
+    Nothing was stored; the user's items become recordable again once a
+    rebuild compacts their events into an index version.
+    """
+
+
 class InteractionLogError(MovierecError):
     """The log file cannot be opened, read or written (the server answers UNAVAILABLE or refuses to start)."""
 
 
 @dataclass(frozen=True)
 class _UserView:
-    """One user's live interactions; replaced whole on every write, never mutated."""
+    """One user's live interactions, sorted by item id; replaced whole on every write, never mutated.
+
+    ``ratings`` (NaN: none) and ``offsets`` belong to each item's latest event.
+    """
 
     seen: npt.NDArray[np.int64]
+    ratings: npt.NDArray[np.float64]
+    offsets: npt.NDArray[np.int64]
     liked: npt.NDArray[np.int64]
 
 
 class InteractionLog:
     """A durable, replayed log of per-user interactions with a lock-free read path.
 
-    ``replay_after`` skips events already merged into the bundle being served.
-    Users and items are dataset ids; whether they are known to the model is the
-    server's concern (new users are folded in from :meth:`liked`).
+    ``replay_after`` skips events already merged into the bundle being served
+    (the server passes 0: it keeps every event the log still holds, so any
+    retained index version it may swap to finds them). ``replay=False`` opens
+    the log for export and truncation only (``recctl index rebuild``): no
+    in-memory views are built. Users and items are dataset ids.
     """
 
     def __init__(
@@ -102,23 +150,36 @@ class InteractionLog:
         path: Path,
         *,
         replay_after: int = 0,
+        replay: bool = True,
         like_threshold: float = DEFAULT_LIKE_THRESHOLD,
         max_items_per_call: int = DEFAULT_MAX_ITEMS_PER_CALL,
+        max_live_items_per_user: int = DEFAULT_MAX_LIVE_ITEMS_PER_USER,
+        request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S,
     ) -> None:
         if replay_after < 0:
             raise ValueError("replay_after must be >= 0")
         if max_items_per_call < 1:
             raise ValueError("max_items_per_call must be >= 1")
+        if max_live_items_per_user < 1:
+            raise ValueError("max_live_items_per_user must be >= 1")
+        if request_id_ttl_s <= 0:
+            raise ValueError("request_id_ttl_s must be > 0")
         self.path = Path(path)
         self.like_threshold = like_threshold
         self.max_items_per_call = max_items_per_call
+        self.max_live_items_per_user = max_live_items_per_user
+        self.request_id_ttl_s = request_id_ttl_s
         self._write_lock = threading.Lock()
         self._conn = _connect(self.path)
-        self._ratings: dict[int, dict[int, float]] = {}
         self._views: dict[int, _UserView] = {}
         self._last_offset = 0
+        self._calls_since_purge = 0
         try:
-            self._replay(replay_after)
+            with self._write_lock:
+                if replay:
+                    self._replay_locked(replay_after)
+                else:
+                    self._last_offset = self._sequence()
         except BaseException:
             self._conn.close()
             raise
@@ -140,6 +201,21 @@ class InteractionLog:
         """Offset of the newest event this instance has stored or replayed (0 when none)."""
         return self._last_offset
 
+    @property
+    def truncated_through(self) -> int:
+        """The highest offset deleted by :meth:`truncate_through` (0: nothing ever was): the log holds every
+        event after it. An index version that holds fewer events than this has a gap."""
+        try:
+            with self._write_lock:
+                return self._truncated_through()
+        except sqlite3.Error as exc:
+            raise InteractionLogError(f"could not read the log's state ({exc})", path=self.path) from None
+
+    @property
+    def users(self) -> int:
+        """How many users have live events in memory."""
+        return len(self._views)
+
     # -- writes -----------------------------------------------------------------------------------
 
     def record(
@@ -148,35 +224,68 @@ class InteractionLog:
         item_ids: Sequence[int] | npt.NDArray[np.integer],
         ratings: Sequence[float | None] | None = None,
         times: Sequence[int] | npt.NDArray[np.integer] | None = None,
+        *,
+        request_id: str | None = None,
     ) -> int:
         """Store one call's events durably (one fsync'd transaction), then publish them; return the last offset.
 
         When this returns, the events survive kill -9 and power loss and the
-        next :meth:`extra_seen` includes them. Raises :class:`InvalidInteractions`
-        for bad input (nothing stored) and :class:`InteractionLogError` when the
-        disk refuses the write (nothing stored, nothing published).
+        next :meth:`extra_seen` includes them. A ``request_id`` this user
+        already stored within ``request_id_ttl_s`` stores nothing: the first
+        call's offset is returned. Raises :class:`InvalidInteractions` for bad
+        input, :class:`LiveEventCapExceeded` past the per-user cap, and
+        :class:`InteractionLogError` when the disk refuses the write (in every
+        case nothing is stored or published).
         """
         rows = _validated_rows(user_id, item_ids, ratings, times, self.max_items_per_call)
+        user = int(user_id)
         with self._write_lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._conn.executemany(
-                        "INSERT INTO interactions (user_id, item_id, rating, event_time, recorded_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    last = int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:  # a failed COMMIT may already have rolled back
-                        self._conn.execute("ROLLBACK")
-                    raise
+                if request_id:
+                    prior = self._stored_request(user, request_id, rows[0][4])
+                    if prior is not None:
+                        return prior
+                self._check_cap(user, rows)
+                last = self._insert(user, rows, request_id)
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not store interactions ({exc})", path=self.path) from None
-            self._apply(user_id, [(row[1], row[2]) for row in rows])
-            self._last_offset = last
+            first = last - len(rows) + 1
+            self._views[user] = _merged(
+                self._views.get(user),
+                np.array([row[1] for row in rows], dtype=np.int64),
+                np.array([math.nan if row[2] is None else row[2] for row in rows], dtype=np.float64),
+                np.arange(first, last + 1, dtype=np.int64),
+                self.like_threshold,
+            )
+            self._last_offset = max(self._last_offset, last)
         return last
+
+    def ensure_offsets_after(self, offset: int) -> None:
+        """Make every future offset greater than ``offset`` (an index version already holds events through it).
+
+        A new or replaced log file would otherwise number its events from 1
+        again, and a rebuild would then skip them as "already compacted".
+        """
+        with self._write_lock:
+            try:
+                if self._sequence() >= offset:
+                    return
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    updated = self._conn.execute(
+                        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'interactions'", (offset,)
+                    ).rowcount
+                    if not updated:
+                        self._conn.execute(
+                            "INSERT INTO sqlite_sequence (name, seq) VALUES ('interactions', ?)", (offset,)
+                        )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(self._conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise InteractionLogError(f"could not advance the log's offsets ({exc})", path=self.path) from None
+            self._last_offset = max(self._last_offset, offset)
 
     # -- compaction -------------------------------------------------------------------------------
 
@@ -184,7 +293,7 @@ class InteractionLog:
         """Every stored event with offset > ``after``, oldest first, read as one consistent snapshot.
 
         ``recctl index rebuild`` merges these into the next bundle's seen sets
-        and records ``last_offset`` in it, then calls :meth:`truncate_through`.
+        and records ``last_offset`` in it.
         """
         try:
             with self._write_lock:
@@ -197,18 +306,34 @@ class InteractionLog:
         return _events_from_rows(rows)
 
     def truncate_through(self, offset: int) -> int:
-        """Delete events with offset <= ``offset`` (now part of a bundle); return how many were deleted.
+        """Delete events with offset <= ``offset``; return how many were deleted.
 
-        Call it only once a bundle holding those events is current: this
-        instance forgets them too, so it must already serve from that bundle.
+        Only call it with an offset every retained index version holds
+        (:func:`movierec.index.rollback.safe_truncation_offset`): this instance
+        forgets them too. Never moves backwards.
         """
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
         with self._write_lock:
             try:
-                deleted = self._conn.execute("DELETE FROM interactions WHERE seq <= ?", (offset,)).rowcount
+                if offset <= self._truncated_through():
+                    return 0
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = self._conn.execute("DELETE FROM interactions WHERE seq <= ?", (offset,)).rowcount
+                    self._conn.execute(
+                        "INSERT INTO log_state (name, value) VALUES ('truncated_through', ?)"
+                        " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                        (offset,),
+                    )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(self._conn)
+                    raise
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not truncate the log ({exc})", path=self.path) from None
-            self._replay_locked(offset)
+            self._forget_through(offset)
         return int(deleted)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -225,55 +350,189 @@ class InteractionLog:
     ) -> None:
         self.close()
 
-    # -- internals --------------------------------------------------------------------------------
+    # -- internals (callers hold the write lock) --------------------------------------------------
 
-    def _replay(self, after: int) -> None:
-        with self._write_lock:
-            self._replay_locked(after)
+    def _stored_request(self, user: int, request_id: str, now: float) -> int | None:
+        """The offset a remembered, unexpired call with this request id stored, else None."""
+        found = self._conn.execute(
+            "SELECT offset FROM request_ids WHERE user_id = ? AND request_id = ? AND stored_at >= ?",
+            (user, request_id, now - self.request_id_ttl_s),
+        ).fetchone()
+        return None if found is None else int(found[0])
+
+    def _check_cap(self, user: int, rows: list[tuple[int, int, float | None, int, float]]) -> None:
+        view = self._views.get(user)
+        items = np.unique(np.array([row[1] for row in rows], dtype=np.int64))
+        held = 0 if view is None else int(view.seen.shape[0])
+        if view is not None and held:
+            positions = np.minimum(np.searchsorted(view.seen, items), held - 1)
+            items = items[view.seen[positions] != items]
+        if held + int(items.shape[0]) > self.max_live_items_per_user:
+            raise LiveEventCapExceeded(
+                f"user {user} has {held} live items not yet compacted into the index and this call adds"
+                f" {items.shape[0]}; the limit is {self.max_live_items_per_user} until the next rebuild"
+            )
+
+    def _insert(self, user: int, rows: list[tuple[int, int, float | None, int, float]], request_id: str | None) -> int:
+        """One transaction: the events, the request id, sometimes a purge of expired ids; the last offset."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany(
+                "INSERT INTO interactions (user_id, item_id, rating, event_time, recorded_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            last = int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+            now = rows[0][4]
+            if request_id:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO request_ids (user_id, request_id, offset, stored_at) VALUES (?, ?, ?, ?)",
+                    (user, request_id, last, now),
+                )
+            self._calls_since_purge += 1
+            if self._calls_since_purge >= _PURGE_EVERY:
+                self._conn.execute("DELETE FROM request_ids WHERE stored_at < ?", (now - self.request_id_ttl_s,))
+                self._calls_since_purge = 0
+            self._conn.execute("COMMIT")
+        except BaseException:
+            _rollback(self._conn)
+            raise
+        return last
+
+    def _truncated_through(self) -> int:
+        found = self._conn.execute("SELECT value FROM log_state WHERE name = 'truncated_through'").fetchone()
+        return 0 if found is None else int(found[0])
+
+    def _sequence(self) -> int:
+        found = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'interactions'").fetchone()
+        return 0 if found is None else int(found[0])
 
     def _replay_locked(self, after: int) -> None:
-        """Rebuild every user's view from the events after ``after``, then swap the views in at once.
+        """Build every user's view from the events after ``after`` (read in batches, grouped with numpy)."""
+        try:
+            columns = _read_columns(self._conn, after)
+            top = self._sequence()
+        except sqlite3.Error as exc:
+            raise InteractionLogError(f"could not replay the log ({exc})", path=self.path) from None
+        self._views = _views_of(*columns, self.like_threshold)
+        self._last_offset = top
+
+    def _forget_through(self, offset: int) -> None:
+        """Drop items whose latest event is at or below ``offset``, then swap the views in at once.
 
         Readers keep seeing the old views until the final assignment (one
         reference swap, atomic under the GIL), so a compaction never makes a
         live event briefly disappear from :meth:`extra_seen`.
         """
-        try:
-            cursor = self._conn.execute(
-                "SELECT user_id, item_id, rating FROM interactions WHERE seq > ? ORDER BY seq", (after,)
-            )
-            per_user: dict[int, list[tuple[int, float | None]]] = {}
-            for user_id, item_id, rating in cursor:
-                per_user.setdefault(user_id, []).append((item_id, rating))
-            max_seq = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'interactions'").fetchone()
-        except sqlite3.Error as exc:
-            raise InteractionLogError(f"could not replay the log ({exc})", path=self.path) from None
-        ratings: dict[int, dict[int, float]] = {}
         views: dict[int, _UserView] = {}
-        for user_id, events in per_user.items():
-            views[user_id] = _fold_events(ratings.setdefault(user_id, {}), events, self.like_threshold)
-        self._ratings, self._views = ratings, views
-        self._last_offset = int(max_seq[0]) if max_seq else 0
+        for user, view in self._views.items():
+            keep = view.offsets > offset
+            if keep.all():
+                views[user] = view
+            elif keep.any():
+                views[user] = _view(view.seen[keep], view.ratings[keep], view.offsets[keep], self.like_threshold)
+        self._views = views
 
-    def _apply(self, user_id: int, events: Sequence[tuple[int, float | None]]) -> None:
-        """Fold events into the user's latest ratings and publish a fresh immutable view (caller holds the lock)."""
-        self._views[user_id] = _fold_events(self._ratings.setdefault(user_id, {}), events, self.like_threshold)
+
+def _read_columns(
+    conn: sqlite3.Connection, after: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Offsets, users, items and ratings (NaN: none) of the events after ``after``, in offset order."""
+    cursor = conn.execute("SELECT seq, user_id, item_id, rating FROM interactions WHERE seq > ? ORDER BY seq", (after,))
+    parts: list[tuple[npt.NDArray[np.int64], ...]] = []
+    ratings: list[npt.NDArray[np.float64]] = []
+    for batch in _batches(cursor):
+        seqs, users, items, rates = zip(*batch, strict=True)
+        parts.append(tuple(np.array(column, dtype=np.int64) for column in (seqs, users, items)))
+        ratings.append(np.array(rates, dtype=np.float64))  # None -> NaN
+    if not parts:
+        return _EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=np.float64)
+    seqs_all, users_all, items_all = (np.concatenate([part[k] for part in parts]) for k in range(3))
+    return seqs_all, users_all, items_all, np.concatenate(ratings)
 
 
-def _fold_events(
-    latest: dict[int, float], events: Sequence[tuple[int, float | None]], like_threshold: float
+def _batches(cursor: sqlite3.Cursor) -> Iterator[list[tuple[int, int, int, float | None]]]:
+    while batch := cursor.fetchmany(_REPLAY_BATCH):
+        yield batch
+
+
+def _views_of(
+    offsets: npt.NDArray[np.int64],
+    users: npt.NDArray[np.int64],
+    items: npt.NDArray[np.int64],
+    ratings: npt.NDArray[np.float64],
+    like_threshold: float,
+) -> dict[int, _UserView]:
+    """Every user's view from events in offset order: the latest event of each (user, item) wins."""
+    if not offsets.size:
+        return {}
+    order = np.lexsort((offsets, items, users))  # by user, then item, then offset
+    users, items, ratings, offsets = users[order], items[order], ratings[order], offsets[order]
+    last_of_pair = np.ones(users.shape, dtype=bool)
+    last_of_pair[:-1] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+    users, items, ratings, offsets = (
+        users[last_of_pair],
+        items[last_of_pair],
+        ratings[last_of_pair],
+        offsets[last_of_pair],
+    )
+    liked_mask = np.isnan(ratings) | (ratings >= like_threshold)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], users.shape[0]]
+    for array in (items, ratings, offsets):
+        array.setflags(write=False)
+    views: dict[int, _UserView] = {}
+    for user, start, end in zip(users[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+        seen = items[start:end]
+        liked = seen[liked_mask[start:end]]
+        liked.setflags(write=False)
+        views[user] = _UserView(seen, ratings[start:end], offsets[start:end], liked)
+    return views
+
+
+def _merged(
+    view: _UserView | None,
+    items: npt.NDArray[np.int64],
+    ratings: npt.NDArray[np.float64],
+    offsets: npt.NDArray[np.int64],
+    like_threshold: float,
 ) -> _UserView:
-    """Update ``latest`` (item id -> latest rating, NaN: none) with ``events`` and return the user's new view."""
-    for item_id, rating in events:
-        latest[item_id] = math.nan if rating is None else rating
-    items = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
-    values = np.fromiter(latest.values(), dtype=np.float64, count=len(latest))
-    order = np.argsort(items)
-    items, values = items[order], values[order]
-    liked = items[np.isnan(values) | (values >= like_threshold)]
-    items.setflags(write=False)
-    liked.setflags(write=False)
-    return _UserView(seen=items, liked=liked)
+    """``view`` with one call's events folded in: binary search + insert, never a sort of the whole history."""
+    # Within a call the last event of an item wins: unique over the reversed call keeps each item's last one.
+    unique_items, last = np.unique(items[::-1], return_index=True)
+    new_ratings, new_offsets = ratings[::-1][last], offsets[::-1][last]
+    if view is None:
+        return _view(unique_items, new_ratings, new_offsets, like_threshold)
+    held = view.seen.shape[0]
+    positions = np.searchsorted(view.seen, unique_items)
+    present = positions < held
+    present[present] = view.seen[positions[present]] == unique_items[present]
+    merged_ratings, merged_offsets = view.ratings.copy(), view.offsets.copy()
+    merged_ratings[positions[present]] = new_ratings[present]
+    merged_offsets[positions[present]] = new_offsets[present]
+    fresh = ~present
+    return _view(
+        np.insert(view.seen, positions[fresh], unique_items[fresh]),
+        np.insert(merged_ratings, positions[fresh], new_ratings[fresh]),
+        np.insert(merged_offsets, positions[fresh], new_offsets[fresh]),
+        like_threshold,
+    )
+
+
+def _view(
+    seen: npt.NDArray[np.int64],
+    ratings: npt.NDArray[np.float64],
+    offsets: npt.NDArray[np.int64],
+    like_threshold: float,
+) -> _UserView:
+    liked = seen[np.isnan(ratings) | (ratings >= like_threshold)]
+    for array in (seen, ratings, offsets, liked):
+        array.setflags(write=False)
+    return _UserView(seen, ratings, offsets, liked)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:  # a failed COMMIT may already have rolled back
+        conn.execute("ROLLBACK")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -302,17 +561,38 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if version == 0 and not tables:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(_SCHEMA)
+    """Create a new log, upgrade a version-1 log in place (one transaction), or refuse anything else."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version == 0 and not tables:
+            _create(conn, _TABLES)
+        elif version == 1 and tables >= {"interactions"}:
+            _create(conn, {name: sql for name, sql in _TABLES.items() if name not in tables})
+            # Version 1 deleted only prefixes: whatever lies below the oldest remaining event was truncated.
+            oldest = conn.execute("SELECT min(seq) FROM interactions").fetchone()[0]
+            top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'interactions'").fetchone()
+            truncated = int(oldest) - 1 if oldest is not None else (int(top[0]) if top else 0)
+            conn.execute("INSERT INTO log_state (name, value) VALUES ('truncated_through', ?)", (truncated,))
+        elif version != SCHEMA_VERSION or not tables >= set(_TABLES):
+            raise InteractionLogError(
+                f"not an interaction log of this build (schema version {version}, expected {SCHEMA_VERSION})",
+                path=path,
+            )
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
-    elif version != SCHEMA_VERSION or "interactions" not in tables:
-        raise InteractionLogError(
-            f"not an interaction log of this build (schema version {version}, expected {SCHEMA_VERSION})", path=path
-        )
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _create(conn: sqlite3.Connection, tables: dict[str, str]) -> None:
+    for sql in tables.values():
+        conn.execute(sql)
+    if "request_ids" in tables:
+        for sql in _INDEXES:
+            conn.execute(sql)
 
 
 def _validated_rows(

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from movierec.server.interaction_log import (
     InteractionLog,
     InteractionLogError,
     InvalidInteractions,
+    LiveEventCapExceeded,
 )
 
 # The child appends one single-item event per call forever and prints each offset only after
@@ -323,3 +325,97 @@ def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
 def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InteractionLogError, match="folder does not exist"):
         InteractionLog(tmp_path / "nowhere" / LOG_FILE_NAME)
+
+
+def test_a_retried_request_id_is_stored_once_and_gets_the_first_acknowledgement(log_path: Path) -> None:
+    with InteractionLog(log_path) as log:
+        first = log.record(5, [10, 20], request_id="call-1")
+        assert log.record(5, [10, 20], request_id="call-1") == first
+        assert log.record(5, [30], request_id="call-1") == first, "a retry is answered, never stored, whatever it holds"
+        assert log.record(6, [10], request_id="call-1") > first, "request ids are per user"
+        assert log.record(5, [40]) > first and log.record(5, [40]) > first, "without an id every call is stored"
+        assert log.extra_seen(5).tolist() == [10, 20, 40]
+        stored = len(log.export())
+    with InteractionLog(log_path) as reopened:  # remembered in the log file: a restart forgets no id
+        assert reopened.record(5, [10, 20], request_id="call-1") == first
+        assert len(reopened.export()) == stored
+
+
+def test_request_ids_are_forgotten_after_their_time_to_live(log_path: Path) -> None:
+    with InteractionLog(log_path, request_id_ttl_s=0.05) as log:
+        first = log.record(5, [10], request_id="call-1")
+        time.sleep(0.1)
+        assert log.record(5, [10], request_id="call-1") > first
+
+
+def test_the_per_user_cap_refuses_a_call_whole_and_counts_distinct_live_items(log_path: Path) -> None:
+    with InteractionLog(log_path, max_live_items_per_user=3) as log:
+        log.record(1, [10, 20])
+        log.record(1, [10, 20, 20])  # items already live take no room
+        with pytest.raises(LiveEventCapExceeded, match="limit is 3"):
+            log.record(1, [30, 40])
+        assert log.extra_seen(1).tolist() == [10, 20] and len(log.export()) == 5
+        last = log.record(1, [30])
+        log.record(2, [10, 20, 30])  # another user's room is their own
+        with pytest.raises(LiveEventCapExceeded):
+            log.record(1, [50])
+        log.truncate_through(last)  # compacted into every retained version: room again
+        assert log.record(1, [50]) > last
+
+
+def test_a_write_merges_into_the_view_exactly_as_a_full_replay_builds_it(log_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    with InteractionLog(log_path) as log:
+        for _ in range(400):
+            n = int(rng.integers(1, 8))
+            items = rng.integers(1, 60, size=n).tolist()
+            ratings = [None if r < 1 else float(r) for r in rng.integers(0, 6, size=n)]
+            log.record(int(rng.integers(1, 6)), items, ratings)
+        live = {user: (log.extra_seen(user).tolist(), log.liked(user).tolist()) for user in range(1, 6)}
+    with InteractionLog(log_path) as replayed:
+        for user, (seen, liked) in live.items():
+            assert replayed.extra_seen(user).tolist() == seen
+            assert replayed.liked(user).tolist() == liked
+
+
+def test_truncation_is_remembered_never_moves_back_and_keeps_items_with_newer_events(log_path: Path) -> None:
+    with InteractionLog(log_path) as log:
+        assert log.truncated_through == 0
+        log.record(1, [10, 20])
+        through = log.record(1, [30])
+        log.record(1, [10])  # item 10 has a newer event than the truncation point
+        assert log.truncate_through(through) == 3
+        assert log.extra_seen(1).tolist() == [10]
+        assert log.truncate_through(1) == 0 and log.truncated_through == through
+    with InteractionLog(log_path) as reopened:
+        assert reopened.truncated_through == through
+        assert reopened.extra_seen(1).tolist() == [10]
+
+
+def test_offsets_can_be_moved_past_what_an_index_already_holds(log_path: Path) -> None:
+    """A fresh log beside versions that compacted offsets 1..50 must not number new events 1, 2, ..."""
+    with InteractionLog(log_path) as log:
+        log.ensure_offsets_after(50)
+        assert log.record(1, [10]) == 51
+        log.ensure_offsets_after(10)  # never backwards
+        assert log.record(1, [20]) == 52
+    with InteractionLog(log_path) as reopened:
+        assert reopened.last_offset == 52
+
+
+def test_a_version_1_log_is_upgraded_in_place_with_its_truncation_point(log_path: Path) -> None:
+    with sqlite3.connect(log_path) as conn:
+        conn.execute(
+            "CREATE TABLE interactions (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL,"
+            " item_id INTEGER NOT NULL, rating REAL, event_time INTEGER NOT NULL, recorded_at REAL NOT NULL)"
+        )
+        conn.executemany(
+            "INSERT INTO interactions (user_id, item_id, rating, event_time, recorded_at) VALUES (?, ?, NULL, 1, 1.0)",
+            [(1, item) for item in range(10, 60, 10)],
+        )
+        conn.execute("DELETE FROM interactions WHERE seq <= 2")  # what version 1's truncate_through did
+        conn.execute("PRAGMA user_version = 1")
+    with InteractionLog(log_path) as log:
+        assert log.truncated_through == 2
+        assert log.extra_seen(1).tolist() == [30, 40, 50]
+        assert log.record(1, [60], request_id="r") == 6

@@ -15,10 +15,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from server_harness import ServeProcess, ServerThread
 
-from movierec.index import build_index, open_index
+from movierec.index import build_index, open_index, prune_versions
 from movierec.index.fold_in import FoldIn
 from movierec.server.app import ServerConfig
 from movierec.server.interaction_log import InteractionLog
+from movierec.server.live_events import truncation_point
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -112,13 +113,14 @@ def test_a_new_user_with_liked_events_gets_fold_in_recommendations(
 def test_record_rejects_bad_input_with_invalid_argument_naming_the_field(
     stub: pb_grpc.RecommenderServiceStub,
 ) -> None:
-    user = user_id_of_row(1)
+    user, known, other = user_id_of_row(1), item_id_of_row(1), item_id_of_row(3)
     for request, field in (
         (pb.RecordInteractionsRequest(user_id=user), "item_ids"),
-        (pb.RecordInteractionsRequest(user_id=user, item_ids=[1, 3], ratings=[4.0]), "ratings"),
-        (pb.RecordInteractionsRequest(user_id=user, item_ids=[1], ratings=[float("nan")]), "ratings"),
-        (pb.RecordInteractionsRequest(user_id=user, item_ids=[1], times=[-5]), "times"),
-        (pb.RecordInteractionsRequest(user_id=user, item_ids=[1], times=[1, 2]), "times"),
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[known, 7]), "item_ids"),  # 7: not in the catalogue
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[known, other], ratings=[4.0]), "ratings"),
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[known], ratings=[float("nan")]), "ratings"),
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[known], times=[-5]), "times"),
+        (pb.RecordInteractionsRequest(user_id=user, item_ids=[known], times=[1, 2]), "times"),
     ):
         with pytest.raises(grpc.RpcError) as refused:
             stub.RecordInteractions(request, timeout=5)
@@ -138,7 +140,7 @@ def test_recommend_for_items_errors(stub: pb_grpc.RecommenderServiceStub) -> Non
     )
 
 
-def test_rebuild_compacts_the_log_and_the_server_truncates_it(
+def test_rebuild_compacts_the_log_and_the_server_truncates_it_once_no_retained_version_needs_it(
     store: Path, server: ServerThread, stub: pb_grpc.RecommenderServiceStub
 ) -> None:
     user = user_id_of_row(2)
@@ -153,7 +155,14 @@ def test_rebuild_compacts_the_log_and_the_server_truncates_it(
         time.sleep(0.02)
     info = stub.GetInfo(pb.GetInfoRequest())
     assert info.events_through == 2 and info.swap_count == 1
-    assert server.server.log is not None and len(server.server.log.export()) == 0, "compacted events not truncated"
+    log = server.server.log
+    assert log is not None and len(log.export()) == 2, "truncated although v0001 (which lacks them) is retained"
+    prune_versions(store, keep=1)  # v0001 goes: every remaining version holds events 1..2
+    deadline = time.monotonic() + 30
+    while len(log.export()):
+        assert time.monotonic() < deadline, "the server did not truncate after the prune"
+        time.sleep(0.02)
+    assert truncation_point(log) == 2
     assert first[0] not in _top(stub, user, K)
     assert item_id_of_row(5) not in _top(stub, NEW_USER, K), "a compacted new user's event is no longer excluded"
 
