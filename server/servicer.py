@@ -14,6 +14,7 @@ with load instead of paying one search per message.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -25,11 +26,11 @@ from movierec.index import Recommendation
 from movierec.server.admission import DEFAULT_MAX_STREAMS, DEFAULT_STREAM_BUFFER_BYTES, ByteBudget, size_error
 from movierec.server.engine import Answer, ServingEngine
 from movierec.server.errors import RequestError, client_safe, invalid_argument, not_ready, resource_exhausted
-from movierec.server.interaction_log import InteractionLogError, InvalidInteractions
+from movierec.server.interaction_log import InteractionLogError, InvalidInteractions, LiveEventCapExceeded
 from movierec.server.limits import Limits
 from movierec.server.live_events import LiveEventStore
 from movierec.server.metrics import ServerMetrics
-from movierec.server.reload import IndexReloader
+from movierec.server.reload import IndexReloader, ReloadStatus
 from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
@@ -39,6 +40,12 @@ DEFAULT_MAX_STREAM_BATCH = 64
 DEFAULT_MAX_BATCH_SIZE = 1000
 
 _END_OF_STREAM = object()
+_RELOAD_OUTCOMES = {
+    ReloadStatus.SWAPPED: pb.RELOAD_OUTCOME_SWAPPED,
+    ReloadStatus.ALREADY_SERVING: pb.RELOAD_OUTCOME_ALREADY_SERVING,
+    ReloadStatus.REFUSED: pb.RELOAD_OUTCOME_REFUSED,
+    ReloadStatus.ERROR_AFTER_SWAP: pb.RELOAD_OUTCOME_ERROR_AFTER_SWAP,
+}
 STREAM_METHOD = f"/{pb.DESCRIPTOR.services_by_name['RecommenderService'].full_name}/RecommendStream"
 # Every response that carries ranked items (and the versions that produced them).
 ItemsResponse = TypeVar(
@@ -216,16 +223,29 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         request: pb.RecordInteractionsRequest,
         context: grpc.aio.ServicerContext[pb.RecordInteractionsRequest, pb.RecordInteractionsResponse],
     ) -> pb.RecordInteractionsResponse:
-        """Answers only after the events are committed (fsync'd); a worker thread waits for the disk."""
+        """Answers only after the events are committed (fsync'd); a worker thread waits for the disk.
+
+        Item ids the served catalogue does not know are refused (INVALID_ARGUMENT, nothing stored); a user at
+        the live-event cap gets RESOURCE_EXHAUSTED; a retry with the same ``request_id`` stores nothing and
+        gets the first call's acknowledgement (the store remembers ids for a day).
+        """
         log = self.log
         if log is None:
             await _abort(context, not_ready())
+        engine = await self._engine_or_abort(context)
+        try:
+            engine.check_recordable(request.item_ids)
+        except RequestError as error:
+            await _abort(context, error)
         ratings = list(request.ratings) if request.ratings else None
         times = list(request.times) if request.times else None
+        record = functools.partial(log.record, request_id=request.request_id or None)
         try:
-            offset = await asyncio.to_thread(log.record, request.user_id, list(request.item_ids), ratings, times)
+            offset = await asyncio.to_thread(record, request.user_id, list(request.item_ids), ratings, times)
         except InvalidInteractions as error:
             await _abort(context, invalid_argument(error.field, str(error)))
+        except LiveEventCapExceeded as error:
+            await _abort(context, resource_exhausted(f"user:{request.user_id}", str(error)))
         except InteractionLogError as error:
             await _abort(context, RequestError(grpc.StatusCode.UNAVAILABLE, f"events not stored: {error}"))
         return pb.RecordInteractionsResponse(
@@ -249,7 +269,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         request: pb.ReloadIndexRequest,
         context: grpc.aio.ServicerContext[pb.ReloadIndexRequest, pb.ReloadIndexResponse],
     ) -> pb.ReloadIndexResponse:
-        """Look at CURRENT now, retrying a version refused before (the operator may have repaired it)."""
+        """Look at CURRENT now and say what happened (``outcome``); a version refused before is retried only if
+        its files changed since (the operator may have repaired it), so asking again never re-hashes it."""
         await self._engine_or_abort(context)
         if self.reloader is None:
             await _abort(
@@ -259,13 +280,15 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                     "this server serves one fixed index version, not a store: there is nothing to reload",
                 ),
             )
-        outcome = await self.reloader.reload(force=True)
+        outcome = await self.reloader.reload()
         engine = self._state.require_engine()
         return pb.ReloadIndexResponse(
             swapped=outcome.swapped,
             index_version=engine.index_version,
             model_version=engine.model_version,
             error=client_safe(outcome.error),
+            outcome=_RELOAD_OUTCOMES[outcome.status],
+            cached=outcome.cached,
         )
 
     def _answer_stream_batch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import signal
 import threading
@@ -16,8 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_harness import ServeProcess, ServerThread
 
 from movierec.bundle import VersionedStore
-from movierec.index import build_index, open_index
-from movierec.server.app import ServerConfig
+from movierec.index import ServingIndex, build_index, open_index, prune_versions
+from movierec.server.app import ServerConfig, load_index
+from movierec.server.interaction_log import InteractionLogError
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -131,9 +133,10 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(store: Path,
         answer = stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(0), k=K))
         assert answer.index_version == "v0001" and len(answer.items) == K
 
-        # The operator's reload retries it and reports the same reason; nothing changes.
+        # The operator's reload reports the same reason (from memory: the files are unchanged); nothing changes.
         reload = stub.ReloadIndex(pb.ReloadIndexRequest())
         assert not reload.swapped and reload.index_version == "v0001" and "item_vectors.npy" in reload.error
+        assert reload.outcome == pb.RELOAD_OUTCOME_REFUSED and reload.cached
 
         # A good version afterwards is taken, and the refusal is cleared.
         repaired = build_index(store.parent / "model2", store).name
@@ -189,3 +192,91 @@ def test_a_refused_version_and_its_reason_are_logged(store: Path) -> None:
         process.close()
     refusal = [line for line in log.splitlines() if f"refused index {broken.name}" in line]
     assert len(refusal) == 1 and "ERROR" in refusal[0] and "index.faiss" in refusal[0]
+
+
+class _CountingLoader:
+    """``load_index`` that counts which versions it opened (each open re-hashes every file)."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def __call__(self, path: Path) -> ServingIndex:
+        self.opened.append(path.name)
+        return load_index(path)
+
+
+def test_a_refused_version_is_not_re_verified_until_its_files_change(store: Path) -> None:
+    loader = _CountingLoader()
+    thread = ServerThread(ServerConfig(index_path=store, poll_seconds=0), loader=loader)
+    try:
+        thread.start_loading().result(30)
+        broken = build_index(store.parent / "model1", store)
+        vectors = broken / "model" / "item_vectors.npy"
+        good = vectors.read_bytes()
+        vectors.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+        with grpc.insecure_channel(thread.target) as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            first = stub.ReloadIndex(pb.ReloadIndexRequest(), timeout=10)
+            assert first.outcome == pb.RELOAD_OUTCOME_REFUSED and not first.cached and "item_vectors" in first.error
+            for _ in range(5):
+                again = stub.ReloadIndex(pb.ReloadIndexRequest(), timeout=10)
+                assert again.outcome == pb.RELOAD_OUTCOME_REFUSED and again.cached and again.error == first.error
+            assert loader.opened == ["index", "v0002"], "a refused, unchanged version was hashed again"
+            vectors.write_bytes(good)  # the operator repairs it: its files changed, so it is tried again
+            repaired = stub.ReloadIndex(pb.ReloadIndexRequest(), timeout=10)
+            assert repaired.outcome == pb.RELOAD_OUTCOME_SWAPPED and repaired.swapped and repaired.error == ""
+            assert repaired.index_version == "v0002" and loader.opened == ["index", "v0002", "v0002"]
+            same = stub.ReloadIndex(pb.ReloadIndexRequest(), timeout=10)
+            assert same.outcome == pb.RELOAD_OUTCOME_ALREADY_SERVING and not same.swapped
+    finally:
+        thread.stop()
+
+
+def _failing_truncation(offset: int) -> int:
+    raise InteractionLogError("could not truncate the log (database is locked)")
+
+
+def test_an_error_after_a_swap_is_reported_and_never_stops_the_swaps(store: Path) -> None:
+    thread = ServerThread(ServerConfig(index_path=store, poll_seconds=0))
+    try:
+        thread.start_loading().result(30)
+        log = thread.server.log
+        assert log is not None
+        user = user_id_of_row(0)
+        log.record(user, [10])
+        with grpc.insecure_channel(thread.target) as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            build_index(store.parent / "model1", store, new_events=log.export())  # v0002 holds event 1
+            assert stub.ReloadIndex(pb.ReloadIndexRequest(), timeout=10).outcome == pb.RELOAD_OUTCOME_SWAPPED
+            log.record(user, [20])
+            build_index(store.parent / "model2", store, new_events=log.export())  # v0003 holds events 1..2
+            prune_versions(store, keep=1)  # only v0003 is left: the log may go through 1 now (v0002 still serves)
+            log.truncate_through = _failing_truncation  # type: ignore[method-assign]
+            after = stub.ReloadIndex(pb.ReloadIndexRequest(), timeout=10)
+            assert after.outcome == pb.RELOAD_OUTCOME_ERROR_AFTER_SWAP and after.swapped
+            assert after.index_version == "v0003" and "database is locked" in after.error
+            assert "database is locked" in stub.GetInfo(pb.GetInfoRequest()).last_reload_error
+            assert set(log.extra_seen(user).tolist()) == {10, 20}, "a failed truncation lost events"
+
+        # The poller goes on through the same failure, swap after swap.
+        watcher = thread.run(_start_watching(thread))
+        try:
+            with grpc.insecure_channel(thread.target) as channel:
+                stub = pb_grpc.RecommenderServiceStub(channel)
+                for model in ("model0", "model1"):
+                    version = build_index(store.parent / model, store).name
+                    _wait_for(lambda v=version: stub.GetInfo(pb.GetInfoRequest()).index_version == v, version)
+        finally:
+            thread.run(_cancel(watcher))
+    finally:
+        thread.stop()
+
+
+async def _start_watching(thread: ServerThread) -> asyncio.Task[None]:
+    assert thread.server.reloader is not None
+    return asyncio.create_task(thread.server.reloader.watch(POLL_SECONDS))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

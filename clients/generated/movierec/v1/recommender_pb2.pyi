@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,40 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReloadOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReloadOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReloadOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELOAD_OUTCOME_UNSPECIFIED: _ReloadOutcome.ValueType  # 0
+    RELOAD_OUTCOME_SWAPPED: _ReloadOutcome.ValueType  # 1
+    """A new version was verified, loaded and published."""
+    RELOAD_OUTCOME_ALREADY_SERVING: _ReloadOutcome.ValueType  # 2
+    """CURRENT names the version already being served: nothing to do."""
+    RELOAD_OUTCOME_REFUSED: _ReloadOutcome.ValueType  # 3
+    """CURRENT cannot be served (error says why); the old version keeps serving."""
+    RELOAD_OUTCOME_ERROR_AFTER_SWAP: _ReloadOutcome.ValueType  # 4
+    """Swapped, then a step after the swap (truncating the live events)
+    failed (error says which); the new version serves.
+    """
+
+class ReloadOutcome(_ReloadOutcome, metaclass=_ReloadOutcomeEnumTypeWrapper):
+    """What one ReloadIndex call did."""
+
+RELOAD_OUTCOME_UNSPECIFIED: ReloadOutcome.ValueType  # 0
+RELOAD_OUTCOME_SWAPPED: ReloadOutcome.ValueType  # 1
+"""A new version was verified, loaded and published."""
+RELOAD_OUTCOME_ALREADY_SERVING: ReloadOutcome.ValueType  # 2
+"""CURRENT names the version already being served: nothing to do."""
+RELOAD_OUTCOME_REFUSED: ReloadOutcome.ValueType  # 3
+"""CURRENT cannot be served (error says why); the old version keeps serving."""
+RELOAD_OUTCOME_ERROR_AFTER_SWAP: ReloadOutcome.ValueType  # 4
+"""Swapped, then a step after the swap (truncating the live events)
+failed (error says which); the new version serves.
+"""
+Global___ReloadOutcome: _TypeAlias = ReloadOutcome  # noqa: Y015
 
 @_typing.final
 class RecommendedItem(_message.Message):
@@ -724,13 +759,23 @@ class ReloadIndexResponse(_message.Message):
     INDEX_VERSION_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     swapped: _builtins.bool
     """True when a new version was loaded and published by this call."""
     index_version: _builtins.str
     """The version serving when the call returns."""
     model_version: _builtins.str
     error: _builtins.str
-    """Set when the store's CURRENT version was refused (the old one keeps serving)."""
+    """Why CURRENT was refused (the old version keeps serving), or what failed
+    after a swap; empty when nothing went wrong.
+    """
+    outcome: Global___ReloadOutcome.ValueType
+    """What this call did."""
+    cached: _builtins.bool
+    """For REFUSED: the refusal was answered from memory, because the
+    version's files are unchanged since it was refused (not re-verified).
+    """
     def __init__(
         self,
         *,
@@ -738,10 +783,12 @@ class ReloadIndexResponse(_message.Message):
         index_version: _builtins.str = ...,
         model_version: _builtins.str = ...,
         error: _builtins.str = ...,
+        outcome: Global___ReloadOutcome.ValueType = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index_version", b"index_version", "model_version", b"model_version", "swapped", b"swapped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "error", b"error", "index_version", b"index_version", "model_version", b"model_version", "outcome", b"outcome", "swapped", b"swapped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
