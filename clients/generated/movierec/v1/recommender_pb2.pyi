@@ -599,12 +599,17 @@ class RecordInteractionsRequest(_message.Message):
     RATINGS_FIELD_NUMBER: _builtins.int
     TIMES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Makes the call idempotent: a retry with the same request_id for the same
+    user (within 24 hours) stores nothing and gets the first call's answer.
+    """
     user_id: _builtins.int
     """MovieLens user id; need not be known to the model."""
     @_builtins.property
     def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Movies the user interacted with (1 to 10,000 per call). Ids the served
-        catalogue does not know are stored too: a later model may know them.
+        """Movies the user interacted with (1 to 10,000 per call), all of them in
+        the served catalogue (INVALID_ARGUMENT otherwise, nothing stored). A user
+        has at most 10,000 distinct movies not yet compacted into the index
+        (RESOURCE_EXHAUSTED beyond, until the next rebuild).
         """
 
     @_builtins.property
