@@ -5,8 +5,7 @@ Layers, outermost first:
 * **gRPC core** refuses a message larger than :func:`receive_limit` (derived
   from the configured :class:`Limits`: the largest request any RPC could
   validly carry, times :data:`HEADROOM`) with RESOURCE_EXHAUSTED before a byte
-  of it is parsed, and metadata beyond :data:`DEFAULT_MAX_METADATA_BYTES`;
-  HTTP/2 caps the streams of one connection.
+  of it is parsed, and metadata beyond :data:`DEFAULT_MAX_METADATA_BYTES`.
 * **grpc.aio** refuses calls beyond ``max_concurrent_rpcs`` (RESOURCE_EXHAUSTED).
 * **The servicer** refuses streams beyond ``max_streams``, and each stream
   holds at most a :class:`ByteBudget` of requests read but not yet answered
@@ -55,8 +54,6 @@ __all__ = [
     "size_error",
 ]
 
-# HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
-MAX_STREAMS_PER_CONNECTION = 100
 # The receive limit is this many times the largest valid request, rounded up to RECEIVE_ROUNDING.
 HEADROOM = 2
 RECEIVE_ROUNDING = 64 * 1024
@@ -109,7 +106,6 @@ def server_options(
         ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.max_metadata_size", max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", max_metadata_bytes),
-        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
     ]
 
 
