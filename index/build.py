@@ -23,7 +23,9 @@ from movierec.errors import BundleError
 from movierec.index.events import CompactedEvents, SeenEvents, merge_into_seen, read_events, write_events
 from movierec.index.faiss_index import KINDS, HnswParams, create_index, write_index
 from movierec.index.layout import BUILD_LOCK, FAISS_FILE, INDEX_KIND, MODEL_DIR
+from movierec.index.ranked import DEFAULT_DEPTH, affordable_depth, write_prefixes
 from movierec.index.serving import resolve_version_dir
+from movierec.index.topk import ExactSearcher
 from movierec.progress import progress_bar
 
 
@@ -55,6 +57,7 @@ def build_index(
     make_current: bool = True,
     progress: bool = False,
     new_events: SeenEvents | None = None,
+    ranked_depth: int = DEFAULT_DEPTH,
     **hnsw_params: Any,
 ) -> Path:
     """Write ``index_root/vNNNN`` from the model bundle at ``model_dir``; return the new version's path.
@@ -66,7 +69,13 @@ def build_index(
     Live events already compacted into the store's current version are always
     carried forward (a watched movie must stay excluded whatever model is
     indexed next); ``new_events`` from the interaction log are added to them.
+
+    A flat version also stores the first ``ranked_depth`` places of every user's ranking
+    (:mod:`movierec.index.ranked`; fewer under its memory cap; 0: none), ranked against the seen sets with
+    every compacted event merged in, exactly as a server loading the version sees them.
     """
+    if ranked_depth < 0:
+        raise ValueError(f"ranked_depth must be >= 0, got {ranked_depth}")
     params = _index_params(kind, hnsw_params)
     model_dir = Path(model_dir)
     read_manifest(model_dir, MODEL_KIND, verify=False)  # fail fast, before any work, on a non-bundle
@@ -79,7 +88,7 @@ def build_index(
         version = store.next_version()
         final = store.path(version)
         with staged_directory(final) as stage:
-            _write_version(model_dir, stage, kind, params, events, progress)
+            _write_version(model_dir, stage, kind, params, events, progress, ranked_depth)
         if make_current:
             store.set_current(version)
     return final
@@ -98,9 +107,15 @@ def _current_events(store: VersionedStore) -> CompactedEvents:
 
 
 def _write_version(
-    model_dir: Path, stage: Path, kind: str, params: HnswParams, events: CompactedEvents, progress: bool
+    model_dir: Path,
+    stage: Path,
+    kind: str,
+    params: HnswParams,
+    events: CompactedEvents,
+    progress: bool,
+    ranked_depth: int,
 ) -> None:
-    with progress_bar(total=4, desc="index build", unit="step", enabled=progress, leave=False) as steps:
+    with progress_bar(total=5, desc="index build", unit="step", enabled=progress, leave=False) as steps:
         steps.set_postfix_str("copy + verify model")
         shutil.copytree(model_dir, stage / MODEL_DIR)
         try:
@@ -116,15 +131,38 @@ def _write_version(
         write_index(index, stage / FAISS_FILE)
         write_events(stage, events)
         steps.update()
+        steps.set_postfix_str("rank users")
+        ranked = _write_ranked(stage, model, events, ranked_depth if kind == "flat" else 0, progress)
+        steps.update()
         steps.set_postfix_str("checksum")
-        write_manifest(stage, INDEX_KIND, _index_meta(model_dir, stage, model, kind, params, events))
+        write_manifest(stage, INDEX_KIND, _index_meta(model_dir, stage, model, kind, params, events, ranked))
         steps.update()
 
 
+def _write_ranked(
+    stage: Path, model: ModelBundle, events: CompactedEvents, wanted: int, progress: bool
+) -> dict[str, Any] | None:
+    """Store the users' ranked prefixes (flat versions; none when the memory cap leaves too few places)."""
+    depth = affordable_depth(model.n_users, model.n_items, wanted)
+    if not depth:
+        return None
+    seen = merge_into_seen(model, events)[0]
+    with progress_bar(total=model.n_users, desc="rank users", unit="user", enabled=progress, leave=False) as bar:
+        return write_prefixes(
+            stage, ExactSearcher(model.item_vectors), model.user_vectors, seen, depth, on_progress=bar.update
+        )
+
+
 def _index_meta(
-    model_dir: Path, stage: Path, model: ModelBundle, kind: str, params: HnswParams, events: CompactedEvents
+    model_dir: Path,
+    stage: Path,
+    model: ModelBundle,
+    kind: str,
+    params: HnswParams,
+    events: CompactedEvents,
+    ranked: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    return {
+    meta: dict[str, Any] = {
         "index": {
             "kind": kind,
             "params": params.to_json() if kind == "hnsw" else {},
@@ -146,6 +184,9 @@ def _index_meta(
             "merged_into_seen": merge_into_seen(model, events)[1],
         },
     }
+    if ranked is not None:
+        meta["ranked"] = ranked
+    return meta
 
 
 def newest_model_bundle(models_root: Path) -> Path:
@@ -176,6 +217,7 @@ def rebuild_index(
     make_current: bool = True,
     progress: bool = False,
     new_events: SeenEvents | None = None,
+    ranked_depth: int = DEFAULT_DEPTH,
     **hnsw_params: Any,
 ) -> Path:
     """Build a new version from the newest model bundle; by default with the current version's kind/params.
@@ -192,6 +234,7 @@ def rebuild_index(
         make_current=make_current,
         progress=progress,
         new_events=new_events,
+        ranked_depth=ranked_depth,
         **hnsw_params,
     )
 

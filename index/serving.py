@@ -128,7 +128,8 @@ class ServingIndex:
             raise ValueError(f"ranked_depth must be >= 0, got {ranked_depth}")
         depth = affordable_depth(self.n_users, self.n_items, ranked_depth) if self.kind == "flat" else 0
         if depth:
-            self.ranked = RankedPrefixes.build(self._exact, self.model.user_vectors, self.model.seen, depth)
+            # The version's stored prefixes, memory-mapped; computed here only for versions built without them.
+            self.ranked = RankedPrefixes.for_version(path, self._exact, self.model.user_vectors, self.model.seen, depth)
 
     @property
     def genres(self) -> list[str]:

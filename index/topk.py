@@ -2,7 +2,9 @@
 
 The ranking rule, stated once and used by every search path:
 
-* score = float32 dot product of the query vector with the item vector;
+* score = the float32 dot product of the query vector with the item vector, summed in dimension order
+  (``q0*v0 + q1*v1 + ...``, each product and each sum rounded to float32, no fused multiply-add): see
+  "Scores" below;
 * a NaN score (only possible when a product overflows to ``inf - inf``) ranks
   below every real score, as if it were ``-inf``;
 * order is score descending, ties broken by the lower item row (item rows are
@@ -29,6 +31,22 @@ filter), from the full product with the allowed columns kept. Blanking the
 filtered-out cells to -inf in the full score matrix instead gives the same
 answer but leaves the partition thousands of equal -inf values, which it
 handles slowly; ``benchmarks/index_bench.py`` (filters section) times both.
+
+Scores. A BLAS product does not give one item the same float32 score in every
+call: OpenBLAS picks a matrix-vector kernel for one query, a blocked kernel or a
+small-matrix kernel for several, and each sums the dimension in its own order
+(``benchmarks/serving_scale.py`` counts how many of a user's scores differ
+between the two), and other machines have other kernels. Answers stored ahead of time (:mod:`movierec.index.ranked`)
+must be bit for bit what a later scan returns, so the score is defined by an
+order no library chooses: :func:`exact_scores`. Computing it for every item
+would cost ~10x the BLAS product, so the BLAS product only shortlists: any two
+float32 evaluations of one dot product, in any order, with or without FMA, lie
+within ``2 * gamma_d * |q| * max|v|`` of each other (``gamma_d = d*u/(1-d*u)``,
+``u = 2**-24``; Cauchy-Schwarz bounds the sum of ``|q_i v_i|``), so every item
+that can reach the exact top-``k`` scores, by BLAS, at least the k-th best BLAS
+score minus twice that (:meth:`ExactSearcher.score_margins`). Only the
+shortlisted items (about ``k`` of them) are scored exactly and ranked. The
+answer is therefore the same whatever the batch, the BLAS or the machine.
 """
 
 from __future__ import annotations
@@ -43,6 +61,13 @@ import numpy.typing as npt
 MAX_BLOCK_CELLS = 1 << 24
 # Score magnitudes below this cannot reach float32's max (3.4e38), even with accumulated rounding.
 FINITE_BOUND = 1e38
+# float32's unit roundoff (round to nearest): each rounded operation errs by at most this, relatively.
+UNIT_ROUNDOFF = 2.0**-24
+# Absolute slack per dimension for products and sums that underflow into subnormals (2**-150 each, x2 for
+# the two evaluations, x2 for the two operations, with room to spare).
+SUBNORMAL_SLACK = 2.0**-140
+# (query, item) pairs scored exactly at once: bounds the products' memory to PAIR_SLICE x dim float32, twice.
+PAIR_SLICE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,34 @@ def rank_candidates(candidates: npt.NDArray[np.int64], scores: npt.NDArray[np.fl
     return Recommendation(candidates[order].astype(np.int32), scores[order].astype(np.float32))
 
 
+def exact_scores(
+    queries: npt.NDArray[np.float32],
+    query_index: npt.NDArray[np.int64],
+    items: npt.NDArray[np.float32],
+    item_index: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float32]:
+    """The score of each pair (``queries[query_index[i]]``, ``items[item_index[i]]``) by the ranking rule.
+
+    Float32 products, then their sum one dimension after the other: numpy's multiply and add round each
+    element on its own (IEEE 754, no fused multiply-add), so the result depends only on the two vectors,
+    never on the batch, the BLAS or the CPU. Overflow gives ±inf or NaN, which the caller ranks.
+    """
+    count = int(query_index.shape[0])
+    out = np.zeros(count, dtype=np.float32)
+    if queries.shape[1] == 0:
+        return out
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        for start in range(0, count, PAIR_SLICE):
+            stop = min(count, start + PAIR_SLICE)
+            products = queries[query_index[start:stop]] * items[item_index[start:stop]]
+            by_dimension = np.ascontiguousarray(products.T)
+            total = by_dimension[0].copy()
+            for column in by_dimension[1:]:
+                np.add(total, column, out=total)
+            out[start:stop] = total
+    return out
+
+
 def _exclusion_cells(excluded: Sequence[npt.NDArray[np.int64]], n_items: int) -> npt.NDArray[np.int64]:
     """Flat (C-order) indices of every excluded cell: assigning through a flat view is ~3x faster than
     2-d fancy indexing or ``np.put`` (measured on a 64 x 3,706 batch with 2,179 exclusions per row)."""
@@ -103,13 +156,28 @@ def _flat_view(array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 def top_k_from_scores(
     scores: npt.NDArray[np.float32], excluded: Sequence[npt.NDArray[np.int64]], k: int, *, finite: bool = False
 ) -> list[Recommendation]:
-    """Exact top-``k`` of each row of ``scores`` (modified in place) minus that row's excluded items.
+    """Exact top-``k`` of each row of ``scores`` (modified in place) minus that row's excluded items,
+    ranked by these very scores (see :func:`shortlists`)."""
+    width = min(k, scores.shape[1])
+    picks = shortlists(scores, excluded, k, None, finite=finite)
+    return [rank_candidates(c, scores[q, c], width) if width else EMPTY for q, c in enumerate(picks)]
+
+
+def shortlists(
+    scores: npt.NDArray[np.float32],
+    excluded: Sequence[npt.NDArray[np.int64]],
+    k: int,
+    margins: npt.NDArray[np.float64] | None,
+    *,
+    finite: bool = False,
+) -> list[npt.NDArray[np.int64]]:
+    """For each row of ``scores`` (modified in place): the allowed items scoring at least the row's k-th
+    best allowed score minus ``margins[row]`` (None: 0), in ascending order.
 
     Excluded cells are set to -inf; the k-th largest score of each row is found
-    with a partition; every allowed item scoring at least that much is a
-    candidate (so all ties at the boundary are seen) and the candidates are
-    ordered by the ranking rule and cut to ``k``. A row with fewer than ``k``
-    allowed items gets a -inf threshold and so all of them.
+    with a partition; every allowed item scoring at least that much (less the
+    margin) is a candidate, so all ties at the boundary are seen. A row with
+    fewer than ``k`` allowed items gets a -inf threshold and so all of them.
 
     ``finite=True`` is the caller's promise that no score is NaN or ±inf (see
     :class:`ExactSearcher`): then -inf marks exactly the excluded cells and no
@@ -118,7 +186,7 @@ def top_k_from_scores(
     n_queries, n_items = scores.shape
     width = min(k, n_items)
     if width == 0:
-        return [EMPTY] * n_queries
+        return [np.empty(0, dtype=np.int64)] * n_queries
     cells = _exclusion_cells(excluded, n_items)
     allowed = None
     if not finite:
@@ -128,16 +196,28 @@ def top_k_from_scores(
     _flat_view(scores)[cells] = -np.inf
     pivot = n_items - width
     thresholds = np.partition(scores, pivot, axis=1)[:, pivot]
-    answers = []
+    if margins is not None:
+        thresholds = lowered(thresholds, margins)
+    picks = []
     for q in range(n_queries):
         row = scores[q]
         if allowed is not None:
             picked = allowed[q] & (row >= thresholds[q])
         else:
             picked = row >= thresholds[q] if thresholds[q] > -np.inf else row > -np.inf
-        candidates = np.flatnonzero(picked)
-        answers.append(rank_candidates(candidates, row[candidates], width))
-    return answers
+        picks.append(np.flatnonzero(picked))
+    return picks
+
+
+def lowered(thresholds: npt.NDArray[np.float32], margins: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """``thresholds - margins`` as float32 rounded down (never above the exact difference); NaN-free."""
+    exact = thresholds.astype(np.float64) - margins
+    with np.errstate(over="ignore"):
+        rounded = exact.astype(np.float32)
+    above = rounded > exact
+    rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
+    rounded[np.isnan(rounded)] = -np.inf
+    return rounded
 
 
 class ExactSearcher:
@@ -146,6 +226,8 @@ class ExactSearcher:
     def __init__(self, item_vectors: npt.NDArray[np.float32]) -> None:
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self._max_abs_item = float(np.abs(self.item_vectors).max()) if self.item_vectors.size else 0.0
+        norms = np.linalg.norm(self.item_vectors.astype(np.float64), axis=1)
+        self._max_item_norm = float(norms.max()) if norms.size else 0.0
 
     @property
     def n_items(self) -> int:
@@ -157,6 +239,17 @@ class ExactSearcher:
             return True
         bound = float(np.abs(queries).max()) * self._max_abs_item * queries.shape[1]
         return bool(bound < FINITE_BOUND)  # False for NaN/inf input too
+
+    def score_margins(self, queries: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Per query: how far below the k-th best BLAS score an item may score, by BLAS, and still be in
+        the exact top-k: twice the most two float32 evaluations of one dot product can differ (module
+        docstring, "Scores"), with slack for float64 rounding and for subnormals."""
+        dim = queries.shape[1]
+        gamma = dim * UNIT_ROUNDOFF / (1 - dim * UNIT_ROUNDOFF)
+        norms: npt.NDArray[np.float64] = np.linalg.norm(queries.astype(np.float64), axis=1)
+        spread = 2 * gamma * norms * self._max_item_norm
+        margins: npt.NDArray[np.float64] = 2 * spread * (1 + 2.0**-20) + dim * SUBNORMAL_SLACK
+        return margins
 
     def search(
         self,
@@ -200,6 +293,30 @@ class ExactSearcher:
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is ranked, not an error
                 scores = chunk @ item_vectors.T
             if columns is not None:
-                scores = np.take(scores, columns, axis=1)  # C-contiguous, as top_k_from_scores needs
-            answers.extend(top_k_from_scores(scores, excluded[start:stop], k, finite=self.scores_are_finite(chunk)))
+                scores = np.take(scores, columns, axis=1)  # C-contiguous, as shortlists needs
+            finite = self.scores_are_finite(chunk)
+            margins = self.score_margins(chunk) if finite else np.full(chunk.shape[0], np.inf)
+            picks = shortlists(scores, excluded[start:stop], k, margins, finite=finite)
+            answers.extend(self._rank_exactly(chunk, picks, item_vectors, columns, k))
+        return answers
+
+    def _rank_exactly(
+        self,
+        queries: npt.NDArray[np.float32],
+        picks: list[npt.NDArray[np.int64]],
+        item_vectors: npt.NDArray[np.float32],
+        columns: npt.NDArray[np.int64] | None,
+        k: int,
+    ) -> list[Recommendation]:
+        """Each query's shortlist scored by :func:`exact_scores` (all queries' pairs at once) and ranked."""
+        sizes = [p.size for p in picks]
+        positions = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
+        owners = np.repeat(np.arange(len(picks), dtype=np.int64), sizes)
+        rows = positions if columns is None else columns[positions]
+        scores = exact_scores(queries, owners, item_vectors, rows)
+        scores[np.isnan(scores)] = -np.inf
+        width = min(k, item_vectors.shape[0] if columns is None else columns.size)
+        answers = []
+        for pick, own in zip(picks, np.split(scores, np.cumsum(sizes)[:-1]), strict=True):
+            answers.append(rank_candidates(pick, own, width) if width else EMPTY)
         return answers
