@@ -41,7 +41,11 @@ def read_npy_header(path: Path) -> NpyHeader:
             return NpyHeader(tuple(int(n) for n in shape), np.dtype(dtype), handle.tell())
     except FileNotFoundError:
         raise BundleError("missing from the bundle", path=path) from None
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+    except BundleError:
+        raise
+    except Exception as exc:
+        # numpy parses the header as a Python literal: hostile bytes raise ValueError, EOFError, SyntaxError,
+        # tokenize.TokenError, TypeError... (the fuzz test found the TokenError). All mean the same here.
         raise BundleError(f"not a readable .npy file ({_first_line(exc)})", path=path) from None
 
 
