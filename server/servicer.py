@@ -38,6 +38,9 @@ from movierec.v1 import recommender_pb2_grpc as pb_grpc
 DEFAULT_MAX_STREAM_BATCH = 64
 # Most requests one RecommendBatch call may carry: 1,000 k=10 answers are ~0.5 MB and ~10 ms of the event loop.
 DEFAULT_MAX_BATCH_SIZE = 1000
+# Ranked items one stream answers per event-loop turn (64 messages of k=10, or one message of k >= 640):
+# a stream asking for k=1000 answers cannot hold the loop for a whole batch of them.
+STREAM_TURN_ITEMS = 640
 
 _END_OF_STREAM = object()
 _RELOAD_OUTCOMES = {
@@ -156,12 +159,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         try:
             ended = False
             while not ended:
-                batch, ended = await _next_batch(inbox, self._max_stream_batch)
+                batch, ended = await _next_batch(inbox, self._max_stream_batch, STREAM_TURN_ITEMS)
                 for response in self._answer_stream_batch([received.message for received in batch]) if batch else ():
                     nbytes = response.ByteSize()
                     await unsent.acquire(nbytes)
                     outbox.put_nowait(_Queued(response, nbytes))
                 unanswered.release(sum(received.nbytes for received in batch))
+                await asyncio.sleep(0)  # one batch per turn: other calls and streams get the loop in between
         except Exception as exc:  # a bug, not a bad request: end the call (INTERNAL) rather than hang it
             failure = exc
         await outbox.put(_END_OF_STREAM)
@@ -360,10 +364,11 @@ class _Refused:
 
 @dataclass(frozen=True)
 class _Received:
-    """A stream message read and not yet answered, and the bytes it holds."""
+    """A stream message read and not yet answered, the bytes it holds and the ranked items it asks for."""
 
     message: pb.RecommendStreamRequest | _Refused
     nbytes: int
+    items: int = 1
 
 
 @dataclass(frozen=True)
@@ -381,7 +386,8 @@ def _received(request: pb.RecommendStreamRequest, limits: Limits) -> _Received:
     if error is not None:
         request_id = request.request_id if len(request.request_id) <= limits.max_request_id_length else ""
         return _Received(_Refused(request_id, error), len(request_id) + len(error.message) + 256)
-    return _Received(request, request.ByteSize() + 8 * len(request.exclude_item_ids))
+    items = min(max(request.k, 1), limits.max_k)
+    return _Received(request, request.ByteSize() + 8 * len(request.exclude_item_ids), items)
 
 
 async def _read_all(
@@ -407,8 +413,9 @@ async def _read_all(
         raise failure
 
 
-async def _next_batch(inbox: asyncio.Queue[object], max_batch: int) -> tuple[list[_Received], bool]:
-    """Wait for one message, then gather what else has arrived (up to ``max_batch``).
+async def _next_batch(inbox: asyncio.Queue[object], max_batch: int, max_items: int) -> tuple[list[_Received], bool]:
+    """Wait for one message, then gather what else has arrived (up to ``max_batch`` messages asking for
+    ``max_items`` ranked items in all: the work of one event-loop turn).
 
     gRPC hands the reader one message per event-loop turn, so "what is queued
     right now" is usually a single message; giving the loop a turn whenever
@@ -419,13 +426,15 @@ async def _next_batch(inbox: asyncio.Queue[object], max_batch: int) -> tuple[lis
     Returns the batch and whether the client has half-closed the stream.
     """
     batch: list[_Received] = []
+    items = 0
     item = await inbox.get()
     while True:
         if item is _END_OF_STREAM:
             return batch, True
         assert isinstance(item, _Received)
         batch.append(item)
-        if len(batch) >= max_batch:
+        items += item.items
+        if len(batch) >= max_batch or items >= max_items:
             return batch, False
         if inbox.empty():
             await asyncio.sleep(0)
