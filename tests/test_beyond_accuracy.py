@@ -169,3 +169,25 @@ def test_evaluate_vectors_passes_the_genres_on() -> None:
     items = np.eye(5, dtype=np.float32)
     got = evaluate_vectors(users, items, TRAIN, TEST, ks=(2,), item_genres=GENRES)
     assert "intra_list_diversity@2" in got
+
+
+def test_long_lists_with_genres_stay_within_the_memory_budget() -> None:
+    import tracemalloc
+
+    # K = 100 on 3,000 items: K^2 pair cells per user exceed the user's score cells, so the pair matrices
+    # must be built a few users at a time to stay within the budget.
+    rng = np.random.default_rng(13)
+    n_users, n_items, budget = 400, 3000, 4 * 2**20
+    train = CSR.from_pairs(rng.integers(0, n_users, 4000), rng.integers(0, n_items, 4000), n_users, n_items)
+    test = CSR.from_pairs(rng.integers(0, n_users, 1200), rng.integers(0, n_items, 1200), n_users, n_items)
+    users = rng.standard_normal((n_users, 8), dtype=np.float32)
+    items = rng.standard_normal((n_items, 8), dtype=np.float32)
+    genres = [[f"g{g}" for g in range(18) if rng.random() < 0.2] for _ in range(n_items)]
+    tracemalloc.start()
+    try:
+        got = evaluate_vectors(users, items, train, test, ks=(10, 100), memory_budget=budget, item_genres=genres)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 0 < got["intra_list_diversity@100"] < 1
+    assert peak <= budget, f"peak {peak / 2**20:.1f} MiB over the {budget / 2**20:.0f} MiB budget"

@@ -267,27 +267,29 @@ def _intra_list_diversity(
 ) -> dict[str, npt.NDArray[np.float64]]:
     """Mean pairwise genre Jaccard distance within each list, for each K >= 2.
 
-    The [users, K, K] pair matrices are built for as many users at a time as keep them within the cells of
-    the chunk's score matrix (users x n_items), so a large K never breaks the evaluator's memory budget.
+    The [users, K, K] pair matrices (about 25 bytes a cell with their temporaries) are built for as many users
+    at a time as keep them within half the cells of the chunk's score matrix (users x n_items, 24 bytes a
+    cell, freed by now), so a large K never breaks the evaluator's memory budget.
     """
     wanted = [k for k in ks if k >= 2]
     if not wanted:
         return {}
     k_max = ranked.shape[1]
-    step = max(1, ranked.shape[0] * n_items // (k_max * k_max))
+    step = max(1, ranked.shape[0] * n_items // (2 * k_max * k_max))
     parts: dict[int, list[npt.NDArray[np.float64]]] = {k: [] for k in wanted}
     for start in range(0, ranked.shape[0], step):
         listed = genres[ranked[start : start + step]]  # [users, K, genres]
-        shared = (listed @ listed.transpose(0, 2, 1)).astype(np.float64)  # exact counts: small integers
-        sizes = listed.sum(axis=2, dtype=np.float64)
+        shared = listed @ listed.transpose(0, 2, 1)  # genres each pair shares: small integers, exact in float32
+        sizes = listed.sum(axis=2)
         union = sizes[:, :, None] + sizes[:, None, :] - shared
-        distance = np.divide(shared, union, out=np.ones_like(shared), where=union > 0)
-        np.subtract(1.0, distance, out=distance)
+        similarity = np.ones(shared.shape, dtype=np.float64)  # two items without genres: not told apart
+        np.divide(shared, union, out=similarity, where=union > 0, dtype=np.float64)
+        del shared, union
         for k in wanted:
-            # The matrix is symmetric with a zero diagonal: the sum over all cells counts each pair twice.
-            # Summed as contiguous rows so a user's value never depends on how many users share the block.
-            pairs = np.ascontiguousarray(distance[:, :k, :k]).reshape(distance.shape[0], k * k)
-            parts[k].append(pairs.sum(axis=1) / (k * (k - 1)))
+            # Distance 1 - J is 0 on the diagonal, so the k(k-1) off-diagonal cells sum to k^2 - sum(J); summed
+            # as contiguous rows so a user's value never depends on how many users share the block.
+            cells = np.ascontiguousarray(similarity[:, :k, :k]).reshape(similarity.shape[0], k * k)
+            parts[k].append((k * k - cells.sum(axis=1)) / (k * (k - 1)))
     return {f"intra_list_diversity@{k}": np.concatenate(parts[k]) for k in wanted}
 
 
