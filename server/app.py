@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -55,6 +55,9 @@ from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from movierec.server.http_api import HttpApi
+
 logger = logging.getLogger(__name__)
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_GRACE_SECONDS = 10.0
@@ -83,6 +86,8 @@ class ServerConfig:
     poll_seconds: float = DEFAULT_POLL_SECONDS
     # Prometheus text on http://127.0.0.1:<metrics_port>/metrics (None: no metrics server).
     metrics_port: int | None = None
+    # The HTTP/JSON API (movierec.server.http_api) on host:<http_port> beside gRPC; 0: any free port; None: none.
+    http_port: int | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # A file holding the bearer token every call must carry (health and reflection excepted).
@@ -184,10 +189,17 @@ class RecommenderServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self.port: int | None = None
+        self.http: HttpApi | None = None
+        if config.http_port is not None:
+            from movierec.server.http_api import HttpApi  # FastAPI is imported only by servers that serve HTTP
+
+            self.http = HttpApi(self)
 
     async def start(self) -> int:
         """Bind and start answering (NOT_SERVING until :meth:`load`); returns the bound port."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.http is not None:
+            self.http.bind()  # first: a taken HTTP port fails before the gRPC port opens
         address = f"{self.config.host}:{self.config.port}"
         try:
             _check_bindable(self.config.host, self.config.port)
@@ -198,6 +210,8 @@ class RecommenderServer:
         except (OSError, RuntimeError) as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         await self._server.start()
+        if self.http is not None:
+            await self.http.start()
         return self.port
 
     async def load(self) -> ServingEngine:
@@ -220,10 +234,15 @@ class RecommenderServer:
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING at once, refuse new calls, let in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
+        grace = self.config.grace_seconds if grace is None else grace
+        # HTTP drains alongside gRPC: /health turns 503 now, requests in flight finish within the same grace.
+        http_stopped = asyncio.create_task(self.http.stop(grace)) if self.http is not None else None
         if self._watching is not None:
             self._watching.cancel()
             await asyncio.gather(self._watching, return_exceptions=True)
-        await self._server.stop(self.config.grace_seconds if grace is None else grace)
+        await self._server.stop(grace)
+        if http_stopped is not None:
+            await http_stopped
         if self.log is not None:
             self.log.close()
 
@@ -282,8 +301,14 @@ async def serve(config: ServerConfig, announce: Callable[[ServerEvent], None]) -
     server = RecommenderServer(config, interceptors=interceptors, credentials=credentials, metrics=metrics)
     port = await server.start()
     address = {"host": config.host, "port": port, "tls": credentials is not None}
+    http_note = ""
+    if server.http is not None:
+        address["http_port"] = server.http.port
+        http_note = f", HTTP on {config.host}:{server.http.port}"
     announce(
-        ServerEvent("listening", f"listening on {config.host}:{port} (NOT_SERVING while the index loads)", address)
+        ServerEvent(
+            "listening", f"listening on {config.host}:{port}{http_note} (NOT_SERVING while the index loads)", address
+        )
     )
     metrics_http = _serve_metrics(metrics, config, announce)
     stop_requested = asyncio.Event()

@@ -79,6 +79,13 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--metrics-port", type=_port, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free)"
     )
+    parser.add_argument(
+        "--http-port",
+        type=_port,
+        metavar="PORT",
+        help="also serve the HTTP/JSON API on HOST:PORT (POST /recommend, /similar, GET /health, /info; "
+        "OpenAPI docs at /docs; same token and TLS as gRPC; 0: any free port)",
+    )
     parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS only, with this certificate chain")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
     parser.add_argument(
@@ -183,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
         events_path=args.events,
         poll_seconds=args.poll,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         token_file=args.token_file,
