@@ -110,10 +110,16 @@ class RecommendBody(FilterFields):
     k: int = Field(default=10, strict=True, ge=INT32[0], le=INT32[1], description="how many movies (1..max_k)")
     exclude_item_ids: list[Int64] = Field(default=[], description="movies never to recommend in this answer")
     explain: bool = Field(default=False, description="name the user's movie behind each recommendation")
+    diversity: float | None = Field(
+        default=None,
+        strict=True,
+        description="0..1 (absent or 0: the exact top-k): re-rank the best candidates by maximal marginal "
+        "relevance for movies unlike each other; exclusions and filters hold as without it",
+    )
     request_id: str = Field(default="", description="echoed in the answer")
 
     def message(self) -> pb.RecommendRequest:
-        return pb.RecommendRequest(
+        request = pb.RecommendRequest(
             request_id=self.request_id,
             user_id=self.user_id,
             k=self.k,
@@ -121,6 +127,9 @@ class RecommendBody(FilterFields):
             filter=self.item_filter(),
             explain=self.explain,
         )
+        if self.diversity is not None:  # range and NaN are the engine's to refuse, as for gRPC callers
+            request.diversity = self.diversity
+        return request
 
 
 class SimilarBody(FilterFields):

@@ -89,6 +89,7 @@ CASES: list[dict[str, Any]] = [
     {"k": 4, "include_genres": [GENRES[0], GENRES[2]], "min_year": 1985},
     {"k": 6, "exclude_genres": [GENRES[1]], "max_year": 2010, "exclude_item_ids": [item_id_of_row(5)]},
     {"k": 3, "explain": True},
+    {"k": 5, "diversity": 0.6, "exclude_genres": [GENRES[4]]},
     {"k": N_ITEMS},  # deeper than what is left unseen: both answer every unseen movie
 ]
 
@@ -113,6 +114,7 @@ def test_recommend_answers_exactly_what_grpc_answers(
                 exclude_item_ids=case.get("exclude_item_ids", []),
                 filter=pb.ItemFilter(**grpc_filter),
                 explain=case.get("explain", False),
+                diversity=case.get("diversity"),
             ),
             timeout=10,
         )
@@ -187,6 +189,10 @@ def test_unknown_user_bad_k_and_bad_json_are_clear_errors(http: httpx.Client) ->
     assert malformed.json()["message"].startswith("malformed JSON body at character")
     not_json = http.post("/recommend", content=b"user_id=1", headers={"Content-Type": "text/plain"})
     assert not_json.status_code == 400 and "Content-Type: application/json" in not_json.json()["message"]
+    for diversity in (1.5, -0.1):
+        refused = http.post("/recommend", json={"user_id": 1, "k": 3, "diversity": diversity})
+        assert refused.status_code == 400 and refused.json()["field"] == "diversity", refused.text
+    assert http.post("/recommend", json={"user_id": 1, "diversity": True}).status_code == 422
     genre = http.post("/recommend", json={"user_id": 1, "include_genres": ["Western?"]})
     assert genre.status_code == 400 and "Western?" in genre.json()["message"]
 
