@@ -29,6 +29,28 @@ METRIC_ORDER = (
 )
 
 
+# Flags that override one TrainConfig field: (flag, field, type, metavar, meaning).
+RECIPE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
+    ("--epochs", "epochs", int, "N", "maximum selection epochs (early stopping usually ends sooner)"),
+    ("--dim", "dim", int, "D", "embedding size"),
+    ("--layers", "layers", int, "L", "propagation layers"),
+    ("--lr", "lr", float, "X", "Adam learning rate"),
+    ("--batch-size", "batch_size", int, "B", "users (softmax) or pairs (bpr) per step"),
+    ("--weight-decay", "weight_decay", float, "W", "L2 weight on the ego embeddings"),
+    ("--temperature", "temperature", float, "T", "softmax temperature"),
+    ("--refit-fraction", "refit_fraction", float, "F", "refit epochs as a fraction of the selection epochs"),
+    ("--patience", "patience", int, "P", "evaluations without a gain before the selection stops"),
+    ("--min-gain", "min_gain", float, "G", "relative validation gain that restarts the patience count"),
+)
+
+
+def _preset_values(field: str) -> str:
+    """The value each named recipe gives ``field``, for --help (movierec.trainer.config needs no torch)."""
+    from movierec.trainer.config import PRESETS
+
+    return ", ".join(f"{name}: {getattr(config, field)}" for name, config in PRESETS.items())
+
+
 def register(commands: Any) -> None:
     train = commands.add_parser("train", help="train LightGCN (or NGCF) and write a model bundle")
     train.add_argument("--data", type=Path, metavar="DIR", help="ratings folder (default: the MovieLens-1M copy)")
@@ -42,33 +64,23 @@ def register(commands: Any) -> None:
         choices=("csr", "edge_index"),
         help="csr: our cached normalised adjacency; edge_index: PyG's stock LightGCN (default: the preset's)",
     )
-    train.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (early stopping may end sooner)")
-    train.add_argument("--dim", type=int, metavar="D", help="embedding size")
-    train.add_argument("--layers", type=int, metavar="L", help="propagation layers")
-    train.add_argument("--lr", type=float, metavar="X", help="Adam learning rate")
-    train.add_argument("--batch-size", type=int, metavar="B", help="users (softmax) or pairs (bpr) per step")
-    train.add_argument("--weight-decay", type=float, metavar="W", help="L2 weight on the ego embeddings")
-    train.add_argument("--temperature", type=float, metavar="T", help="softmax temperature")
+    for flag, field, kind, metavar, meaning in RECIPE_FLAGS:
+        train.add_argument(flag, type=kind, metavar=metavar, help=f"{meaning} ({_preset_values(field)})")
     train.add_argument(
         "--score",
         choices=("dot", "cosine"),
-        help="score = dot product or cosine of the final embeddings (default: the preset's)",
+        help="score = dot product or cosine of the final embeddings (fast: cosine, paper: dot)",
     )
     train.add_argument(
         "--refit",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="after early stopping, keep training on all of train with the learning rate annealed to zero "
-        "(default: the preset's)",
+        f"({_preset_values('refit')})",
     )
     train.add_argument(
-        "--refit-fraction", type=float, metavar="F", help="refit epochs as a fraction of the selection epochs"
+        "--eval-every", type=int, metavar="E", help=f"validate every E epochs ({_preset_values('eval_every')})"
     )
-    train.add_argument("--patience", type=int, metavar="P", help="evaluations without gain before stopping")
-    train.add_argument(
-        "--min-gain", type=float, metavar="G", help="relative validation gain that restarts the patience count"
-    )
-    train.add_argument("--eval-every", type=int, metavar="E", help="validate every E epochs")
     train.add_argument("--seed", type=int, metavar="S", help="training seed (the split always uses seed 42)")
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long, keep the best")
     train.add_argument("--min-rating", type=float, default=4.0, metavar="R", help="positives: rating >= R (4)")
