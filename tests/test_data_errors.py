@@ -309,3 +309,20 @@ def test_u_item_release_year_in_other_digits_is_unknown(tmp_path: Path) -> None:
     (tmp_path / "u.item").write_text(f"10|Heat|01-Jan-１９９５||url|{flags}\n")
     movies = load_dataset(tmp_path).movies
     assert movies is not None and movies.titles == ["Heat"] and movies.years == [None]
+
+
+def test_a_column_of_booleans_is_not_a_number(tmp_path: Path) -> None:
+    table = tmp_path / "mine.csv"
+    table.write_text("user,item,rating\nTrue,10,4\nFalse,20,3\n")
+    err = load_error(table)
+    assert err.line == 2 and "user id is not a number: 'True'" in one_line(err)
+
+
+def test_a_latin1_ellipsis_in_a_title_neither_splits_the_line_nor_shifts_line_numbers(tmp_path: Path) -> None:
+    write_good_dat(tmp_path)
+    (tmp_path / "movies.dat").write_bytes(b"10::Wait\x85 for it (1995)::Drama\n20::Heat (1995)::Action\nthirty::X::Y\n")
+    err = load_error(tmp_path)
+    assert err.path == tmp_path / "movies.dat" and err.line == 3 and "movie id is not a whole number" in str(err)
+    (tmp_path / "movies.dat").write_bytes(b"10::Wait\x85 for it (1995)::Drama\r\n20::Heat (1995)::Action\r\n")
+    movies = load_dataset(tmp_path).movies
+    assert movies is not None and movies.titles == ["Wait\x85 for it", "Heat"] and movies.years == [1995, 1995]

@@ -92,7 +92,13 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    """Non-blank lines with their 1-based numbers, split at ``\n`` only (a ``\r`` before it is dropped).
+
+    ``str.splitlines`` would also split at U+0085, U+2028, ``\x1c``...: latin-1's decoding of byte 0x85
+    (cp1252's ellipsis) inside a title would cut the line in two and shift every later line number.
+    """
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if line.strip():
             yield number, line
 

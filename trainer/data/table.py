@@ -185,22 +185,17 @@ def _numeric(table: RawTable, column: str | int, what: str) -> npt.NDArray[Any]:
                 line=int(table.lines[bad]),
             )
         return values
+    # Only an error is left to report (this runs once per bad file): the first field that is not a number, or
+    # the first whole number past 64 bits (pandas then keeps the column as text or Python ints; one of thousands
+    # of digits is past float64 too, and to_numeric gives up on it).
     coerced = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    not_numbers = np.isnan(coerced)
-    if not_numbers.any() and not _WHOLE_NUMBER.fullmatch(str(series.iloc[int(np.argmax(not_numbers))]).strip()):
-        bad = int(np.argmax(not_numbers))
-        raise DataError(
-            f"{what} is not a number: {_shown(table, column, bad)}", path=table.path, line=int(table.lines[bad])
-        )
-    # The fields are numbers, yet pandas could not hold the column in one numeric type: whole numbers past 64 bits
-    # (past float64 too, for thousands of digits, which to_numeric then gives up on).
-    beyond = not_numbers | (np.abs(coerced) >= 2.0**63)
-    bad = int(np.argmax(beyond)) if beyond.any() else 0
-    raise DataError(
-        f"{what} is beyond the 64-bit integer range: {_shown(table, column, bad)}",
-        path=table.path,
-        line=int(table.lines[bad]),
-    )
+    whole_text = series.astype(str).str.strip().str.fullmatch(_WHOLE_NUMBER.pattern).to_numpy(dtype=bool)
+    beyond = (np.abs(np.nan_to_num(coerced)) >= 2.0**63) | (np.isnan(coerced) & whole_text)
+    not_number = np.isnan(coerced) & ~whole_text
+    flagged = beyond | not_number
+    bad = int(np.argmax(flagged)) if flagged.any() else 0  # e.g. a column of True/False: not numbers either
+    problem = "is beyond the 64-bit integer range" if beyond[bad] else "is not a number"
+    raise DataError(f"{what} {problem}: {_shown(table, column, bad)}", path=table.path, line=int(table.lines[bad]))
 
 
 def _shown(table: RawTable, column: str | int, row: int) -> str:
