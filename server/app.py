@@ -46,8 +46,10 @@ from movierec.server.admission import (
 )
 from movierec.server.auth import BearerTokenInterceptor
 from movierec.server.engine import ServingEngine
-from movierec.server.interaction_log import LOG_FILE_NAME, InteractionLog
+from movierec.server.event_stores import open_server_store, watch_store_health
+from movierec.server.interaction_log import LOG_FILE_NAME
 from movierec.server.limits import Limits
+from movierec.server.live_events import LiveEventStore
 from movierec.server.metrics import MetricsHttpServer, MetricsInterceptor, ServerMetrics
 from movierec.server.reload import DEFAULT_POLL_SECONDS, IndexReloader
 from movierec.server.servicer import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_STREAM_BATCH, RecommenderServicer
@@ -63,6 +65,8 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_na
 DEFAULT_GRACE_SECONDS = 10.0
 # Health is reported for the whole server ("") and for the service by name; both move together.
 HEALTH_SERVICES = ("", SERVICE_NAME)
+# The live event store's own health: NOT_SERVING while it refuses writes (e.g. Redis down), the rest serving on.
+EVENTS_HEALTH_SERVICE = "movierec.v1.LiveEvents"
 # 256 places x (row + score) = 2 KiB per user (12 MiB for MovieLens-1M); covers k up to 256 with room
 # for the request's own exclusions. Deeper requests, filtered ones and fold-in users scan.
 DEFAULT_RANKED_DEPTH = 256
@@ -82,6 +86,10 @@ class ServerConfig:
     ranked_depth: int = DEFAULT_RANKED_DEPTH
     # Interaction log; None: ``interactions.sqlite3`` in the store root (beside a single version).
     events_path: Path | None = None
+    # Live events in Redis, shared by every replica (redis://HOST:PORT/DB); overrides events_path.
+    events_url: str | None = None
+    # Share the port with other processes (SO_REUSEPORT): the workers of `recctl serve --workers N`.
+    reuse_port: bool = False
     # How often CURRENT is checked for a new version; 0 turns polling off (SIGHUP and ReloadIndex still work).
     poll_seconds: float = DEFAULT_POLL_SECONDS
     # Prometheus text on http://127.0.0.1:<metrics_port>/metrics (None: no metrics server).
@@ -112,6 +120,11 @@ class ServerConfig:
     def store_root(self) -> Path | None:
         """The index store followed for hot swaps; None when ``index_path`` is one fixed version."""
         return None if (self.index_path / MANIFEST_NAME).is_file() else self.index_path
+
+    @property
+    def events_spec(self) -> str | Path:
+        """The live event store: the Redis URL, else the SQLite log's path."""
+        return self.events_url if self.events_url is not None else self.log_path
 
     @property
     def log_path(self) -> Path:
@@ -172,17 +185,20 @@ class RecommenderServer:
             stream_buffer_bytes=config.stream_buffer_bytes,
             metrics=metrics,
         )
-        self.log: InteractionLog | None = None
+        self.log: LiveEventStore | None = None
         self.reloader: IndexReloader | None = None
         self._credentials = credentials
         self._watching: asyncio.Task[None] | None = None
+        self._watching_events: asyncio.Task[None] | None = None
         # grpc-stubs predates health.aio; the asyncio servicer is the one a grpc.aio server needs.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._loader = loader if loader is not None else functools.partial(load_index, ranked_depth=config.ranked_depth)
-        # No SO_REUSEPORT: a port already in use (say, by an old instance) must fail loudly, not be shared.
+        # No SO_REUSEPORT unless asked (workers): a port already in use (say, by an old instance) must fail
+        # loudly, not be shared.
+        reuse_port = ("grpc.so_reuseport", 1 if config.reuse_port else 0)
         self._server = grpc.aio.server(
             interceptors=interceptors,
-            options=[("grpc.so_reuseport", 0), *server_options(config.receive_bytes, config.max_metadata_bytes)],
+            options=[reuse_port, *server_options(config.receive_bytes, config.max_metadata_bytes)],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(self.servicer, self._server)
@@ -202,7 +218,8 @@ class RecommenderServer:
             self.http.bind()  # first: a taken HTTP port fails before the gRPC port opens
         address = f"{self.config.host}:{self.config.port}"
         try:
-            _check_bindable(self.config.host, self.config.port)
+            if not self.config.reuse_port:
+                _check_bindable(self.config.host, self.config.port)
             if self._credentials is None:
                 self.port = self._server.add_insecure_port(address)
             else:
@@ -218,7 +235,11 @@ class RecommenderServer:
         """Load the index and replay the interaction log off the event loop (health keeps answering),
         then publish, report SERVING and start following the store's CURRENT."""
         index = await asyncio.to_thread(self._loader, self.config.index_path)
-        self.log = await asyncio.to_thread(InteractionLog, self.config.log_path, replay_after=index.events_through)
+        # The whole log (every event any retained version may need), the index checked against it (no-loss rule).
+        self.log = await asyncio.to_thread(
+            open_server_store, self.config.events_spec, self.config.store_root, index.index_version, index.events
+        )
+        self._watching_events = asyncio.create_task(watch_store_health(self.log, self._events_health))
         engine = self._make_engine(index)
         self.state.publish(engine)
         self.servicer.log = self.log
@@ -243,6 +264,9 @@ class RecommenderServer:
         await self._server.stop(grace)
         if http_stopped is not None:
             await http_stopped
+        if self._watching_events is not None:  # after the stop: the port closes no later than it used to
+            self._watching_events.cancel()
+            await asyncio.gather(self._watching_events, return_exceptions=True)
         if self.log is not None:
             self.log.close()
 
@@ -251,6 +275,14 @@ class RecommenderServer:
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
+
+    async def _events_health(self, error: str | None) -> None:
+        """The live event store's own health entry: NOT_SERVING while it cannot take writes (RecordInteractions
+        answers UNAVAILABLE; recommendations go on from what this process has, so the server stays SERVING)."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self.health.set(
+            EVENTS_HEALTH_SERVICE, serving if error is None else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in HEALTH_SERVICES:
@@ -279,8 +311,19 @@ class ServerEvent:
     data: dict[str, object] = field(default_factory=dict)
 
 
-async def serve(config: ServerConfig, announce: Callable[[ServerEvent], None]) -> None:
+async def serve(
+    config: ServerConfig,
+    announce: Callable[[ServerEvent], None],
+    *,
+    serve_metrics_http: bool = True,
+    loader: Callable[[Path], ServingIndex] | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then drain; a bad index stops the server and its error propagates.
+
+    ``serve_metrics_http=False``: count metrics but leave their HTTP port to
+    someone else (a worker of :mod:`movierec.server.workers`, whose parent
+    serves every worker's sum). ``loader``: how versions are opened (default
+    :func:`load_index`; a worker's first one comes already loaded from its parent).
 
     This is a whole serving process, so it takes the process-wide thread policy
     of :func:`movierec.index.limit_serving_threads`: one BLAS thread per search.
@@ -298,7 +341,9 @@ async def serve(config: ServerConfig, announce: Callable[[ServerEvent], None]) -
     for warning in exposure_warnings(config.host, tls=credentials is not None, token=config.token_file is not None):
         logger.warning("%s", warning)
         announce(ServerEvent("warning", f"WARNING: {warning}", {"warning": warning}))
-    server = RecommenderServer(config, interceptors=interceptors, credentials=credentials, metrics=metrics)
+    server = RecommenderServer(
+        config, loader=loader, interceptors=interceptors, credentials=credentials, metrics=metrics
+    )
     port = await server.start()
     address = {"host": config.host, "port": port, "tls": credentials is not None}
     http_note = ""
@@ -310,7 +355,7 @@ async def serve(config: ServerConfig, announce: Callable[[ServerEvent], None]) -
             "listening", f"listening on {config.host}:{port}{http_note} (NOT_SERVING while the index loads)", address
         )
     )
-    metrics_http = _serve_metrics(metrics, config, announce)
+    metrics_http = _serve_metrics(metrics, config, announce) if serve_metrics_http else None
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,20 +12,38 @@ without the servicer doing anything; the servicer adds what only it knows
 (per-message errors inside a stream, index swaps, exclusion violations).
 Only methods the server implements are labelled (unknown methods never reach
 a handler), so a client cannot inflate the label set.
+
+Several worker processes (``recctl serve --workers N``): each worker calls
+:func:`use_multiprocess_dir` before it builds its :class:`ServerMetrics`, so
+every value lives in a file of that directory (prometheus_client's
+multiprocess mode), and the parent serves the sum over all workers with
+:func:`serve_multiprocess_http` on the one metrics port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+    values,
+)
 
 GrpcType = Literal["unary", "client_stream", "server_stream", "bidi_stream"]
 SwapOutcome = Literal["ok", "refused"]
@@ -92,7 +110,20 @@ class ServerMetrics:
             ("grpc_service", "grpc_method", "grpc_code"),
             registry=self.registry,
         )
-        self._index = Info("movierec_index", "The index and model version being served.", registry=self.registry)
+        # Info metrics have no multiprocess mode: there, the same series is a gauge (1: serving, 0: served before).
+        self._index: Info | None = None
+        self._index_gauge: Gauge | None = None
+        self._index_labels: tuple[str, str] | None = None
+        if multiprocess_dir() is None:
+            self._index = Info("movierec_index", "The index and model version being served.", registry=self.registry)
+        else:
+            self._index_gauge = Gauge(
+                "movierec_index_info",
+                "The index and model version being served (1), by any live worker.",
+                ("index_version", "model_version"),
+                registry=self.registry,
+                multiprocess_mode="livemax",
+            )
         self._swaps = Counter(
             "movierec_index_swaps",
             "Index hot swaps, by outcome (refused: the old index kept serving).",
@@ -135,7 +166,13 @@ class ServerMetrics:
 
     def index_loaded(self, index_version: str, model_version: str) -> None:
         """The versions now answering (replaces the previous ones)."""
-        self._index.info({"index_version": index_version, "model_version": model_version})
+        if self._index is not None:
+            self._index.info({"index_version": index_version, "model_version": model_version})
+        elif self._index_gauge is not None:
+            if self._index_labels is not None:
+                self._index_gauge.labels(*self._index_labels).set(0)
+            self._index_labels = (index_version, model_version)
+            self._index_gauge.labels(*self._index_labels).set(1)
 
     def swap(self, outcome: SwapOutcome) -> None:
         self._swaps.labels(outcome).inc()
@@ -155,6 +192,35 @@ class ServerMetrics:
         """Serve ``/metrics`` on a daemon thread; port 0 picks a free one (see ``.port``)."""
         server, thread = start_http_server(port, addr=host, registry=self.registry)
         return MetricsHttpServer(server, thread)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, when this process uses it."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def use_multiprocess_dir(directory: Path) -> None:
+    """Keep every metric this process creates from now on in files under ``directory`` (a worker process).
+
+    prometheus_client picks its value store when it is imported, from
+    ``PROMETHEUS_MULTIPROC_DIR``; a worker forked from a parent that had
+    already imported it switches here, before its first metric exists.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def serve_multiprocess_http(directory: Path, host: str = "127.0.0.1", port: int = 0) -> MetricsHttpServer:
+    """Serve ``/metrics`` summed over every worker that writes under ``directory`` (the parent process)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsHttpServer(server, thread)
+
+
+def mark_worker_dead(pid: int, directory: Path) -> None:
+    """Drop a finished worker's live gauges (its counters stay counted: a restart must not lower a total)."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 class MetricsHttpServer:

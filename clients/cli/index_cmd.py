@@ -1,4 +1,4 @@
-"""``recctl index build | rebuild | info``: versioned FAISS index bundles and the CURRENT pointer."""
+"""``recctl index build | rebuild | prune | rollback | info``: versioned FAISS index bundles and the CURRENT pointer."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ def register(commands: Any) -> None:
     _add_kind_options(rebuild, default_kind=None)
     rebuild.add_argument(
         "--events",
-        type=Path,
-        metavar="LOG",
-        help="interaction log (the server's SQLite file): compact its events into the new version",
+        type=events_spec,
+        metavar="LOG|URL",
+        help="live events to compact into the new version: the server's SQLite file, or the redis://HOST:PORT/DB "
+        "the replicas share",
     )
     rebuild.add_argument("--no-switch", action="store_true", help="do not move CURRENT to the new version")
     rebuild.add_argument("--json", action="store_true", help="machine-readable output")
@@ -48,8 +49,22 @@ def register(commands: Any) -> None:
     prune = actions.add_parser("prune", help="delete old versions (never the current one)")
     prune.add_argument("--index", type=Path, required=True, metavar="ROOT", help="index store")
     prune.add_argument("--keep", type=int, default=3, metavar="N", help="newest versions to keep (default 3)")
+    prune.add_argument(
+        "--events",
+        type=events_spec,
+        metavar="LOG|URL",
+        help="live events to truncate afterwards, through what every remaining version holds (never further)",
+    )
     prune.add_argument("--json", action="store_true", help="machine-readable output")
     prune.set_defaults(func=_prune)
+
+    rollback = actions.add_parser(
+        "rollback", help="move CURRENT back to an older version (verified first; live events stay excluded)"
+    )
+    rollback.add_argument("--index", type=Path, required=True, metavar="ROOT", help="index store")
+    rollback.add_argument("--to", metavar="vNNNN", help="version to serve (default: the one before CURRENT)")
+    rollback.add_argument("--json", action="store_true", help="machine-readable output")
+    rollback.set_defaults(func=_rollback)
 
     info = actions.add_parser("info", help="list versions, the current one and what each holds")
     info.add_argument("--index", type=Path, required=True, metavar="ROOT", help="index store")
@@ -107,14 +122,50 @@ def _rebuild(args: argparse.Namespace) -> int:
             **_hnsw_options(args),
         )
     )
-    return _report_built(path, args)
+    status = _report_built(path, args)
+    if args.events is not None:
+        _truncate_events(args.events, args.out, quiet=args.json)
+    return status
 
 
-def _read_events(log_path: Path) -> SeenEvents:
-    """A consistent snapshot of the log (SQLite WAL lets this run beside the server that appends to it)."""
-    from movierec.server import read_logged_events
+def _truncate_events(spec: str | Path, index_root: Path, *, quiet: bool) -> int:
+    """Truncate the live events through the no-loss rule's safe offset: what every retained version holds."""
+    from movierec.server.live_events import truncate_logged_events, truncate_safely
 
-    return read_logged_events(log_path)
+    if isinstance(spec, Path):
+        deleted = truncate_logged_events(spec, index_root)
+    else:
+        from movierec.server.event_stores import open_event_store
+
+        store = open_event_store(spec, follow=False)
+        try:
+            deleted = truncate_safely(store, index_root)
+        finally:
+            store.close()
+    if deleted and not quiet:
+        print(f"live events: {deleted} held by every retained version, dropped from {spec}")
+    return deleted
+
+
+def events_spec(text: str) -> str | Path:
+    """``--events``: a Redis URL stays a string, anything else is a file path."""
+    return text if text.startswith(("redis://", "rediss://")) else Path(text)
+
+
+def _read_events(spec: str | Path) -> SeenEvents:
+    """A consistent snapshot of the live events: SQLite WAL lets this run beside the servers appending to the
+    file; Redis answers one range read up to the newest offset at the call."""
+    if isinstance(spec, Path):
+        from movierec.server import read_logged_events
+
+        return read_logged_events(spec)
+    from movierec.server.event_stores import open_event_store
+
+    store = open_event_store(spec, follow=False)
+    try:
+        return store.export()
+    finally:
+        store.close()
 
 
 def _guarded(action: Callable[[], T]) -> T:
@@ -143,10 +194,30 @@ def _prune(args: argparse.Namespace) -> int:
     from movierec.index import prune_versions
 
     removed = _guarded(lambda: prune_versions(args.index, args.keep))
+    truncated = None if args.events is None else _truncate_events(args.events, args.index, quiet=True)
     if args.json:
-        print_json({"removed": removed})
+        print_json({"removed": removed} | ({} if truncated is None else {"events_truncated": truncated}))
     else:
         print(f"removed {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}")
+        if truncated is not None:
+            print(f"live events: {truncated} held by every remaining version, dropped from {args.events}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from movierec.index.rollback import rollback
+
+    _require_store(args.index)
+    moved = rollback(args.index, args.to)
+    if args.json:
+        print_json(moved.to_json())
+    elif moved.previous == moved.current:
+        print(f"CURRENT already points at {moved.current} (verified); nothing moved")
+    else:
+        print(
+            f"CURRENT: {moved.previous or '(none)'} -> {moved.current} (every checksum verified); running servers"
+            " swap to it on their next poll, and live events it lacks are still excluded"
+        )
     return 0
 
 

@@ -65,9 +65,18 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--events",
-        type=Path,
-        metavar="FILE",
-        help="interaction log for RecordInteractions (default: interactions.sqlite3 in the index store)",
+        type=_events_spec,
+        metavar="FILE|URL",
+        help="live events for RecordInteractions: a SQLite file (default: interactions.sqlite3 in the index "
+        "store), or redis://HOST:PORT/DB shared by every replica (run Redis with appendonly yes, appendfsync always)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="server processes sharing the port (SO_REUSEPORT), each on its own core; auto: one per CPU "
+        "(default 1: this process serves)",
     )
     parser.add_argument(
         "--poll",
@@ -187,7 +196,8 @@ def _serve(args: argparse.Namespace) -> int:
         grace_seconds=args.grace,
         max_batch_size=args.max_batch,
         ranked_depth=DEFAULT_RANKED_DEPTH if args.ranked_depth is None else args.ranked_depth,
-        events_path=args.events,
+        events_path=args.events if isinstance(args.events, Path) else None,
+        events_url=args.events if isinstance(args.events, str) else None,
         poll_seconds=args.poll,
         metrics_port=args.metrics_port,
         http_port=args.http_port,
@@ -198,8 +208,15 @@ def _serve(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise MovierecError("TLS needs both --tls-cert and --tls-key")
     check_index_path(args.index)
+    if args.workers > 1 and args.http_port is not None:
+        raise MovierecError("--http-port serves from one process: use it with --workers 1 (or run a replica for it)")
     try:
-        asyncio.run(serve(config, announce))
+        if args.workers > 1:
+            from movierec.server.workers import serve_workers
+
+            serve_workers(config, args.workers, announce)
+        else:
+            asyncio.run(serve(config, announce))
     except OSError as exc:
         raise MovierecError(str(exc)) from None
     return 0
@@ -220,6 +237,30 @@ def check_index_path(path: Path) -> None:
     if not path.exists():
         raise MovierecError("no such index store or version (build one with 'recctl index build')", path=path)
     read_manifest(resolve_version_dir(path), INDEX_KIND, verify=False)
+
+
+def _events_spec(text: str) -> str | Path:
+    """A Redis URL (checked now, so a typo fails before the port opens) or a file path."""
+    if not text.startswith(("redis://", "rediss://")):
+        return Path(text)
+    from movierec.server.redis_events import InvalidEventsUrl, parse_events_url
+
+    try:
+        parse_events_url(text)
+    except InvalidEventsUrl as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        from movierec.server.workers import auto_workers
+
+        return auto_workers()
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {value}")
+    return value
 
 
 def _port(text: str) -> int:

@@ -1,0 +1,228 @@
+"""``recctl serve --workers 2``: two processes on one port, each a whole server; metrics summed; events shared."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from bundle_factory import make_model_bundle, user_id_of_row
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import multiprocess
+from server_harness import ServeProcess
+
+from movierec.index import build_index
+from movierec.v1 import recommender_pb2 as pb
+from movierec.v1 import recommender_pb2_grpc as pb_grpc
+
+N_USERS = 40
+CONNECTIONS = 16  # SO_REUSEPORT hashes each connection to a worker: 16 reach both with probability 1 - 2**-15
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    build_index(
+        make_model_bundle(tmp_path / "model", n_users=N_USERS, n_items=90, dim=8, seen_per_user=6), tmp_path / "index"
+    )
+    return tmp_path / "index"
+
+
+@dataclass
+class Workers:
+    """A running ``recctl serve --workers 2`` and its lifecycle events by kind."""
+
+    serve: ServeProcess
+    events: dict[str, dict[str, Any]]
+
+    @property
+    def port(self) -> int:
+        return int(self.events["listening"]["port"])
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(pid) for pid in self.events["serving"]["pids"]]
+
+
+@pytest.fixture
+def workers(store: Path) -> Iterator[Workers]:
+    serve = ServeProcess(
+        "--index", str(store), "--workers", "2", "--metrics-port", "0", "--poll", "0.2", "--grace", "2"
+    )
+    events: dict[str, dict[str, Any]] = {}
+    try:
+        events = serve.wait_serving()
+        yield Workers(serve, events)
+    finally:
+        serve.close()  # SIGKILL of the parent: its workers are ended here too, so no test leaves one behind
+        for pid in events.get("serving", {}).get("pids", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def channels(port: int) -> list[grpc.Channel]:
+    """Separate connections (a channel option makes each its own subchannel, so its own TCP connection)."""
+    return [grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.channel_id", n)]) for n in range(CONNECTIONS)]
+
+
+def handled_by_pid(metrics_dir: str, pids: list[int]) -> dict[int, float]:
+    """Recommend calls each worker answered, read from its own multiprocess counter file."""
+    counts = {}
+    for pid in pids:
+        total = 0.0
+        files = [f"{metrics_dir}/counter_{pid}.db"]
+        for metric in multiprocess.MultiProcessCollector.merge(files):  # type: ignore[no-untyped-call]
+            for sample in metric.samples:
+                if sample.name == "grpc_server_handled_total" and sample.labels.get("grpc_method") == "Recommend":
+                    total += sample.value
+        counts[pid] = total
+    return counts
+
+
+def scrape(metrics_port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_every_worker_answers_with_health_and_reflection(
+    workers: Workers,
+) -> None:
+    serve, events = workers.serve, workers.events
+    port, pids = workers.port, workers.pids
+    assert len(pids) == 2 and serve.process.pid not in pids
+    opened = channels(port)
+    try:
+        for n, channel in enumerate(opened):
+            assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == (
+                health_pb2.HealthCheckResponse.SERVING
+            )
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            (answer,) = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            assert "movierec.v1.RecommenderService" in {s.name for s in answer.list_services_response.service}
+            for row in range(3):
+                pb_grpc.RecommenderServiceStub(channel).Recommend(
+                    pb.RecommendRequest(user_id=user_id_of_row((n + row) % N_USERS), k=5), timeout=5
+                )
+        per_worker = handled_by_pid(events["metrics"]["multiprocess_dir"], pids)
+        assert sum(per_worker.values()) == 3 * CONNECTIONS
+        assert min(per_worker.values()) > 0, per_worker  # the kernel spread the connections over both
+        exposed = scrape(events["metrics"]["metrics_port"])
+        summed = [
+            line
+            for line in exposed.splitlines()
+            if line.startswith("grpc_server_handled_total{") and 'grpc_method="Recommend"' in line
+        ]
+        assert summed and float(summed[0].rsplit(" ", 1)[1]) == 3 * CONNECTIONS  # one endpoint, both workers
+    finally:
+        for channel in opened:
+            channel.close()
+
+
+def test_an_event_recorded_on_one_worker_is_excluded_by_all_within_100_ms(
+    workers: Workers,
+) -> None:
+    events = workers.events
+    opened = channels(events["listening"]["port"])
+    try:
+        stubs = [pb_grpc.RecommenderServiceStub(channel) for channel in opened]
+        user = user_id_of_row(7)
+        for trial in range(3):
+            top = stubs[0].Recommend(pb.RecommendRequest(user_id=user, k=1), timeout=5).items[0].item_id
+            stubs[trial + 1].RecordInteractions(pb.RecordInteractionsRequest(user_id=user, item_ids=[top]), timeout=5)
+            time.sleep(0.1)
+            for stub in stubs:
+                answer = stub.Recommend(pb.RecommendRequest(user_id=user, k=20), timeout=5)
+                assert top not in [item.item_id for item in answer.items]
+    finally:
+        for channel in opened:
+            channel.close()
+
+
+def test_sigterm_drains_every_worker(workers: Workers) -> None:
+    serve = workers.serve
+    pids = workers.pids
+    serve.process.send_signal(signal.SIGTERM)
+    assert serve.process.wait(30) == 0
+    kinds = []
+    while not serve.events.empty():
+        kinds.append(serve.next_event(1)["event"])
+    assert kinds[-2:] == ["draining", "stopped"]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_new_version_reaches_every_worker(workers: Workers, store: Path, tmp_path: Path) -> None:
+    events = workers.events
+    old = events["serving"]["index_version"]
+    new = build_index(make_model_bundle(tmp_path / "model2", n_users=N_USERS, n_items=90, dim=8, seed=3), store).name
+    assert new != old
+    opened = channels(events["listening"]["port"])
+    try:
+        deadline = time.monotonic() + 20
+        versions: set[str] = set()
+        while time.monotonic() < deadline:
+            versions = {
+                pb_grpc.RecommenderServiceStub(c).GetInfo(pb.GetInfoRequest(), timeout=5).index_version for c in opened
+            }
+            if versions == {new}:
+                break
+            time.sleep(0.1)
+        assert versions == {new}
+    finally:
+        for channel in opened:
+            channel.close()
+
+
+def test_a_dead_worker_is_replaced(workers: Workers) -> None:
+    serve, events = workers.serve, workers.events
+    pids = workers.pids
+    os.kill(pids[0], signal.SIGKILL)
+    port = events["listening"]["port"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the survivor answers meanwhile, and a new worker joins
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            pb_grpc.RecommenderServiceStub(channel).GetInfo(pb.GetInfoRequest(), timeout=5, wait_for_ready=True)
+        children = Path(f"/proc/{serve.process.pid}/task/{serve.process.pid}/children").read_text().split()
+        alive = [int(pid) for pid in children if int(pid) != pids[0]]
+        if len(alive) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(alive) >= 2
+
+
+def _pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Pss line for {pid}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").is_file(), reason="PSS is read from Linux's smaps_rollup")
+def test_two_workers_cost_at_most_1_6_times_one_server_in_memory(tmp_path: Path) -> None:
+    """Summed PSS of the parent and both workers against one ordinary server on the same index (big enough that
+    its arrays matter): the index is loaded once before the fork and the bundle arrays are memory-mapped, so the
+    second worker costs little more than its own interpreter state."""
+    model = make_model_bundle(tmp_path / "model", n_users=3000, n_items=2000, dim=32, seen_per_user=50)
+    store = build_index(model, tmp_path / "index").parent
+    measured = []
+    for args in (("--workers", "2"), ()):
+        serve = ServeProcess("--index", str(store), "--poll", "0", *args)
+        try:
+            events = serve.wait_serving()
+            time.sleep(0.5)
+            measured.append(sum(_pss_kib(pid) for pid in [serve.process.pid, *events["serving"].get("pids", [])]))
+        finally:
+            serve.close()
+    together, one = measured
+    assert together <= 1.6 * one, (together, one)
