@@ -13,6 +13,8 @@ messages for a flood of unknown genres.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_harness import ServerThread, make_index
+from server_harness import RECCTL, ServerThread, make_index
 
 from movierec.errors import MovierecError
 from movierec.server.admission import (
@@ -380,6 +382,42 @@ def test_300k_unknown_genres_get_a_short_invalid_argument_naming_the_field(index
             assert "'nope-1', 'nope-2', 'nope-3' and 1 more" in details and "nope-4" not in details
     finally:
         server.stop()
+
+
+def test_a_refused_version_is_reported_without_server_paths(tmp_path: Path) -> None:
+    """A damaged version's BundleError names files by absolute path in the server's log; a client sees none."""
+    root = make_index(tmp_path, n_users=N_USERS, n_items=N_ITEMS, dim=4, seen_per_user=5)
+    shutil.copytree(root / "v0001", root / "v0002")
+    with (root / "v0002" / "index.faiss").open("ab") as damaged:
+        damaged.write(b"tampered")
+    server = started(ServerConfig(index_path=root, poll_seconds=0))
+    (root / "CURRENT").write_text("v0002\n")
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            reload = stub.ReloadIndex(pb.ReloadIndexRequest(), timeout=30)
+            info = stub.GetInfo(pb.GetInfoRequest(), timeout=5)
+    finally:
+        server.stop()
+    assert not reload.swapped and "index.faiss" in reload.error and info.last_reload_error
+    for reported in (reload.error, info.last_reload_error):
+        assert str(tmp_path) not in reported and "/tmp/" not in reported, reported
+
+
+def test_a_short_token_stops_recctl_serve_before_it_listens(tmp_path: Path, index_root: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("short-token\n")
+    done = subprocess.run(
+        [RECCTL, "serve", "--index", str(index_root), "--port", "0", "--token-file", str(token)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "listening" not in done.stdout
+    assert done.stderr.strip().splitlines() == [
+        f"recctl: error: the token is 11 characters; at least {MIN_TOKEN_LENGTH} are required "
+        "(e.g. 'openssl rand -hex 16' makes 32)"
+    ]
 
 
 def _detail(error: grpc.RpcError, kind: type[Any]) -> Any:
