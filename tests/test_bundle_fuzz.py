@@ -30,6 +30,7 @@ from movierec.bundle import MANIFEST_NAME, read_model_bundle
 from movierec.errors import BundleError
 from movierec.index import build_index, open_index
 from movierec.index.events import SeenEvents
+from movierec.v1 import recommender_pb2 as pb
 
 EXAMPLES = int(os.environ.get("MOVIEREC_FUZZ_EXAMPLES", "120"))
 """Examples per test; raise it for a longer hunt (``MOVIEREC_FUZZ_EXAMPLES=5000``)."""
@@ -156,19 +157,22 @@ def file_damage(draw: st.DrawFn) -> tuple[int, FileDamage]:
     if kind == "json":
         value = draw(json_values)
         key = draw(st.sampled_from(["titles", "years", "genres", "recall@10", "model"]))
-        whole = draw(st.booleans())
+        mode = draw(st.sampled_from(["whole", "key", "element"]))
+        text = draw(st.text(max_size=4) | st.just("\ud800"))  # JSON may carry a lone surrogate
 
         def rewrite(root: Path, name: str) -> None:
             try:
                 current = read_json(root / name)
             except ValueError:
                 current = None
-            if not whole and isinstance(current, dict):
+            if mode == "whole" or not isinstance(current, dict):
+                current = value
+            elif mode == "key":
                 current[key] = value
-                value_out: Any = current
-            else:
-                value_out = value
-            write_json(root / name, value_out)
+            elif isinstance(current.get(key), list) and current[key]:  # one entry of titles/years/genres
+                entries = current[key]
+                entries[int(fraction * len(entries))] = draw_like(entries[0], value, text)
+            write_json(root / name, current)
 
         return pick, rewrite
     if kind == "retype":
@@ -182,6 +186,17 @@ def file_damage(draw: st.DrawFn) -> tuple[int, FileDamage]:
         return pick, lambda root, name: _change_array(root / name, lambda a: _reorder(a, how) if a.ndim else a)
     value = draw(array_values)
     return pick, lambda root, name: _change_array(root / name, lambda a: _set_value(a, fraction, value))
+
+
+def draw_like(example: Any, value: Any, text: str) -> Any:
+    """A replacement for one list entry: odd text where text was, a large year where one was, else ``value``."""
+    if isinstance(example, str):
+        return text
+    if isinstance(example, int) and isinstance(value, int):
+        return value * 2**32
+    if isinstance(example, list):
+        return [text]
+    return value
 
 
 @st.composite
@@ -274,5 +289,9 @@ def test_a_damaged_index_version_opens_and_serves_or_is_a_bundle_error(
             return
         event("loaded")
         served.warm_up()  # whatever opens must answer every kind of query
+        for item in served.catalog():  # ... and each of its items must fit in an answer on the wire
+            pb.RecommendedItem(
+                item_id=item.item_id, title=item.title, genres=item.genres, year=item.year
+            ).SerializeToString()
         if served.n_users:
             assert len(served.recommend([0], 3)[0]) == min(3, served.n_items - served.seen_rows(0).size)

@@ -37,6 +37,8 @@ from movierec.errors import BundleError
 
 MODEL_KIND = "model"
 CSR_NAMES = ("seen", "train", "valid", "test")
+YEAR_MIN, YEAR_MAX = -(2**31), 2**31 - 1
+"""A year travels as a protobuf ``int32``: one outside it could not be put in any answer."""
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,17 @@ class ModelBundle:
             return ["items.json does not have one entry per item"]
         if not all(isinstance(title, str) for title in items.titles):
             return ["items.json: a title is not a string"]
-        if not all(year is None or (isinstance(year, int) and not isinstance(year, bool)) for year in items.years):
-            return ["items.json: a year is neither an integer nor null"]
+        if not all(
+            year is None or (isinstance(year, int) and not isinstance(year, bool) and YEAR_MIN <= year <= YEAR_MAX)
+            for year in items.years
+        ):
+            return [f"items.json: a year is neither null nor an integer in [{YEAR_MIN}, {YEAR_MAX}]"]
         if not all(isinstance(g, list) and all(isinstance(name, str) for name in g) for g in items.genres):
             return ["items.json: genres are not lists of strings"]
+        try:  # JSON can carry lone surrogates; no answer holding such a title could be sent
+            "\n".join([*items.titles, *(name for names in items.genres for name in names)]).encode("utf-8")
+        except UnicodeEncodeError:
+            return ["items.json: a title or genre is not valid Unicode text (a lone surrogate)"]
         return []
 
 
