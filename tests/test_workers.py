@@ -226,3 +226,28 @@ def test_two_workers_cost_at_most_1_6_times_one_server_in_memory(tmp_path: Path)
             serve.close()
     together, one = measured
     assert together <= 1.6 * one, (together, one)
+
+
+def test_processes_sharing_a_log_file_see_each_others_events_within_100_ms(tmp_path: Path) -> None:
+    """SharedFileLog, the SQLite log as every worker reads it: another writer's events arrive within one poll,
+    the newest event of an item wins whoever wrote it, and a truncation is forgotten where it was made."""
+    from movierec.server.event_stores import SharedFileLog
+
+    path = tmp_path / "events.sqlite3"
+    with SharedFileLog(path) as one, SharedFileLog(path) as other:
+        one.record(7, [10, 11], [5.0, 5.0])
+        acknowledged = time.perf_counter()
+        while other.extra_seen(7).tolist() != [10, 11]:
+            assert time.perf_counter() - acknowledged < 0.1, "not seen within 100 ms"
+            time.sleep(0.002)
+        assert other.liked(7).tolist() == [10, 11]
+        last = other.record(7, [10], [1.0])  # re-rated elsewhere: no longer liked, still seen
+        assert other.liked(7).tolist() == [11]
+        deadline = time.perf_counter() + 0.1
+        while one.liked(7).tolist() != [11]:
+            assert time.perf_counter() < deadline, "the newer rating did not reach the other process"
+            time.sleep(0.002)
+        assert one.last_offset == other.last_offset == last
+        one.truncate_through(last - 1)  # [11] is in an index now; 10's newest event (at `last`) is not
+        assert one.extra_seen(7).tolist() == [10]
+        assert other.extra_seen(7).tolist() == [10, 11]  # until it swaps to that index and truncates too
