@@ -46,15 +46,6 @@ def is_redis_url(spec: str | Path) -> bool:
     return isinstance(spec, str) and spec.startswith(REDIS_SCHEMES)
 
 
-def describe(spec: str | Path) -> str:
-    """The spec for logs and messages: a Redis URL without its password, or the file path."""
-    if is_redis_url(spec):
-        from movierec.server.redis_events import parse_events_url
-
-        return parse_events_url(str(spec)).display
-    return str(spec)
-
-
 def open_event_store(spec: str | Path, *, replay_after: int = 0, follow: bool = True) -> LiveEventStore:
     """The store ``spec`` names, replayed after ``replay_after`` (the offset the served index has compacted).
 
@@ -83,22 +74,23 @@ def store_error(store: LiveEventStore) -> str | None:
 async def watch_store_health(
     store: LiveEventStore, on_change: Callable[[str | None], object], period_s: float = HEALTH_CHECK_S
 ) -> None:
-    """Call ``on_change(error or None)`` at start and whenever the store's health changes, until cancelled.
+    """Call ``on_change(error or None)`` at start and whenever the store turns unusable or usable again, until
+    cancelled.
 
     Logged once per change: a Redis outage is one error line and one recovery line, not one per poll.
     """
-    reported: object = object()  # nothing reported yet
+    usable: bool | None = None  # not reported yet
     while True:
         error = store_error(store)
-        if error != reported:
+        if (error is None) != usable:
             if error is not None:
                 logger.error("live events unavailable: %s (RecordInteractions answers UNAVAILABLE)", error)
-            elif reported is not None and isinstance(reported, str):
+            elif usable is not None:
                 logger.warning("live events available again")
             result = on_change(error)
             if asyncio.iscoroutine(result):
                 await result
-            reported = error
+            usable = error is None
         await asyncio.sleep(period_s)
 
 
