@@ -66,8 +66,9 @@ UNIT_ROUNDOFF = 2.0**-24
 # Absolute slack per dimension for products and sums that underflow into subnormals (2**-150 each, x2 for
 # the two evaluations, x2 for the two operations, with room to spare).
 SUBNORMAL_SLACK = 2.0**-140
-# (query, item) pairs scored exactly at once: bounds the products' memory to PAIR_SLICE x dim float32, twice.
-PAIR_SLICE = 1 << 16
+# Bytes of products scored exactly at once: small enough to stay in a core's cache while each dimension is
+# added (5x faster than 16 MiB slices on a 64-d catalogue, measured with benchmarks/serving_scale.py's build).
+PAIR_SLICE_BYTES = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -125,15 +126,16 @@ def exact_scores(
     out = np.zeros(count, dtype=np.float32)
     if queries.shape[1] == 0:
         return out
+    dim = queries.shape[1]
+    step = max(1, PAIR_SLICE_BYTES // (4 * dim))
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        for start in range(0, count, PAIR_SLICE):
-            stop = min(count, start + PAIR_SLICE)
+        for start in range(0, count, step):
+            stop = min(count, start + step)
             products = queries[query_index[start:stop]] * items[item_index[start:stop]]
-            by_dimension = np.ascontiguousarray(products.T)
-            total = by_dimension[0].copy()
-            for column in by_dimension[1:]:
-                np.add(total, column, out=total)
-            out[start:stop] = total
+            total = out[start:stop]
+            total[:] = products[:, 0]
+            for d in range(1, dim):
+                np.add(total, products[:, d], out=total)
     return out
 
 
@@ -194,8 +196,7 @@ def shortlists(
         allowed = np.ones(scores.shape, dtype=bool)
         allowed.reshape(-1)[cells] = False
     _flat_view(scores)[cells] = -np.inf
-    pivot = n_items - width
-    thresholds = np.partition(scores, pivot, axis=1)[:, pivot]
+    thresholds = _kth_largest(scores, width)
     if margins is not None:
         thresholds = lowered(thresholds, margins)
     picks = []
@@ -207,6 +208,19 @@ def shortlists(
             picked = row >= thresholds[q] if thresholds[q] > -np.inf else row > -np.inf
         picks.append(np.flatnonzero(picked))
     return picks
+
+
+def _kth_largest(scores: npt.NDArray[np.float32], width: int) -> npt.NDArray[np.float32]:
+    """The ``width``-th largest score of each row, partitioning one row at a time in a reused buffer: a copy of
+    the whole block would double its memory and, freshly allocated per block, page-fault through it."""
+    pivot = scores.shape[1] - width
+    buffer = np.empty(scores.shape[1], dtype=np.float32)
+    thresholds = np.empty(scores.shape[0], dtype=np.float32)
+    for q, row in enumerate(scores):
+        np.copyto(buffer, row)
+        buffer.partition(pivot)
+        thresholds[q] = buffer[pivot]
+    return thresholds
 
 
 def lowered(thresholds: npt.NDArray[np.float32], margins: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
