@@ -32,7 +32,7 @@ def reseal(directory: Path) -> None:
     try:
         raw = read_json(path)
         entries = raw["files"].items()
-    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError):
         return
     for rel, entry in entries:
         file = directory / str(rel)
@@ -49,7 +49,7 @@ def reseal_version(version: Path) -> None:
         raw = read_json(version / MANIFEST_NAME)
         raw["meta"]["source_model"]["manifest_sha256"] = sha256_file(model / MANIFEST_NAME)
         write_json(version / MANIFEST_NAME, raw)
-    except (ValueError, KeyError, TypeError, OSError):
+    except (ValueError, KeyError, TypeError, OSError, RecursionError):
         pass
     reseal(version)
 

@@ -332,3 +332,28 @@ def test_an_unreadable_current_pointer_is_a_bundle_error(tmp_path: Path, content
     (tmp_path / "CURRENT").write_bytes(content)
     with pytest.raises(BundleError, match="CURRENT"):
         store.current()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("manifest.json", "[" * 100_000 + "]" * 100_000, "unreadable manifest \\(RecursionError"),
+        ("metrics.json", "[" * 100_000 + "]" * 100_000, "metrics.json: not valid JSON \\(RecursionError"),
+        ("metrics.json", '{"a": ' + "[" * 40 + "]" * 40 + "}", "metrics holds nested deeper than 32 levels"),
+        ("metrics.json", '{"recall@20": 1' + "0" * 400 + "}", "metrics holds an integer beyond the range of a float"),
+        ("config.json", '{"model": "\\ud800"}', "config holds text that is not valid Unicode"),
+    ],
+)
+def test_json_that_could_not_be_sent_or_printed_is_refused(tmp_path: Path, name: str, text: str, message: str) -> None:
+    bundle = _written(tmp_path)
+    (bundle / name).write_text(text)
+    reseal(bundle)
+    _refused(bundle, message)
+
+
+def test_a_manifest_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
+    bundle = _written(tmp_path)
+    raw = read_json(bundle / "manifest.json")
+    raw["meta"]["dataset"]["name"] = "\ud800"
+    write_json(bundle / "manifest.json", raw)
+    _refused(bundle, "unreadable manifest \\(text that is not valid Unicode")

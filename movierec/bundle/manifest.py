@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -14,6 +15,9 @@ from movierec.errors import BundleError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+JSON_MAX_DEPTH = 32
+"""Deepest nesting accepted in a bundle's JSON: far more than any writer here produces, far less than a stack."""
+_FLOAT_MAX = int(sys.float_info.max)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -76,10 +80,9 @@ def read_manifest(directory: Path, kind: str, *, verify: bool = True) -> Manifes
     if not path.is_file():
         raise BundleError(f"not a {kind} bundle: {MANIFEST_NAME} is missing", path=directory)
     _check_inside(directory, path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise BundleError(f"unreadable manifest ({exc})", path=path) from None
+    raw = load_json(path, "unreadable manifest")
+    if (why := plain_json_problem(raw)) is not None:
+        raise BundleError(f"unreadable manifest ({why})", path=path)
     manifest = _parse(raw, path)
     if manifest.kind != kind:
         raise BundleError(f"is a {manifest.kind!r} bundle, expected {kind!r}", path=directory)
@@ -101,6 +104,43 @@ def read_manifest(directory: Path, kind: str, *, verify: bool = True) -> Manifes
             if sha256_file(file) != entry["sha256"]:
                 raise BundleError("checksum mismatch: the file was altered after the bundle was written", path=file)
     return manifest
+
+
+def load_json(path: Path, what: str = "not valid JSON") -> Any:
+    """``path`` parsed as UTF-8 JSON; BundleError ``what (reason)`` for a file that is not (nesting too deep
+    for the parser included: json raises RecursionError, not a ValueError, for that)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError("missing from the bundle", path=path) from None
+    except (ValueError, OSError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError are ValueErrors
+        raise BundleError(f"{what} ({type(exc).__name__}: {str(exc)[:200]})", path=path) from None
+
+
+def plain_json_problem(value: Any, depth: int = 0) -> str | None:
+    """Why parsed JSON could not travel on (protobuf) or be printed, or None: a lone surrogate in a string or
+    key (JSON's ``\\ud800`` escape allows one), an integer past float range, nesting past
+    :data:`JSON_MAX_DEPTH`."""
+    if depth > JSON_MAX_DEPTH:
+        return f"nested deeper than {JSON_MAX_DEPTH} levels"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text that is not valid Unicode (a lone surrogate)"
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _FLOAT_MAX:
+        return "an integer beyond the range of a float"
+    if isinstance(value, dict):
+        children: list[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        children = value
+    else:
+        return None
+    for child in children:
+        if (why := plain_json_problem(child, depth + 1)) is not None:
+            return why
+    return None
 
 
 def listed_file(manifest: Manifest, directory: Path, name: str) -> Path:

@@ -31,7 +31,15 @@ import numpy.typing as npt
 
 from movierec.bundle.atomic import staged_directory
 from movierec.bundle.csr import CSR
-from movierec.bundle.manifest import MANIFEST_NAME, Manifest, listed_file, read_manifest, write_manifest
+from movierec.bundle.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    listed_file,
+    load_json,
+    plain_json_problem,
+    read_manifest,
+    write_manifest,
+)
 from movierec.bundle.npy import read_npy
 from movierec.errors import BundleError
 
@@ -102,8 +110,11 @@ class ModelBundle:
             elif (why := csr.validate()) is not None:
                 problems.append(f"{name}: {why}")
         for name in ("config", "metrics", "dataset"):
-            if not isinstance(getattr(self, name), dict):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
                 problems.append(f"{name} is not a JSON object")
+            elif (why := plain_json_problem(value)) is not None:  # metrics go out in GetInfo, all are printed
+                problems.append(f"{name} holds {why}")
         if problems:
             raise BundleError("inconsistent model bundle: " + "; ".join(problems))
 
@@ -258,10 +269,4 @@ def _meta_count(manifest: Manifest, key: str, directory: Path) -> int:
 
 
 def _load_json(manifest: Manifest, directory: Path, name: str) -> Any:
-    path = listed_file(manifest, directory, name)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError("missing from the bundle", path=path) from None
-    except (ValueError, OSError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise BundleError(f"not valid JSON ({exc})", path=path) from None
+    return load_json(listed_file(manifest, directory, name))
