@@ -13,9 +13,9 @@ What the workers share:
 
 * the index: the parent loads (and verifies) the first version once, before
   it forks, so every worker starts with it in pages shared copy-on-write
-  (the ranked prefixes and other bundle arrays are memory-mapped files, shared
-  by every process that maps them, including versions each worker loads itself
-  on a hot swap); the parent drops its own reference once all serve;
+  (the stored ranked prefixes, the biggest part, are memory-mapped files,
+  shared by every process that maps them, also in versions each worker loads
+  itself on a hot swap); the parent drops its own reference once all serve;
 * live events: the SQLite log by file, each worker polling it for the others'
   events (:class:`movierec.server.event_stores.SharedFileLog`, ~20 ms), or
   Redis (``--events redis://...``);

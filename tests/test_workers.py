@@ -211,8 +211,8 @@ def _pss_kib(pid: int) -> int:
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").is_file(), reason="PSS is read from Linux's smaps_rollup")
 def test_two_workers_cost_at_most_1_6_times_one_server_in_memory(tmp_path: Path) -> None:
     """Summed PSS of the parent and both workers against one ordinary server on the same index (big enough that
-    its arrays matter): the index is loaded once before the fork and the bundle arrays are memory-mapped, so the
-    second worker costs little more than its own interpreter state."""
+    its arrays matter): the index is loaded once before the fork (and its ranked prefixes are memory-mapped), so
+    the second worker costs little more than its own interpreter state."""
     model = make_model_bundle(tmp_path / "model", n_users=3000, n_items=2000, dim=32, seen_per_user=50)
     store = build_index(model, tmp_path / "index").parent
     measured = []
