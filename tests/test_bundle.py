@@ -357,3 +357,13 @@ def test_a_manifest_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
     raw["meta"]["dataset"]["name"] = "\ud800"
     write_json(bundle / "manifest.json", raw)
     _refused(bundle, "unreadable manifest \\(text that is not valid Unicode")
+
+
+@pytest.mark.parametrize("name", ["v١٢٣٤", "v0001\n", "v" + "1" * 200, "v12"])
+def test_only_plain_version_names_are_versions(tmp_path: Path, name: str) -> None:
+    store = VersionedStore(tmp_path)
+    write_model_bundle(_bundle(), store.path("v0001"))
+    (tmp_path / name).mkdir()
+    assert store.versions() == ["v0001"] and store.next_version() == "v0002"
+    with pytest.raises(BundleError, match="not a version name"):
+        store.path(name)

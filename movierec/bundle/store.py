@@ -16,7 +16,8 @@ from movierec.errors import BundleError
 POINTER_NAME = "CURRENT"
 POINTER_MAX_BYTES = 64
 """A version name and a newline; a longer pointer is not one, and is not read whole."""
-_VERSION = re.compile(r"^v(\d{4,})$")
+# The whole name, ASCII digits only: ``\d`` takes any script's digits and ``$`` a trailing newline.
+_VERSION = re.compile(r"v([0-9]{4,12})")
 
 
 class VersionedStore:
@@ -27,7 +28,7 @@ class VersionedStore:
         """Complete versions, oldest first (staging directories are hidden and never listed)."""
         if not self.root.is_dir():
             return []
-        found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+        found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)]
         return sorted(found, key=lambda name: int(name[1:]))
 
     def next_version(self) -> str:
@@ -36,7 +37,7 @@ class VersionedStore:
         return f"v{number:04d}"
 
     def path(self, version: str) -> Path:
-        if not _VERSION.match(version):
+        if not _VERSION.fullmatch(version):
             raise BundleError(f"{version!r} is not a version name like v0001", path=self.root)
         return self.root / version
 
@@ -48,7 +49,7 @@ class VersionedStore:
             version = pointer.read_bytes()[:POINTER_MAX_BYTES].decode("ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise BundleError(f"{POINTER_NAME} is unreadable ({exc})", path=pointer) from None
-        if not _VERSION.match(version) or not (self.root / version).is_dir():
+        if not _VERSION.fullmatch(version) or not (self.root / version).is_dir():
             raise BundleError(f"{POINTER_NAME} points at {version!r}, which is not a version here", path=pointer)
         return version
 
