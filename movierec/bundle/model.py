@@ -5,8 +5,8 @@ Layout (all arrays little-endian ``.npy``):
 =====================  =====================================================
 ``user_vectors.npy``   float32 [n_users, dim] — dot with item vectors = score
 ``item_vectors.npy``   float32 [n_items, dim]
-``user_ids.npy``       int64 [n_users] — dataset user id of each row
-``item_ids.npy``       int64 [n_items] — dataset movie id of each row
+``user_ids.npy``       int64 [n_users] — dataset user id of each row, strictly ascending
+``item_ids.npy``       int64 [n_items] — dataset movie id of each row, strictly ascending
 ``items.json``         titles, years (null if unknown), genres, per item row
 ``seen_*.npy``         CSR of every item each user rated, whatever the rating
 ``train_*.npy``        CSR of training positives (masked in evaluation)
@@ -16,6 +16,12 @@ Layout (all arrays little-endian ``.npy``):
 ``metrics.json``       evaluation results
 ``manifest.json``      format version, dataset checksum, created time, file checksums
 =====================  =====================================================
+
+Reading trusts nothing: every file opened must be listed in the manifest, every
+array's dtype, dimensions and size are checked from its header before it is
+read, and :meth:`ModelBundle.check` holds the rest (row counts, id order, CSR
+structure, finite vectors, typed ``items.json``, plain JSON), so a damaged or
+hostile bundle is a :class:`~movierec.errors.BundleError` and nothing else.
 """
 
 from __future__ import annotations
