@@ -40,7 +40,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -65,7 +65,7 @@ DEFAULT_LIKE_THRESHOLD = 4.0
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _BUSY_TIMEOUT_S = 30.0
-_REPLAY_BATCH = 65_536
+_REPLAY_BATCH = 262_144
 _PURGE_EVERY = 1024
 """Forget expired request ids once per this many stored calls (one indexed DELETE)."""
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -173,6 +173,7 @@ class InteractionLog:
         self._conn = _connect(self.path)
         self._views: dict[int, _UserView] = {}
         self._last_offset = 0
+        self._read_through = 0  # every event at or below it has been read from the file (replay, refresh)
         self._calls_since_purge = 0
         try:
             with self._write_lock:
@@ -415,6 +416,30 @@ class InteractionLog:
             raise InteractionLogError(f"could not replay the log ({exc})", path=self.path) from None
         self._views = _views_of(*columns, self.like_threshold)
         self._last_offset = top
+        self._read_through = max(after, int(columns[0][-1]) if columns[0].size else 0)
+
+    def refresh(self) -> int:
+        """Apply the events other processes appended to the file since this instance last read it; how many.
+
+        For several processes serving from one file (``recctl serve --workers``):
+        a follower calls it every few milliseconds; with nothing new it is one
+        indexed range read. Events this instance recorded itself come back too
+        and change nothing (an item keeps its highest-offset event).
+        """
+        with self._write_lock:
+            try:
+                offsets, users, items, ratings = _read_columns(self._conn, self._read_through)
+            except sqlite3.Error as exc:
+                raise InteractionLogError(f"could not read new interactions ({exc})", path=self.path) from None
+            if not offsets.size:
+                return 0
+            for user, fresh in _views_of(offsets, users, items, ratings, self.like_threshold).items():
+                self._views[user] = _merged(
+                    self._views.get(user), fresh.seen, fresh.ratings, fresh.offsets, self.like_threshold
+                )
+            self._read_through = int(offsets[-1])
+            self._last_offset = max(self._last_offset, self._read_through)
+        return int(offsets.size)
 
     def _forget_through(self, offset: int) -> None:
         """Drop items whose latest event is at or below ``offset``, then swap the views in at once.
@@ -436,23 +461,36 @@ class InteractionLog:
 def _read_columns(
     conn: sqlite3.Connection, after: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Offsets, users, items and ratings (NaN: none) of the events after ``after``, in offset order."""
-    cursor = conn.execute("SELECT seq, user_id, item_id, rating FROM interactions WHERE seq > ? ORDER BY seq", (after,))
-    parts: list[tuple[npt.NDArray[np.int64], ...]] = []
-    ratings: list[npt.NDArray[np.float64]] = []
-    for batch in _batches(cursor):
-        seqs, users, items, rates = zip(*batch, strict=True)
-        parts.append(tuple(np.array(column, dtype=np.int64) for column in (seqs, users, items)))
-        ratings.append(np.array(rates, dtype=np.float64))  # None -> NaN
+    """Offsets, users, items and ratings (NaN: none) of the events after ``after``, in offset order.
+
+    SQLite builds each chunk of 262,144 rows into two comma-separated strings
+    (``group_concat``) and numpy parses them in C: no Python object per row
+    (creating them was most of the cost), ~40 bytes an event while reading.
+    Ratings travel as ``%.17g``, which round-trips every double.
+    """
+    parts: list[npt.NDArray[np.int64]] = []
+    rating_parts: list[npt.NDArray[np.float64]] = []
+    while True:
+        ids, ratings, last = conn.execute(
+            "SELECT group_concat(seq || ',' || user_id || ',' || item_id),"
+            " group_concat(CASE WHEN rating IS NULL THEN 'nan' ELSE printf('%.17g', rating) END), max(seq)"
+            " FROM (SELECT seq, user_id, item_id, rating FROM interactions WHERE seq > ? ORDER BY seq LIMIT ?)",
+            (after, _REPLAY_BATCH),
+        ).fetchone()
+        if last is None:
+            break
+        parts.append(np.fromstring(ids, dtype=np.int64, sep=",").reshape(-1, 3))
+        rating_parts.append(np.fromstring(ratings, dtype=np.float64, sep=","))
+        if parts[-1].shape[0] != rating_parts[-1].shape[0]:
+            raise sqlite3.DatabaseError("the log's rows could not be read back whole")
+        after = int(last)
     if not parts:
         return _EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=np.float64)
-    seqs_all, users_all, items_all = (np.concatenate([part[k] for part in parts]) for k in range(3))
-    return seqs_all, users_all, items_all, np.concatenate(ratings)
-
-
-def _batches(cursor: sqlite3.Cursor) -> Iterator[list[tuple[int, int, int, float | None]]]:
-    while batch := cursor.fetchmany(_REPLAY_BATCH):
-        yield batch
+    rows, all_ratings = np.concatenate(parts), np.concatenate(rating_parts)
+    if not (np.diff(rows[:, 0]) > 0).all():  # group_concat keeps the scan's order; never trust it blindly
+        order = np.argsort(rows[:, 0], kind="stable")
+        rows, all_ratings = rows[order], all_ratings[order]
+    return rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), all_ratings
 
 
 def _views_of(
@@ -462,10 +500,10 @@ def _views_of(
     ratings: npt.NDArray[np.float64],
     like_threshold: float,
 ) -> dict[int, _UserView]:
-    """Every user's view from events in offset order: the latest event of each (user, item) wins."""
+    """Every user's view from events in offset order: the latest (last) event of each (user, item) wins."""
     if not offsets.size:
         return {}
-    order = np.lexsort((offsets, items, users))  # by user, then item, then offset
+    order = np.lexsort((items, users))  # by user, then item; stable, so offset order within a pair
     users, items, ratings, offsets = users[order], items[order], ratings[order], offsets[order]
     last_of_pair = np.ones(users.shape, dtype=bool)
     last_of_pair[:-1] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
@@ -496,26 +534,37 @@ def _merged(
     offsets: npt.NDArray[np.int64],
     like_threshold: float,
 ) -> _UserView:
-    """``view`` with one call's events folded in: binary search + insert, never a sort of the whole history."""
-    # Within a call the last event of an item wins: unique over the reversed call keeps each item's last one.
-    unique_items, last = np.unique(items[::-1], return_index=True)
-    new_ratings, new_offsets = ratings[::-1][last], offsets[::-1][last]
+    """``view`` with one call's events folded in: a binary search and one copy, never a sort of the history."""
+    if items.shape[0] > 1:  # within a call the last event of an item wins (unique over the reversed call)
+        items, last = np.unique(items[::-1], return_index=True)
+        ratings, offsets = ratings[::-1][last], offsets[::-1][last]
     if view is None:
-        return _view(unique_items, new_ratings, new_offsets, like_threshold)
-    held = view.seen.shape[0]
-    positions = np.searchsorted(view.seen, unique_items)
+        return _view(items, ratings, offsets, like_threshold)
+    seen, held = view.seen, view.seen.shape[0]
+    positions = seen.searchsorted(items)
     present = positions < held
-    present[present] = view.seen[positions[present]] == unique_items[present]
-    merged_ratings, merged_offsets = view.ratings.copy(), view.offsets.copy()
-    merged_ratings[positions[present]] = new_ratings[present]
-    merged_offsets[positions[present]] = new_offsets[present]
+    present[present] = seen[positions[present]] == items[present]
+    merged_ratings, merged_offsets = view.ratings, view.offsets
+    newer = present.copy()  # an event applied twice, or after a newer one (refresh), changes nothing
+    newer[present] = offsets[present] > merged_offsets[positions[present]]
+    if newer.any():  # re-recorded items: their latest rating and offset change in place (in a copy)
+        merged_ratings, merged_offsets = merged_ratings.copy(), merged_offsets.copy()
+        merged_ratings[positions[newer]] = ratings[newer]
+        merged_offsets[positions[newer]] = offsets[newer]
     fresh = ~present
-    return _view(
-        np.insert(view.seen, positions[fresh], unique_items[fresh]),
-        np.insert(merged_ratings, positions[fresh], new_ratings[fresh]),
-        np.insert(merged_offsets, positions[fresh], new_offsets[fresh]),
-        like_threshold,
-    )
+    n_fresh = int(np.count_nonzero(fresh))
+    if not n_fresh:
+        return _view(seen, merged_ratings, merged_offsets, like_threshold)
+    slots = positions[fresh] + np.arange(n_fresh)  # where each new item lands in the merged arrays
+    old = np.ones(held + n_fresh, dtype=bool)
+    old[slots] = False
+    columns = []
+    for current, new in ((seen, items), (merged_ratings, ratings), (merged_offsets, offsets)):
+        column = np.empty(held + n_fresh, dtype=current.dtype)
+        column[old] = current
+        column[slots] = new[fresh]
+        columns.append(column)
+    return _view(columns[0], columns[1], columns[2], like_threshold)
 
 
 def _view(

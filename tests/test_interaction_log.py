@@ -419,3 +419,17 @@ def test_a_version_1_log_is_upgraded_in_place_with_its_truncation_point(log_path
         assert log.truncated_through == 2
         assert log.extra_seen(1).tolist() == [30, 40, 50]
         assert log.record(1, [60], request_id="r") == 6
+
+
+def test_refresh_applies_other_processes_events_once_and_keeps_each_items_newest(log_path: Path) -> None:
+    with InteractionLog(log_path) as first, InteractionLog(log_path) as second:
+        first.record(1, [10, 20], ratings=[5.0, 5.0])
+        second.record(1, [20], ratings=[1.0])  # newer: 20 is no longer liked
+        assert first.refresh() == 3 and second.refresh() == 3  # own events come back and change nothing
+        assert first.refresh() == 0
+        for log in (first, second):
+            assert log.extra_seen(1).tolist() == [10, 20]
+            assert log.liked(1).tolist() == [10]
+        first.record(2, [30])
+        second.refresh()
+        assert second.extra_seen(2).tolist() == [30] and second.last_offset == first.last_offset
