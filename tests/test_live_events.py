@@ -201,3 +201,36 @@ def test_a_new_user_with_only_disliked_events_is_not_found_with_a_reason(stub: p
     with pytest.raises(grpc.RpcError) as missing:
         stub.Recommend(pb.RecommendRequest(user_id=NEW_USER, k=K), timeout=5)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "no liked movie" in (missing.value.details() or "")
+
+
+def test_a_retried_record_call_is_stored_once_and_acknowledged_the_same(
+    server: ServerThread, stub: pb_grpc.RecommenderServiceStub
+) -> None:
+    user, items = user_id_of_row(3), [item_id_of_row(4), item_id_of_row(6)]
+    request = pb.RecordInteractionsRequest(request_id="checkout-17", user_id=user, item_ids=items)
+    first = stub.RecordInteractions(request, timeout=5)
+    again = stub.RecordInteractions(request, timeout=5)
+    assert (again.offset, again.recorded, again.request_id) == (first.offset, first.recorded, "checkout-17")
+    assert stub.GetInfo(pb.GetInfoRequest()).events_last_offset == first.offset == 2
+    other = stub.RecordInteractions(pb.RecordInteractionsRequest(user_id=user, item_ids=items), timeout=5)
+    assert other.offset == 4, "a call without a request id is always stored"
+
+
+def test_a_user_past_the_live_event_cap_gets_resource_exhausted(
+    server: ServerThread, stub: pb_grpc.RecommenderServiceStub
+) -> None:
+    store = server.server.log
+    # The cap is the SQLite log's (default 10,000; no serve flag yet): set it on the log behind the server's
+    # shared-file wrapper.
+    log = getattr(store, "_log", store)
+    assert isinstance(log, InteractionLog)
+    log.max_live_items_per_user = 2
+    user = user_id_of_row(5)
+    stub.RecordInteractions(pb.RecordInteractionsRequest(user_id=user, item_ids=[item_id_of_row(1)]), timeout=5)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.RecordInteractions(
+            pb.RecordInteractionsRequest(user_id=user, item_ids=[item_id_of_row(2), item_id_of_row(3)]), timeout=5
+        )
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit is 2" in (refused.value.details() or "")
+    assert log.extra_seen(user).tolist() == [item_id_of_row(1)], "a refused call stored something"
