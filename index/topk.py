@@ -66,8 +66,8 @@ UNIT_ROUNDOFF = 2.0**-24
 # Absolute slack per dimension for products and sums that underflow into subnormals (2**-150 each, x2 for
 # the two evaluations, x2 for the two operations, with room to spare).
 SUBNORMAL_SLACK = 2.0**-140
-# Bytes of products scored exactly at once: small enough to stay in a core's cache while each dimension is
-# added (5x faster than 16 MiB slices on a 64-d catalogue, measured with benchmarks/serving_scale.py's build).
+# Bytes of products scored exactly at once: small enough to stay in a core's cache through the ``dim`` passes
+# that add one dimension each (a larger slice goes back to memory on every pass).
 PAIR_SLICE_BYTES = 1 << 19
 
 
