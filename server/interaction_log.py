@@ -644,6 +644,17 @@ def _create(conn: sqlite3.Connection, tables: dict[str, str]) -> None:
             conn.execute(sql)
 
 
+def check_interactions(
+    user_id: int,
+    item_ids: Sequence[int] | npt.NDArray[np.integer],
+    ratings: Sequence[float | None] | None,
+    times: Sequence[int] | npt.NDArray[np.integer] | None,
+) -> None:
+    """Raise :class:`InvalidInteractions` for a call no store would take, whatever its per-call limit (which
+    the store checks): lets a server report the field at fault before it looks the items up."""
+    _validated_rows(user_id, item_ids, ratings, times, max_items=_INT64_MAX)
+
+
 def _validated_rows(
     user_id: int,
     item_ids: Sequence[int] | npt.NDArray[np.integer],

@@ -26,7 +26,12 @@ from movierec.index import Recommendation
 from movierec.server.admission import DEFAULT_MAX_STREAMS, DEFAULT_STREAM_BUFFER_BYTES, ByteBudget, size_error
 from movierec.server.engine import Answer, ServingEngine
 from movierec.server.errors import RequestError, client_safe, invalid_argument, not_ready, resource_exhausted
-from movierec.server.interaction_log import InteractionLogError, InvalidInteractions, LiveEventCapExceeded
+from movierec.server.interaction_log import (
+    InteractionLogError,
+    InvalidInteractions,
+    LiveEventCapExceeded,
+    check_interactions,
+)
 from movierec.server.limits import Limits
 from movierec.server.live_events import LiveEventStore
 from movierec.server.metrics import ServerMetrics
@@ -165,7 +170,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                     await unsent.acquire(nbytes)
                     outbox.put_nowait(_Queued(response, nbytes))
                 unanswered.release(sum(received.nbytes for received in batch))
-                await asyncio.sleep(0)  # one batch per turn: other calls and streams get the loop in between
+                if not inbox.empty():  # more is waiting: let other calls and streams have the loop first
+                    await asyncio.sleep(0)
         except Exception as exc:  # a bug, not a bad request: end the call (INTERNAL) rather than hang it
             failure = exc
         await outbox.put(_END_OF_STREAM)
@@ -237,12 +243,15 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if log is None:
             await _abort(context, not_ready())
         engine = await self._engine_or_abort(context)
-        try:
-            engine.check_recordable(request.item_ids)
-        except RequestError as error:
-            await _abort(context, error)
         ratings = list(request.ratings) if request.ratings else None
         times = list(request.times) if request.times else None
+        try:  # the call's shape first (the field at fault), then whether the catalogue knows its movies
+            check_interactions(request.user_id, request.item_ids, ratings, times)
+            engine.check_recordable(request.item_ids)
+        except InvalidInteractions as error:
+            await _abort(context, invalid_argument(error.field, str(error)))
+        except RequestError as error:
+            await _abort(context, error)
         record = functools.partial(log.record, request_id=request.request_id or None)
         try:
             offset = await asyncio.to_thread(record, request.user_id, list(request.item_ids), ratings, times)
