@@ -30,7 +30,9 @@ Usage::
 
     .venv/bin/python benchmarks/generalise.py [--quick] [--seeds 42,1] [--datasets ml1m-users10,synthetic]
 
-``--quick`` runs one training seed and smaller tuning grids.
+``--quick`` runs smaller tuning grids and, unless ``--seeds`` is given, one
+training seed; ``--merge`` keeps the datasets of the existing results that
+this run does not repeat.
 """
 
 from __future__ import annotations
@@ -218,6 +220,9 @@ def run_variant(variant: Variant, base: Dataset, seeds: Sequence[int], quick: bo
     return {
         "name": variant.name,
         "description": variant.description,
+        "seeds": list(seeds),
+        "grids": "quick" if quick else "full",
+        "command": "python benchmarks/generalise.py " + " ".join(sys.argv[1:]),
         "split": {"method": variant.method, "positives": f"rating >= {variant.min_rating:g}", "seed": 42},
         "shape": shape,
         "rows": rows,
@@ -254,12 +259,14 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
     lines = [
         "# Do the defaults generalise? Ours, EASE, iALS and popularity on differently shaped data",
         "",
-        f"Written by `{payload['command']}` ({payload['finished_at']}, {payload['seconds']:.0f} s). "
+        f"Written by `benchmarks/generalise.py` (last run {payload['finished_at']}; each dataset's own command "
+        "is listed below it). "
         "Every dataset is built from ML-1M or the synthetic generator (see the script's docstring). "
         "Split: random 80/20 of the positives with seed 42 unless noted, 10 % of train as validation; "
         "test: full ranking over all items, each user's train positives masked, averaged over users with test "
-        "items. *Ours* = `TrainConfig()`, what `recctl train` runs with no options, one run per training seed "
-        f"({', '.join(map(str, payload['seeds']))}); EASE's λ and iALS's factors/regularisation are tuned on the "
+        "items. *Ours* = `TrainConfig()`, what `recctl train` runs with no options (on data whose fit slice has at "
+        "most `search_max_positives` positives that includes its search of the temperature on validation), one "
+        "run per training seed; EASE's λ and iALS's factors/regularisation are tuned on the "
         "validation slice, then refitted on train (iALS once per seed). Cells: mean (min-max over seeds).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores shared with other work (1-minute load average "
@@ -286,7 +293,8 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         ours = rows["ours"]["runs"]
         lines.append(
             f"- **{result['name']}** ({result['description']}; {result['split']['positives']}, "
-            f"{result['split']['method']} split): {verdict(result)}. EASE λ {rows['EASE']['params']['l2']:g}; "
+            f"{result['split']['method']} split; seeds {result['seeds']}, {result['grids']} grids, "
+            f"`{result['command']}`): {verdict(result)}. EASE λ {rows['EASE']['params']['l2']:g}; "
             f"iALS {rows['iALS']['params']}; ours' epochs (selection, refit) {[run['epochs'] for run in ours]}, "
             f"seconds {[run['seconds'] for run in ours]}."
         )
@@ -298,9 +306,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data", type=Path, default=default_ml1m_dir(), help="the ML-1M folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--seeds", default="42,1,2", help="training seeds for ours and iALS")
+    parser.add_argument("--seeds", help="training seeds for ours and iALS (default: 42,1,2; 42 with --quick)")
     parser.add_argument("--datasets", default=",".join(v.name for v in VARIANTS), help="comma-separated subset")
-    parser.add_argument("--quick", action="store_true", help="one seed (the first) and smaller tuning grids")
+    parser.add_argument("--quick", action="store_true", help="smaller tuning grids and, unless --seeds, one seed")
+    parser.add_argument("--merge", action="store_true", help="keep the other datasets of the existing results")
     args = parser.parse_args()
     if args.data is None:
         raise SystemExit("no --data and no MovieLens-1M copy found")
@@ -308,11 +317,17 @@ def main() -> int:
     unknown = sorted(set(names) - {v.name for v in VARIANTS})
     if unknown:
         raise SystemExit(f"unknown dataset(s) {', '.join(unknown)}")
-    seeds = [int(seed) for seed in args.seeds.split(",")][: 1 if args.quick else None]
+    seeds = [int(seed) for seed in (args.seeds or ("42" if args.quick else "42,1,2")).split(",")]
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started, load_at_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     base = load_dataset(args.data)
     results = [run_variant(v, base, seeds, args.quick) for v in VARIANTS if v.name in names]
+    previous = args.out / f"{RESULTS_NAME}.json"
+    if args.merge and previous.is_file():
+        fresh = {result["name"] for result in results}
+        kept = [r for r in json.loads(previous.read_text())["datasets"] if r["name"] not in fresh]
+        order = [v.name for v in VARIANTS]
+        results = sorted(kept + results, key=lambda result: order.index(result["name"]))
     payload = {
         "command": "python benchmarks/generalise.py " + " ".join(sys.argv[1:]),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -92,26 +92,32 @@ def test_stock_pyg_recipe_trains_on_the_edge_index() -> None:
 
 
 def test_ngcf_trains_and_returns_concatenated_layers() -> None:
-    config = resolve_config("fast", model="ngcf", dim=8, layers=2, epochs=2, eval_every=1, lr=0.01)
+    config = resolve_config(
+        "fast", search_max_positives=0, model="ngcf", dim=8, layers=2, epochs=2, eval_every=1, lr=0.01
+    )
     result = train_model(tiny_split(), config, progress=False)
     assert result.item_vectors.shape == (N_ITEMS, 24)
 
 
 def test_time_budget_stops_early_and_keeps_an_evaluated_checkpoint() -> None:
-    config = resolve_config("fast", refit=False, dim=8, epochs=100_000, eval_every=1000, time_budget=0.5)
+    config = resolve_config(
+        "fast", search_max_positives=0, refit=False, dim=8, epochs=100_000, eval_every=1000, time_budget=0.5
+    )
     result = train_model(tiny_split(), config, progress=False)
     assert result.stop_reason == "time budget"
     assert result.best_epoch == result.history[-1].epoch and result.best_valid_recall >= 0
 
 
 def test_patience_stops_training() -> None:
-    config = resolve_config("fast", dim=8, epochs=1000, eval_every=1, patience=2, lr=0.05)
+    config = resolve_config("fast", search_max_positives=0, dim=8, epochs=1000, eval_every=1, patience=2, lr=0.05)
     result = train_model(tiny_split(), config, progress=False)
     assert result.stop_reason.startswith("no validation gain") and len(result.history) < 1000
 
 
 def test_cosine_scoring_serves_unit_vectors_and_learns() -> None:
-    config = resolve_config("fast", cosine=True, dim=16, layers=2, lr=0.02, batch_size=64, epochs=30, eval_every=5)
+    config = resolve_config(
+        "fast", search_max_positives=0, cosine=True, dim=16, layers=2, lr=0.02, batch_size=64, epochs=30, eval_every=5
+    )
     result = train_model(tiny_split(), config, progress=False)
     np.testing.assert_allclose(np.linalg.norm(result.user_vectors, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(result.item_vectors, axis=1), 1.0, rtol=1e-5)
@@ -120,9 +126,13 @@ def test_cosine_scoring_serves_unit_vectors_and_learns() -> None:
 
 def test_refit_keeps_training_on_all_of_train_with_the_rate_annealed() -> None:
     settings = {"dim": 16, "layers": 2, "lr": 0.02, "batch_size": 64, "epochs": 12, "eval_every": 3}
-    plain = train_model(tiny_split(), resolve_config("fast", refit=False, **settings), progress=False)
+    plain = train_model(
+        tiny_split(), resolve_config("fast", search_max_positives=0, refit=False, **settings), progress=False
+    )
     refitted = train_model(
-        tiny_split(), resolve_config("fast", refit=True, refit_fraction=0.5, **settings), progress=False
+        tiny_split(),
+        resolve_config("fast", search_max_positives=0, refit=True, refit_fraction=0.5, **settings),
+        progress=False,
     )
     assert not plain.refitted and refitted.refitted
     assert refitted.best_epoch == plain.best_epoch  # the same selection run, then the refit
@@ -147,7 +157,9 @@ def test_the_refit_anneals_the_learning_rate_to_zero(monkeypatch: pytest.MonkeyP
         return real_epoch(self, should_stop)  # type: ignore[arg-type]
 
     monkeypatch.setattr(train_module._Stepper, "epoch", spy)
-    config = resolve_config("fast", dim=8, layers=1, lr=0.04, epochs=8, eval_every=2, refit_fraction=1.0)
+    config = resolve_config(
+        "fast", search_max_positives=0, dim=8, layers=1, lr=0.04, epochs=8, eval_every=2, refit_fraction=1.0
+    )
     result = train_model(tiny_split(), config, progress=False)
     assert len(rates) == result.refit_epochs == 8
     assert rates[0] == pytest.approx(0.04) and all(a > b for a, b in itertools.pairwise(rates))
@@ -167,13 +179,33 @@ def test_only_a_real_gain_restarts_the_patience_count() -> None:
     assert best.evaluations_without_gain == 0
 
 
+def test_small_data_searches_the_space_on_validation_and_keeps_the_best() -> None:
+    config = resolve_config("fast", dim=8, layers=1, lr=0.05, batch_size=32, epochs=6, eval_every=2)
+    split = tiny_split()
+    assert split.fit.nnz <= config.search_max_positives
+    result = train_model(split, config, progress=False)
+    assert [trial.overrides for trial in result.search] == [{}, *(dict(alt) for alt in config.search_space)]
+    best = max(result.search, key=lambda trial: trial.best_valid_recall)
+    assert result.best_valid_recall == best.best_valid_recall
+    assert result.config == replace(config, **best.overrides)
+    single = train_model(split, replace(config, search_max_positives=split.fit.nnz - 1), progress=False)
+    assert single.search == () and single.config == replace(config, search_max_positives=split.fit.nnz - 1)
+
+
+def test_a_search_space_naming_an_unknown_setting_is_refused() -> None:
+    with pytest.raises(MovierecError, match="unknown or unsearchable setting 'warp'"):
+        resolve_config("fast", search_space=((("warp", 9),),))
+
+
 def test_the_default_config_is_the_fast_preset_and_what_the_cli_runs() -> None:
     assert resolve_config("fast") == TrainConfig() == PRESETS["fast"]
     assert set(PRESETS) == {"fast", "paper"}
 
 
 def test_a_refit_cut_by_the_time_budget_keeps_the_validated_vectors() -> None:
-    config = resolve_config("fast", refit=True, dim=8, epochs=100_000, eval_every=1000, time_budget=0.5)
+    config = resolve_config(
+        "fast", search_max_positives=0, refit=True, dim=8, epochs=100_000, eval_every=1000, time_budget=0.5
+    )
     result = train_model(tiny_split(), config, progress=False)
     assert not result.refitted
     assert result.stop_reason == "time budget; refit on train cut by the time budget (validated vectors kept)"
@@ -200,7 +232,9 @@ def test_unknown_preset_is_refused() -> None:
         resolve_config("slow")
 
 
+# The tiny data is small enough for the small-data search; the tests that are not about it turn it off.
 TINY_TRAIN = ["--dim", "8", "--layers", "2", "--epochs", "6", "--eval-every", "2", "--batch-size", "32"]
+TINY_TRAIN += ["--search-max-positives", "0"]
 
 
 def test_cli_trains_a_readable_bundle_and_evaluate_recomputes_its_metrics(
@@ -315,6 +349,19 @@ def test_cli_closing_lines_say_what_happened(tmp_path: Path, capsys: pytest.Capt
     assert "-1.0000" not in printed.out
 
 
+def test_cli_says_what_the_search_tried_and_the_bundle_records_its_choice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = write_ratings(tmp_path / "data"), tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN, "--search-max-positives", "100000"]) == 0
+    searched = [line for line in capsys.readouterr().out.splitlines() if line.startswith("search on validation")]
+    bundle = read_model_bundle(out)
+    trials = bundle.metrics["training"]["search"]
+    assert len(searched) == 1 and searched[0].count(" epochs") == len(trials) == 3
+    best = max(trials, key=lambda trial: trial["best_valid_recall"])
+    assert bundle.config["train"]["temperature"] == best["overrides"].get("temperature", 0.15)
+
+
 def test_cli_refuses_a_missing_data_folder_before_importing_torch(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any import of torch now raises ImportError
@@ -365,13 +412,14 @@ def test_short_ml1m_run_beats_popularity(ml1m_dir: Path) -> None:
     popular = evaluate_ranking(
         lambda rows: np.broadcast_to(popularity, (rows.size, split.n_items)), split.fit, split.valid, ks=(20,)
     )
-    # the fast recipe at 64 dimensions for a few epochs: well under a minute on 2 cores
-    config = replace(resolve_config("fast"), dim=64, epochs=6, eval_every=3, time_budget=50)
+    # the fast recipe at 64 dimensions for 4 epochs: well under a minute on 2 cores (no time budget: a
+    # loaded machine would cut it short)
+    config = replace(resolve_config("fast"), dim=64, epochs=4, eval_every=2, refit=False)
     result = train_model(split, config, progress=False)
     assert result.best_valid_recall > popular["recall@20"] + 0.02
 
 
 def test_model_specific_preset_settings_yield_to_explicit_ones() -> None:
-    assert resolve_config("fast", model="ngcf").dim == 64
-    assert resolve_config("fast", model="lightgcn").dim == resolve_config("fast").dim != 64
-    assert resolve_config("fast", model="ngcf", dim=32).dim == 32
+    assert resolve_config("fast", search_max_positives=0, model="ngcf").dim == 64
+    assert resolve_config("fast", search_max_positives=0, model="lightgcn").dim == resolve_config("fast").dim != 64
+    assert resolve_config("fast", search_max_positives=0, model="ngcf", dim=32).dim == 32

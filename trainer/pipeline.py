@@ -74,7 +74,7 @@ def train_bundle(
         valid=split.valid,
         test=split.test,
         config={
-            "train": config.to_json(),
+            "train": (result.config or config).to_json(),  # the search's choice when the search ran
             "data": {"path": str(dataset.path), "format": dataset.format, "min_rating": min_rating},
             "protocol": protocol_summary(split),
         },
@@ -106,11 +106,13 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "best_epoch": result.best_epoch,
         "selection_epochs": result.selection_epochs,
         "refit_epochs": result.refit_epochs,
-        "epochs_run": result.selection_epochs + result.refit_epochs,
+        # every epoch trained: all the search's selection runs (or the one selection), then the refit
+        "epochs_run": (sum(trial.epochs for trial in result.search) or result.selection_epochs) + result.refit_epochs,
         "best_valid_recall@20": result.best_valid_recall,
         "seconds": round(result.seconds, 2),
         "stop_reason": result.stop_reason,
         "refitted_on_train": result.refitted,
+        "search": [vars(trial) for trial in result.search],
         "history": [vars(record) for record in result.history],
     }
 

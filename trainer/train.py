@@ -5,6 +5,9 @@
    user's fit items masked). It stops once ``patience`` evaluations pass
    without a gain of more than ``min_gain`` (relative) in Recall@20, or at the
    epoch ceiling or the time budget. The best validated parameters are kept.
+   On small data (``search_max_positives``) the selection is repeated for
+   each alternative of ``search_space`` and the best validation Recall@20
+   decides which settings go on to the refit.
 2. *Refit* (``TrainConfig.refit``): the same model and optimiser keep
    training, now on all of train (fit + valid edges), for ``refit_fraction``
    of the selection's epochs while the learning rate is annealed to zero.
@@ -19,7 +22,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +57,15 @@ class EpochRecord:
 
 
 @dataclass(frozen=True)
+class SearchTrial:
+    """One selection run of the small-data search: what it changed, and how validation scored it."""
+
+    overrides: dict[str, Any]  # the fields that differ from the requested recipe ({} for the recipe itself)
+    best_valid_recall: float
+    epochs: int
+
+
+@dataclass(frozen=True)
 class TrainResult:
     user_vectors: npt.NDArray[np.float32]
     item_vectors: npt.NDArray[np.float32]
@@ -65,6 +77,8 @@ class TrainResult:
     model: GraphRecommender  # holding the kept parameters (the refit's, else the best validated)
     selection_epochs: int
     refit_epochs: int = 0  # 0: the vectors are the best validated ones
+    config: TrainConfig | None = None  # the settings of the kept model (the search's choice)
+    search: tuple[SearchTrial, ...] = ()  # every selection run when the search ran, else empty
 
     @property
     def refitted(self) -> bool:
@@ -231,7 +245,14 @@ class _Selection:
 
 
 def select_on_validation(
-    split: Split, config: TrainConfig, model: GraphRecommender, graph: Tensor, clock: _Clock, *, progress: bool
+    split: Split,
+    config: TrainConfig,
+    model: GraphRecommender,
+    graph: Tensor,
+    clock: _Clock,
+    *,
+    progress: bool,
+    label: str = "",
 ) -> _Selection:
     """Phase 1: train on fit, validate every ``eval_every`` epochs, stop at the plateau (module docstring)."""
     stepper = _Stepper(config, split.fit, model, graph)
@@ -245,7 +266,7 @@ def select_on_validation(
         return recall
 
     stop_reason = "epoch limit"
-    with progress_bar(config.epochs, f"train {config.model}", enabled=progress) as bar:
+    with progress_bar(config.epochs, f"train {config.model}{label}", enabled=progress) as bar:
         for epoch in range(1, config.epochs + 1):
             loss = stepper.epoch(clock.out_of_time)
             if not np.isfinite(loss):
@@ -330,6 +351,20 @@ def refit_on_train(
     return tuple(records)
 
 
+def _overrides(config: TrainConfig, base: TrainConfig) -> dict[str, Any]:
+    return {
+        f.name: getattr(config, f.name) for f in fields(TrainConfig) if getattr(config, f.name) != getattr(base, f.name)
+    }
+
+
+def candidate_configs(config: TrainConfig, split: Split) -> list[TrainConfig]:
+    """The recipe itself, then each ``search_space`` alternative when the fit slice is small enough to search."""
+    small = 0 < split.fit.nnz <= config.search_max_positives
+    if not small or not split.valid.nnz:
+        return [config]
+    return [config] + [replace(config, **dict(alternative)) for alternative in config.search_space]
+
+
 def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Select on ``split.valid``, refit on ``split.train`` (see the module docstring); return the served vectors.
 
@@ -341,22 +376,34 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
     test evaluation like every other training item.
     """
     check_config(config)
-    torch.manual_seed(config.seed)
     clock = _Clock(config.time_budget)
-    model = build_model(config, split.n_users, split.n_items)
-    fit_graph = build_graph(config, split.fit)
-    selection = select_on_validation(split, config, model, fit_graph, clock, progress=progress)
+    trials: list[SearchTrial] = []
+    chosen: tuple[TrainConfig, GraphRecommender, Tensor, _Selection] | None = None
+    for candidate in candidate_configs(config, split):
+        if chosen is not None and clock.out_of_time():
+            break
+        torch.manual_seed(candidate.seed)
+        model = build_model(candidate, split.n_users, split.n_items)
+        fit_graph = build_graph(candidate, split.fit)
+        overrides = _overrides(candidate, config)
+        label = "".join(f", {name} {value}" for name, value in overrides.items())
+        selection = select_on_validation(split, candidate, model, fit_graph, clock, progress=progress, label=label)
+        trials.append(SearchTrial(overrides, selection.best.recall or 0.0, selection.epochs))
+        if chosen is None or (selection.best.recall or 0.0) > (chosen[3].best.recall or 0.0):
+            chosen = (candidate, model, fit_graph, selection)
+    assert chosen is not None  # candidate_configs always yields the recipe itself
+    kept_config, model, fit_graph, selection = chosen
     refit: tuple[EpochRecord, ...] | None = None
     stop_reason = selection.stop_reason
-    if config.refit and selection.best.recall is not None and split.valid.nnz:
-        refit = refit_on_train(split, config, model, selection, clock, progress=progress)
+    if kept_config.refit and selection.best.recall is not None and split.valid.nnz:
+        refit = refit_on_train(split, kept_config, model, selection, clock, progress=progress)
         if refit is None:
             why = "cut by the time budget" if clock.out_of_time() else "stopped by a non-finite loss"
             stop_reason += f"; refit on train {why} (validated vectors kept)"
     if refit is None:
         model.load_state_dict(selection.best.state)
-    inference_graph = fit_graph if config.inference_graph == "fit" else build_graph(config, split.train)
-    users, items = final_vectors(model, inference_graph, cosine=config.cosine)
+    inference_graph = fit_graph if kept_config.inference_graph == "fit" else build_graph(kept_config, split.train)
+    users, items = final_vectors(model, inference_graph, cosine=kept_config.cosine)
     return TrainResult(
         user_vectors=users,
         item_vectors=items,
@@ -368,4 +415,6 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
         model=model,
         selection_epochs=selection.epochs,
         refit_epochs=len(refit or ()),
+        config=kept_config,
+        search=tuple(trials) if len(trials) > 1 else (),
     )

@@ -41,6 +41,13 @@ RECIPE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
     ("--refit-fraction", "refit_fraction", float, "F", "refit epochs as a fraction of the selection epochs"),
     ("--patience", "patience", int, "P", "evaluations without a gain before the selection stops"),
     ("--min-gain", "min_gain", float, "G", "relative validation gain that restarts the patience count"),
+    (
+        "--search-max-positives",
+        "search_max_positives",
+        int,
+        "N",
+        "try the search space's settings on validation when the fit slice has at most N positives (0: never)",
+    ),
 )
 
 
@@ -120,6 +127,7 @@ def _train(args: argparse.Namespace) -> int:
         refit_fraction=args.refit_fraction,
         patience=args.patience,
         min_gain=args.min_gain,
+        search_max_positives=args.search_max_positives,
         eval_every=args.eval_every,
         seed=args.seed,
         time_budget=args.time_budget,
@@ -148,9 +156,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in overrides.items()) or "the recipe's own settings"
+
+
 def closing_lines(training: dict[str, Any]) -> list[str]:
     """What happened during training, in the order it happened, for the closing summary."""
-    lines = [
+    lines = []
+    if training.get("search"):
+        tried = "; ".join(
+            f"{_describe(trial['overrides'])}: {trial['best_valid_recall']:.4f} in {trial['epochs']} epochs"
+            for trial in training["search"]
+        )
+        lines.append(f"search on validation (small data): {tried}")
+    lines += [
         f"selection: {training['selection_epochs']} epochs on fit, best validation Recall@20 "
         f"{training['best_valid_recall@20']:.4f} at epoch {training['best_epoch']} "
         f"(stopped: {training['stop_reason']})"
