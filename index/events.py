@@ -3,9 +3,11 @@
 The server logs interactions as they happen and excludes them at once; a
 rebuild folds them into the new version's seen sets so the log can shrink.
 Each version keeps *every* event compacted so far (dataset ids, so they survive
-a retrained model with different rows) and the log offset it covers: the next
-rebuild carries them forward onto whatever model it indexes, and the server
-replays only the log after :attr:`CompactedEvents.through_offset`.
+a retrained model with different rows) and the log offset it covers
+(:attr:`CompactedEvents.through_offset`): the next rebuild carries them forward
+onto whatever model it indexes. The log is truncated only through what every
+retained version holds (:mod:`movierec.index.rollback`), and a version that
+falls behind it is repaired from a newer one's compacted events.
 """
 
 from __future__ import annotations
