@@ -5,7 +5,9 @@ Layers, outermost first:
 * **gRPC core** refuses a message larger than :func:`receive_limit` (derived
   from the configured :class:`Limits`: the largest request any RPC could
   validly carry, times :data:`HEADROOM`) with RESOURCE_EXHAUSTED before a byte
-  of it is parsed, and metadata beyond :data:`DEFAULT_MAX_METADATA_BYTES`.
+  of it is parsed, and metadata beyond :data:`DEFAULT_MAX_METADATA_BYTES`;
+  receive windows stay at HTTP/2's 64 KiB (no BDP probing), so what a client
+  can push ahead of the server's reading is small.
 * **grpc.aio** refuses calls beyond ``max_concurrent_rpcs`` (RESOURCE_EXHAUSTED).
 * **The servicer** refuses streams beyond ``max_streams``, and each stream
   holds at most a :class:`ByteBudget` of requests read but not yet answered
@@ -101,11 +103,18 @@ def receive_limit(limits: Limits, *, max_batch_size: int = 0, max_record_items: 
 def server_options(
     max_receive_bytes: int, max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
 ) -> list[tuple[str, int]]:
-    """gRPC core channel arguments for the size limits (both metadata limits: gRPC has a soft and a hard one)."""
+    """gRPC core channel arguments for the size limits (both metadata limits: gRPC has a soft and a hard one).
+
+    No BDP probing: with it, gRPC grows each stream's receive window to megabytes on a fast link, and a
+    client that keeps sending while the server has stopped reading parks that much in the server per
+    stream (32 flooding streams: +190-440 MB of RSS in ``benchmarks/abuse.py``; +20 MB without). Requests
+    are small, so the default 64 KiB window costs them nothing; answers flow by the client's window.
+    """
     return [
         ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.max_metadata_size", max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", max_metadata_bytes),
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
