@@ -107,8 +107,8 @@ def server_options(
 
     No BDP probing: with it, gRPC grows each stream's receive window to megabytes on a fast link, and a
     client that keeps sending while the server has stopped reading parks that much in the server per
-    stream (32 flooding streams: +190-440 MB of RSS in ``benchmarks/abuse.py``; +20 MB without). Requests
-    are small, so the default 64 KiB window costs them nothing; answers flow by the client's window.
+    stream (hundreds of MB for the "many streams" attack of ``benchmarks/abuse.py``). Requests are small,
+    so the default 64 KiB window costs them nothing; answers flow by the client's window.
     """
     return [
         ("grpc.max_receive_message_length", max_receive_bytes),
