@@ -20,8 +20,10 @@ DEFAULT_MAX_REQUEST_ID = 128
 # Server capacity (enforced by movierec.server.admission), here so `recctl serve --help` shows the defaults
 # without importing gRPC. Calls in progress at once, streams included (grpc.aio answers RESOURCE_EXHAUSTED beyond):
 DEFAULT_MAX_CONCURRENT_RPCS = 256
-# RecommendStream calls open at once: well under the call cap, so streams never starve unary calls.
-DEFAULT_MAX_STREAMS = 32
+# RecommendStream calls open at once: well under the call cap, so streams never starve unary calls; and few
+# enough that streams flooding k=1000 requests leave the event loop to other callers between their batches
+# (bulk work has RecommendBatch; more streams: more --workers).
+DEFAULT_MAX_STREAMS = 16
 # Per stream and direction: bytes of requests read but not yet answered, and of answers not yet sent.
 DEFAULT_STREAM_BUFFER_BYTES = 256 * 1024
 # Request metadata (headers) a call may carry: a bearer token and tracing headers fit many times over.
