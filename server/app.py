@@ -212,8 +212,9 @@ class RecommenderServer:
             self.http = HttpApi(self)
 
     async def start(self) -> int:
-        """Bind and start answering (NOT_SERVING until :meth:`load`); returns the bound port."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        """Bind and start answering (NOT_SERVING until :meth:`load`, unless it already ran); returns the port."""
+        if self.state.engine is None:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.http is not None:
             self.http.bind()  # first: a taken HTTP port fails before the gRPC port opens
         address = f"{self.config.host}:{self.config.port}"
@@ -344,6 +345,9 @@ async def serve(
     server = RecommenderServer(
         config, loader=loader, interceptors=interceptors, credentials=credentials, metrics=metrics
     )
+    # A worker joining a shared port (SO_REUSEPORT) loads first: the kernel would hand it connections at once,
+    # and its siblings can answer them meanwhile.
+    loaded = await server.load() if config.reuse_port else None
     port = await server.start()
     address = {"host": config.host, "port": port, "tls": credentials is not None}
     http_note = ""
@@ -369,7 +373,7 @@ async def serve(
             task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_now)
-    loading = asyncio.create_task(server.load())
+    loading = asyncio.create_task(server.load() if loaded is None else _already(loaded))
     stopping = asyncio.create_task(stop_requested.wait())
     try:
         await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -401,6 +405,10 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     announce(ServerEvent("stopped", "stopped"))
+
+
+async def _already(engine: ServingEngine) -> ServingEngine:
+    return engine
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

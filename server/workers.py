@@ -61,6 +61,7 @@ _PRELOADED: dict[str, ServingIndex] = {}
 """The index the parent loaded before forking, by path: each worker's first version (inherited, not copied)."""
 _PR_SET_PDEATHSIG = 1
 _STOP_MARGIN_S = 15.0
+_RESPAWN_DELAY_S = 5.0
 """Beyond the drain grace, how long a worker may take to exit before it is killed."""
 
 
@@ -77,6 +78,8 @@ class _Worker:
     slot: int
     process: ForkProcess
     serving: bool = False
+    # Started to replace a worker that died: its failure to start is retried, not fatal (the others serve on).
+    replacement: bool = False
 
 
 class _WorkerSet:
@@ -89,14 +92,14 @@ class _WorkerSet:
         self._metrics_dir = metrics_dir
         self.workers = [self._start(slot) for slot in range(count)]
 
-    def _start(self, slot: int) -> _Worker:
+    def _start(self, slot: int, *, replacement: bool = False) -> _Worker:
         process = self._context.Process(
             target=_worker_main,
             args=(self._config, slot, self.events, self._metrics_dir, os.getpid()),
             name=f"movierec-worker-{slot}",
         )
         process.start()
-        return _Worker(slot, process)
+        return _Worker(slot, process, replacement=replacement)
 
     @property
     def pids(self) -> list[int]:
@@ -104,7 +107,7 @@ class _WorkerSet:
 
     def replace(self, worker: _Worker) -> None:
         self._forget(worker)
-        self.workers[worker.slot] = self._start(worker.slot)
+        self.workers[worker.slot] = self._start(worker.slot, replacement=True)
 
     def signal_all(self, signum: int) -> None:
         for worker in self.workers:
@@ -162,7 +165,7 @@ def serve_workers(config: ServerConfig, count: int, announce: Callable[[ServerEv
         announce(
             ServerEvent(
                 "listening",
-                f"listening on {config.host}:{port} with {count} worker processes (NOT_SERVING while they load)",
+                f"listening on {config.host}:{port} with {count} worker processes (each joins the port once loaded)",
                 {**address, "workers": count, "pids": workers.pids},
             )
         )
@@ -208,19 +211,24 @@ def _mind(
 ) -> None:
     """Until a stop signal: say SERVING once every worker is, pass on warnings, replace a worker that dies.
 
-    Raises :class:`MovierecError` with the worker's own message when one fails
-    before serving (a bad index, a port it cannot bind).
+    Raises :class:`MovierecError` with the worker's own message when one of
+    the first workers fails before serving (a bad index, a port it cannot
+    bind); a replacement that fails to start is logged and tried again after
+    :data:`_RESPAWN_DELAY_S`, while the others serve on.
     """
     announced = False
     warned: set[str] = set()
+    respawn_at: dict[int, float] = {}  # slot -> when to try a failed replacement again
     while not stop_signal:
         try:
             slot, pid, kind, message, data = workers.events.get(timeout=_POLL_S)
         except queue.Empty:
             pass
         else:
-            if kind == "failed":
+            if kind == "failed" and not workers.workers[slot].replacement:
                 raise MovierecError(message)
+            if kind == "failed":
+                logger.error("%s; the other workers serve on", message)
             if kind == "warning" and message not in warned:
                 warned.add(message)
                 announce(ServerEvent(kind, message, data))
@@ -244,10 +252,20 @@ def _mind(
             if worker.process.is_alive() or stop_signal:
                 continue
             code = worker.process.exitcode
-            if not worker.serving:
+            if not worker.serving and not worker.replacement:
                 raise MovierecError(f"worker {worker.slot} exited (code {code}) before it was serving")
-            logger.error("worker %d (pid %s) died (code %s): starting another", worker.slot, worker.process.pid, code)
-            workers.replace(worker)
+            if worker.serving:
+                logger.error(
+                    "worker %d (pid %s) died (code %s): starting another", worker.slot, worker.process.pid, code
+                )
+            elif worker.slot not in respawn_at:
+                logger.error(
+                    "worker %d could not start (code %s): trying again in %gs", worker.slot, code, _RESPAWN_DELAY_S
+                )
+                respawn_at[worker.slot] = time.monotonic() + _RESPAWN_DELAY_S
+            if respawn_at.get(worker.slot, 0.0) <= time.monotonic():
+                respawn_at.pop(worker.slot, None)
+                workers.replace(worker)
 
 
 def _worker_main(
