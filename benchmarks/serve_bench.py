@@ -24,6 +24,13 @@ Scenarios: unary k=10 with 1 call in flight (p50/p99, calls/s); one
 bidirectional stream with 64 messages in flight (messages/s, errors); unary
 latency with 0, 100 and 2,000 excluded items (shipped server only).
 
+HTTP beside gRPC: the shipped server process also serves the HTTP/JSON API
+(``recctl serve --http-port``, :mod:`movierec.server.http_api`), and the same
+load generator process measures ``POST /recommend`` with the unary scenario's
+requests as JSON, 1 call in flight over one keep-alive connection, with two
+client libraries (the stdlib's ``http.client`` and httpx), right after the
+gRPC scenarios of the same round, from a load generator process of its own.
+
 Before the rounds, the work our server adds to the floor is timed in process
 (no gRPC): answering one request, the index search inside it (from the prefix
 and by scanning), and one stream message in a batch, so the report can say
@@ -46,6 +53,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import http.client
+import importlib.util
 import json
 import os
 import platform
@@ -65,6 +75,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import httpx
 import numpy as np
 
 from movierec.index import Recommendation, build_index, limit_serving_threads, open_index
@@ -87,6 +98,9 @@ RECOMMEND_STREAM = f"/{SERVICE}/RecommendStream"
 K = 10
 STREAM_IN_FLIGHT = 64
 EXCLUSION_LEVELS = (0, 100, 2000)
+# HTTP/JSON scenarios on the shipped server -> the client library that sends them; ratios use the first.
+HTTP_SCENARIOS = {"http-stdlib": "stdlib", "http-httpx": "httpx"}
+HTTP_SCENARIO = "http-stdlib"
 SYNC_WORKERS = 8
 ML1M_SHAPE = {"n_users": 6040, "n_items": 3706, "dim": 64, "seen_per_user": 165}
 TARGETS = {
@@ -239,10 +253,12 @@ async def run_aio_server(kind: str, index_dir: Path) -> None:
         await server.stop(0)
         return
     ranked_depth = 0 if kind == "aio-scan" else DEFAULT_RANKED_DEPTH
-    ours = RecommenderServer(ServerConfig(index_dir, max_stream_batch=STREAM_IN_FLIGHT, ranked_depth=ranked_depth))
+    http_port = 0 if kind == SHIPPED else None  # the shipped server answers HTTP beside gRPC, as with --http-port
+    config = ServerConfig(index_dir, max_stream_batch=STREAM_IN_FLIGHT, ranked_depth=ranked_depth, http_port=http_port)
+    ours = RecommenderServer(config)
     port = await ours.start()
     await ours.load()
-    print(f"PORT {port}", flush=True)
+    print(f"PORT {port}" + ("" if ours.http is None else f" {ours.http.port}"), flush=True)
     await stop.wait()
     await ours.stop(0)
 
@@ -390,7 +406,75 @@ async def measure_stream(
     return {"messages": received, "errors": counts["errors"], **usage}
 
 
-def run_client(target: str, server_pid: int, index_dir: Path, scenarios: list[str], seconds: float) -> dict[str, Any]:
+def measure_http(
+    target: str, requests: Sequence[pb.RecommendRequest], seconds: float, cpu: CpuWindow, client_kind: str
+) -> dict[str, Any]:
+    """``POST /recommend`` with the unary scenario's requests as JSON, one call in flight on one keep-alive
+    connection: latency is the whole round trip, as for gRPC unary. ``client_kind``: ``stdlib``
+    (``http.client``, which sends a small request in one write) or ``httpx``."""
+    bodies = [
+        json.dumps(
+            {"request_id": r.request_id, "user_id": r.user_id, "k": r.k, "exclude_item_ids": list(r.exclude_item_ids)}
+        ).encode()
+        for r in requests
+    ]
+    headers = {"Content-Type": "application/json"}
+    host, port = target.rsplit(":", 1)
+    with contextlib.ExitStack() as stack:
+        if client_kind == "httpx":
+            client = stack.enter_context(httpx.Client(base_url=f"http://{target}", timeout=5))
+
+            def post(body: bytes) -> tuple[int, bytes]:
+                response = client.post("/recommend", content=body, headers=headers)
+                return response.status_code, response.content
+
+        else:
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            stack.callback(connection.close)
+
+            def post(body: bytes) -> tuple[int, bytes]:
+                connection.request("POST", "/recommend", body=body, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.read()
+
+        def call(i: int) -> bool:
+            status, content = post(bodies[i % len(bodies)])
+            return status == 200 and len(json.loads(content)["items"]) == K
+
+        warm_until = time.perf_counter() + min(0.5, seconds / 4)
+        n = 0
+        while time.perf_counter() < warm_until:
+            call(n)
+            n += 1
+        latencies: list[int] = []
+        errors = 0
+        cpu.start()
+        end = time.perf_counter() + seconds
+        while (now := time.perf_counter_ns()) < end * 1e9:
+            try:
+                errors += not call(len(latencies))
+            except (OSError, httpx.HTTPError, http.client.HTTPException):
+                errors += 1
+            latencies.append(time.perf_counter_ns() - now)
+        usage = cpu.stop(len(latencies))
+    millis = np.asarray(latencies, dtype=np.float64) / 1e6
+    return {
+        "calls": len(latencies),
+        "errors": errors,
+        "p50_ms": float(np.percentile(millis, 50)),
+        "p99_ms": float(np.percentile(millis, 99)),
+        **usage,
+    }
+
+
+def run_client(
+    target: str,
+    server_pid: int,
+    index_dir: Path,
+    scenarios: list[str],
+    seconds: float,
+    http_target: str | None = None,
+) -> dict[str, Any]:
     index = open_index(index_dir, verify=False)
     workload = Workload(index.model.user_ids[:512].tolist(), index.model.item_ids.tolist())
     results: dict[str, Any] = {}
@@ -399,6 +483,11 @@ def run_client(target: str, server_pid: int, index_dir: Path, scenarios: list[st
             results[scenario] = asyncio.run(
                 measure_stream(target, workload.stream_requests(), seconds, CpuWindow(server_pid))
             )
+        elif scenario in HTTP_SCENARIOS:
+            assert http_target is not None, "the server announced no HTTP port"
+            requests = workload.unary_requests(0)
+            kind = HTTP_SCENARIOS[scenario]
+            results[scenario] = measure_http(http_target, requests, seconds, CpuWindow(server_pid), kind)
         else:  # "unary-<n excluded>"
             n_excluded = int(scenario.split("-")[1])
             requests = workload.unary_requests(n_excluded)
@@ -485,7 +574,9 @@ class ServerProcess:
         if not line.startswith("PORT "):
             self.stop()
             raise SystemExit(f"{kind} server did not start: {line!r}")
-        self.target = f"127.0.0.1:{int(line.split()[1])}"
+        ports = line.split()[1:]
+        self.target = f"127.0.0.1:{int(ports[0])}"
+        self.http_target = f"127.0.0.1:{int(ports[1])}" if len(ports) > 1 else None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -501,6 +592,8 @@ def client_process(server: ServerProcess, index_dir: Path, scenarios: list[str],
     command = [sys.executable, __file__, "--role", "client", "--target", server.target, "--index", str(index_dir)]
     command += ["--server-pid", str(server.process.pid)]
     command += ["--seconds", str(seconds), "--scenarios", ",".join(scenarios)]
+    if server.http_target is not None:
+        command += ["--http-target", server.http_target]
     out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60 + 4 * seconds * len(scenarios))
     return dict(json.loads(out.stdout))
 
@@ -520,6 +613,9 @@ def run_rounds(index_dir: Path, rounds: int, seconds: float) -> dict[str, dict[s
             try:
                 for scenario, result in client_process(server, index_dir, scenarios_for(kind), seconds).items():
                     raw[kind].setdefault(scenario, []).append(result)
+                if kind == SHIPPED:  # a load generator of its own (see http_section)
+                    for scenario, result in client_process(server, index_dir, [*HTTP_SCENARIOS], seconds).items():
+                        raw[kind].setdefault(scenario, []).append(result)
             finally:
                 server.stop()
     return raw
@@ -577,6 +673,13 @@ def summarise(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
         )
         for scenario in ("unary-0", "stream")
     }
+    # HTTP beside gRPC, same server process and round: calls/s and server CPU per call, HTTP over gRPC unary.
+    http_vs_grpc = {
+        key: statistics.median(
+            round_ratios(per_round(raw, SHIPPED, HTTP_SCENARIO, key), per_round(raw, SHIPPED, "unary-0", key))
+        )
+        for key in ("per_second", "server_cpu_us_per_call", "p50_ms")
+    }
     passed = {
         name: (value <= TARGETS[name])
         if name in ("unary_p50_ms", "unary_p99_ms", "exclusion_2000_added")
@@ -588,6 +691,7 @@ def summarise(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
         "table": table,
         "checks": checks,
         "cpu_share_of_floor": cpu_shares,
+        "http_vs_grpc": http_vs_grpc,
         "targets": TARGETS,
         "passed": passed,
         "total_errors": sum(int(run["errors"]) for run in runs),
@@ -689,8 +793,44 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         choice_note(table),
         "",
+        *http_section(summary),
     ]
     return "\n".join(lines)
+
+
+def http_section(summary: dict[str, Any]) -> list[str]:
+    """HTTP/JSON beside gRPC on the shipped server: same process, index, requests and round."""
+    table, ratio = summary["table"][SHIPPED], summary["http_vs_grpc"]
+    http_parser = "httptools" if importlib.util.find_spec("httptools") else "h11"  # uvicorn's own choice
+    lines = [
+        "## HTTP beside gRPC",
+        "",
+        f"The shipped server process serves both (`recctl serve --http-port`: FastAPI {version('fastapi')} on "
+        f"uvicorn {version('uvicorn')} with {http_parser} parsing HTTP, on the gRPC server's event loop). Load: "
+        "the unary scenario's "
+        f"requests (k={K}, no extra exclusions, 512 users), 1 call in flight, back to back: gRPC through a "
+        "blocking stub; HTTP as `POST /recommend` JSON over one keep-alive connection, from the standard "
+        f"library's `http.client` and from httpx {version('httpx')} (each answer parsed and checked: 200 with "
+        f"{K} items), right after the gRPC scenarios of the same round, from a load generator process of its own.",
+        "",
+        "| protocol | client | calls/s | p50 ms | p99 ms | server CPU us/call | client CPU | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = [("gRPC `Recommend`", "grpcio stub", table["unary-0"])]
+    rows += [("HTTP `POST /recommend`", client, table[scenario]) for scenario, client in HTTP_SCENARIOS.items()]
+    for name, client, row in rows:
+        lines.append(
+            f"| {name} | {client} | {row['per_second']:,.0f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} "
+            f"| {row['server_cpu_us_per_call']:,.0f} | {row['client_cpu']:.0%} | {row['errors']:.0f} |"
+        )
+    lines += [
+        "",
+        f"HTTP (`http.client`) over gRPC, medians of per-round ratios: calls/s {ratio['per_second']:.2f}x, p50 "
+        f"{ratio['p50_ms']:.2f}x, server CPU per call {ratio['server_cpu_us_per_call']:.2f}x. Server CPU per "
+        "call is the figure to compare: it moves little with the client library, wall-clock rows a lot.",
+        "",
+    ]
+    return lines
 
 
 def cost_note(summary: dict[str, Any], costs: dict[str, float]) -> str:
@@ -789,6 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--role", choices=("main", "server", "client"), default="main", help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=SERVER_KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--http-target", help=argparse.SUPPRESS)
     parser.add_argument("--scenarios", help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -801,7 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.role == "client":
         scenarios = args.scenarios.split(",")
-        print(json.dumps(run_client(args.target, args.server_pid, args.index, scenarios, args.seconds)))
+        results = run_client(args.target, args.server_pid, args.index, scenarios, args.seconds, args.http_target)
+        print(json.dumps(results))
         return 0
 
     started = time.time()

@@ -219,7 +219,7 @@ class HttpApi:
                 log_config=None,  # the process's logging stays as recctl set it up
                 access_log=False,
                 server_header=False,
-                timeout_graceful_shutdown=math.ceil(config.grace_seconds),
+                timeout_graceful_shutdown=_whole_seconds(config.grace_seconds),
                 ssl_certfile=None if config.tls_cert is None else str(config.tls_cert),
                 ssl_keyfile=None if config.tls_key is None else str(config.tls_key),
             )
@@ -255,13 +255,19 @@ class HttpApi:
     async def stop(self, grace: float) -> None:
         """/health turns NOT_SERVING, no new connections; requests in flight get ``grace`` seconds to finish."""
         self.draining = True
-        self._uvicorn.config.timeout_graceful_shutdown = math.ceil(grace)  # uvicorn takes whole seconds
+        self._uvicorn.config.timeout_graceful_shutdown = _whole_seconds(grace)
         if self._task is None:
             if self._socket is not None:
                 self._socket.close()
             return
         self._uvicorn.should_exit = True
         await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _whole_seconds(grace: float) -> int:
+    """uvicorn's drain timeout counts whole seconds, and 0 would cut even a drain with nothing left to wait
+    for (and log it as an error): at least 1 s, which an idle server does not wait out."""
+    return max(1, math.ceil(grace))
 
 
 class _LoopServer(uvicorn.Server):
