@@ -41,7 +41,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -50,6 +49,7 @@ import numpy.typing as npt
 
 from movierec.errors import MovierecError
 from movierec.index.events import SeenEvents
+from movierec.server.user_views import UserView, folded_views, forgotten_through, merged_view, views_of
 
 LOG_FILE_NAME = "interactions.sqlite3"
 """The log's file name beside the index root (plus SQLite's ``-wal``/``-shm`` companions)."""
@@ -70,6 +70,9 @@ _PURGE_EVERY = 1024
 """Forget expired request ids once per this many stored calls (one indexed DELETE)."""
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.setflags(write=False)
+# benchmarks/replay_bench.py measures the merge under these names (the helpers live in movierec.server.user_views).
+_UserView = UserView
+_merged = merged_view
 
 _TABLES = {
     "interactions": """
@@ -122,19 +125,6 @@ class InteractionLogError(MovierecError):
     """The log file cannot be opened, read or written (the server answers UNAVAILABLE or refuses to start)."""
 
 
-@dataclass(frozen=True)
-class _UserView:
-    """One user's live interactions, sorted by item id; replaced whole on every write, never mutated.
-
-    ``ratings`` (NaN: none) and ``offsets`` belong to each item's latest event.
-    """
-
-    seen: npt.NDArray[np.int64]
-    ratings: npt.NDArray[np.float64]
-    offsets: npt.NDArray[np.int64]
-    liked: npt.NDArray[np.int64]
-
-
 class InteractionLog:
     """A durable, replayed log of per-user interactions with a lock-free read path.
 
@@ -171,7 +161,7 @@ class InteractionLog:
         self.request_id_ttl_s = request_id_ttl_s
         self._write_lock = threading.Lock()
         self._conn = _connect(self.path)
-        self._views: dict[int, _UserView] = {}
+        self._views: dict[int, UserView] = {}
         self._last_offset = 0
         self._read_through = 0  # every event at or below it has been read from the file (replay, refresh)
         self._calls_since_purge = 0
@@ -238,7 +228,7 @@ class InteractionLog:
         :class:`InteractionLogError` when the disk refuses the write (in every
         case nothing is stored or published).
         """
-        rows = _validated_rows(user_id, item_ids, ratings, times, self.max_items_per_call)
+        rows = validated_rows(user_id, item_ids, ratings, times, self.max_items_per_call)
         user = int(user_id)
         with self._write_lock:
             try:
@@ -246,12 +236,12 @@ class InteractionLog:
                     prior = self._stored_request(user, request_id, rows[0][4])
                     if prior is not None:
                         return prior
-                self._check_cap(user, rows)
+                check_live_cap(self._views.get(user), user, rows, self.max_live_items_per_user)
                 last = self._insert(user, rows, request_id)
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not store interactions ({exc})", path=self.path) from None
             first = last - len(rows) + 1
-            self._views[user] = _merged(
+            self._views[user] = merged_view(
                 self._views.get(user),
                 np.array([row[1] for row in rows], dtype=np.int64),
                 np.array([math.nan if row[2] is None else row[2] for row in rows], dtype=np.float64),
@@ -334,7 +324,7 @@ class InteractionLog:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not truncate the log ({exc})", path=self.path) from None
-            self._forget_through(offset)
+            self._views = forgotten_through(self._views, offset, self.like_threshold)
         return int(deleted)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -360,19 +350,6 @@ class InteractionLog:
             (user, request_id, now - self.request_id_ttl_s),
         ).fetchone()
         return None if found is None else int(found[0])
-
-    def _check_cap(self, user: int, rows: list[tuple[int, int, float | None, int, float]]) -> None:
-        view = self._views.get(user)
-        items = np.unique(np.array([row[1] for row in rows], dtype=np.int64))
-        held = 0 if view is None else int(view.seen.shape[0])
-        if view is not None and held:
-            positions = np.minimum(np.searchsorted(view.seen, items), held - 1)
-            items = items[view.seen[positions] != items]
-        if held + int(items.shape[0]) > self.max_live_items_per_user:
-            raise LiveEventCapExceeded(
-                f"user {user} has {held} live items not yet compacted into the index and this call adds"
-                f" {items.shape[0]}; the limit is {self.max_live_items_per_user} until the next rebuild"
-            )
 
     def _insert(self, user: int, rows: list[tuple[int, int, float | None, int, float]], request_id: str | None) -> int:
         """One transaction: the events, the request id, sometimes a purge of expired ids; the last offset."""
@@ -414,7 +391,7 @@ class InteractionLog:
             top = self._sequence()
         except sqlite3.Error as exc:
             raise InteractionLogError(f"could not replay the log ({exc})", path=self.path) from None
-        self._views = _views_of(*columns, self.like_threshold)
+        self._views = views_of(*columns, self.like_threshold)
         self._last_offset = top
         self._read_through = max(after, int(columns[0][-1]) if columns[0].size else 0)
 
@@ -433,29 +410,10 @@ class InteractionLog:
                 raise InteractionLogError(f"could not read new interactions ({exc})", path=self.path) from None
             if not offsets.size:
                 return 0
-            for user, fresh in _views_of(offsets, users, items, ratings, self.like_threshold).items():
-                self._views[user] = _merged(
-                    self._views.get(user), fresh.seen, fresh.ratings, fresh.offsets, self.like_threshold
-                )
+            self._views.update(folded_views(self._views, offsets, users, items, ratings, self.like_threshold))
             self._read_through = int(offsets[-1])
             self._last_offset = max(self._last_offset, self._read_through)
         return int(offsets.size)
-
-    def _forget_through(self, offset: int) -> None:
-        """Drop items whose latest event is at or below ``offset``, then swap the views in at once.
-
-        Readers keep seeing the old views until the final assignment (one
-        reference swap, atomic under the GIL), so a compaction never makes a
-        live event briefly disappear from :meth:`extra_seen`.
-        """
-        views: dict[int, _UserView] = {}
-        for user, view in self._views.items():
-            keep = view.offsets > offset
-            if keep.all():
-                views[user] = view
-            elif keep.any():
-                views[user] = _view(view.seen[keep], view.ratings[keep], view.offsets[keep], self.like_threshold)
-        self._views = views
 
 
 def _read_columns(
@@ -491,92 +449,6 @@ def _read_columns(
         order = np.argsort(rows[:, 0], kind="stable")
         rows, all_ratings = rows[order], all_ratings[order]
     return rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), all_ratings
-
-
-def _views_of(
-    offsets: npt.NDArray[np.int64],
-    users: npt.NDArray[np.int64],
-    items: npt.NDArray[np.int64],
-    ratings: npt.NDArray[np.float64],
-    like_threshold: float,
-) -> dict[int, _UserView]:
-    """Every user's view from events in offset order: the latest (last) event of each (user, item) wins."""
-    if not offsets.size:
-        return {}
-    order = np.lexsort((items, users))  # by user, then item; stable, so offset order within a pair
-    users, items, ratings, offsets = users[order], items[order], ratings[order], offsets[order]
-    last_of_pair = np.ones(users.shape, dtype=bool)
-    last_of_pair[:-1] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-    users, items, ratings, offsets = (
-        users[last_of_pair],
-        items[last_of_pair],
-        ratings[last_of_pair],
-        offsets[last_of_pair],
-    )
-    liked_mask = np.isnan(ratings) | (ratings >= like_threshold)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], users.shape[0]]
-    for array in (items, ratings, offsets):
-        array.setflags(write=False)
-    views: dict[int, _UserView] = {}
-    for user, start, end in zip(users[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
-        seen = items[start:end]
-        liked = seen[liked_mask[start:end]]
-        liked.setflags(write=False)
-        views[user] = _UserView(seen, ratings[start:end], offsets[start:end], liked)
-    return views
-
-
-def _merged(
-    view: _UserView | None,
-    items: npt.NDArray[np.int64],
-    ratings: npt.NDArray[np.float64],
-    offsets: npt.NDArray[np.int64],
-    like_threshold: float,
-) -> _UserView:
-    """``view`` with one call's events folded in: a binary search and one copy, never a sort of the history."""
-    if items.shape[0] > 1:  # within a call the last event of an item wins (unique over the reversed call)
-        items, last = np.unique(items[::-1], return_index=True)
-        ratings, offsets = ratings[::-1][last], offsets[::-1][last]
-    if view is None:
-        return _view(items, ratings, offsets, like_threshold)
-    seen, held = view.seen, view.seen.shape[0]
-    positions = seen.searchsorted(items)
-    present = positions < held
-    present[present] = seen[positions[present]] == items[present]
-    merged_ratings, merged_offsets = view.ratings, view.offsets
-    newer = present.copy()  # an event applied twice, or after a newer one (refresh), changes nothing
-    newer[present] = offsets[present] > merged_offsets[positions[present]]
-    if newer.any():  # re-recorded items: their latest rating and offset change in place (in a copy)
-        merged_ratings, merged_offsets = merged_ratings.copy(), merged_offsets.copy()
-        merged_ratings[positions[newer]] = ratings[newer]
-        merged_offsets[positions[newer]] = offsets[newer]
-    fresh = ~present
-    n_fresh = int(np.count_nonzero(fresh))
-    if not n_fresh:
-        return _view(seen, merged_ratings, merged_offsets, like_threshold)
-    slots = positions[fresh] + np.arange(n_fresh)  # where each new item lands in the merged arrays
-    old = np.ones(held + n_fresh, dtype=bool)
-    old[slots] = False
-    columns = []
-    for current, new in ((seen, items), (merged_ratings, ratings), (merged_offsets, offsets)):
-        column = np.empty(held + n_fresh, dtype=current.dtype)
-        column[old] = current
-        column[slots] = new[fresh]
-        columns.append(column)
-    return _view(columns[0], columns[1], columns[2], like_threshold)
-
-
-def _view(
-    seen: npt.NDArray[np.int64],
-    ratings: npt.NDArray[np.float64],
-    offsets: npt.NDArray[np.int64],
-    like_threshold: float,
-) -> _UserView:
-    liked = seen[np.isnan(ratings) | (ratings >= like_threshold)]
-    for array in (seen, ratings, offsets, liked):
-        array.setflags(write=False)
-    return _UserView(seen, ratings, offsets, liked)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -652,17 +524,38 @@ def check_interactions(
 ) -> None:
     """Raise :class:`InvalidInteractions` for a call no store would take, whatever its per-call limit (which
     the store checks): lets a server report the field at fault before it looks the items up."""
-    _validated_rows(user_id, item_ids, ratings, times, max_items=_INT64_MAX)
+    validated_rows(user_id, item_ids, ratings, times, max_items=_INT64_MAX)
 
 
-def _validated_rows(
+def check_live_cap(
+    view: UserView | None, user: int, rows: list[tuple[int, int, float | None, int, float]], cap: int
+) -> None:
+    """Raise :class:`LiveEventCapExceeded` when ``rows`` would give ``user`` more than ``cap`` distinct live items.
+
+    ``view`` is the user's live items now; items already live take no room. Every store checks its cap with
+    this one function, so SQLite and Redis refuse the same calls.
+    """
+    items = np.unique(np.array([row[1] for row in rows], dtype=np.int64))
+    held = 0 if view is None else int(view.seen.shape[0])
+    if view is not None and held:
+        positions = np.minimum(np.searchsorted(view.seen, items), held - 1)
+        items = items[view.seen[positions] != items]
+    if held + int(items.shape[0]) > cap:
+        raise LiveEventCapExceeded(
+            f"user {user} has {held} live items not yet compacted into the index and this call adds"
+            f" {items.shape[0]}; the limit is {cap} until the next rebuild"
+        )
+
+
+def validated_rows(
     user_id: int,
     item_ids: Sequence[int] | npt.NDArray[np.integer],
     ratings: Sequence[float | None] | None,
     times: Sequence[int] | npt.NDArray[np.integer] | None,
     max_items: int,
 ) -> list[tuple[int, int, float | None, int, float]]:
-    """Rows ready for INSERT, or InvalidInteractions naming the first problem."""
+    """One call's rows ``(user, item, rating or None, event time, now)``, or InvalidInteractions naming the first
+    problem: every store validates its input with this one function, so all refuse alike."""
     if not _is_int64(user_id):
         raise InvalidInteractions(f"user_id {user_id!r} is not a 64-bit integer", field="user_id")
     items = _int64_list(item_ids, "item_ids")

@@ -112,7 +112,11 @@ class Continuity:
 
 
 def truncation_point(store: LiveEventStore) -> int | None:
-    """How far ``store`` was truncated (it holds every event after it); None for a store that cannot say."""
+    """How far ``store`` was truncated (it holds every event after it); None for a store that cannot say.
+
+    Both stores here say (the SQLite log's ``log_state`` table, Redis's ``{ns}:trimmed``); a third-party
+    store without ``truncated_through`` is served with a warning instead of the check.
+    """
     point = getattr(store, "truncated_through", None)
     return point if isinstance(point, int) else None
 
@@ -214,22 +218,6 @@ def prepare_store(
     continuity = repair_gap(store, index_root, continuity, compacted)
     truncate_safely(store, index_root, compacted.through_offset)
     return continuity
-
-
-def open_event_log(path: Path, index_root: Path | None, version: str, compacted: CompactedEvents) -> InteractionLog:
-    """The server's SQLite log, replayed in full (every event any retained version might need) and prepared
-    for ``version`` (:func:`prepare_store`).
-
-    Raises :class:`ContinuityGap` (the server must not serve that version) or
-    :class:`~movierec.server.interaction_log.InteractionLogError`.
-    """
-    log = InteractionLog(path)
-    try:
-        prepare_store(log, index_root, version, compacted)
-    except BaseException:
-        log.close()
-        raise
-    return log
 
 
 def _pairs(events: CompactedEvents) -> set[tuple[int, int]]:

@@ -2,8 +2,10 @@
 
 :class:`RedisEventStore` has :class:`~movierec.server.interaction_log.InteractionLog`'s
 public methods and semantics (``record``, ``extra_seen``, ``liked``,
-``last_offset``, ``export``, ``truncate_through``, ``close``; replay after
-``replay_after`` at start; :class:`InvalidInteractions` for bad input): it is a
+``last_offset``, ``export``, ``truncate_through``, ``truncated_through``,
+``ensure_offsets_after``, ``close``; replay after ``replay_after`` at start;
+input checked by the same :func:`~movierec.server.interaction_log.validated_rows`;
+the same per-user live-item cap, :class:`LiveEventCapExceeded` beyond): it is a
 :class:`~movierec.server.live_events.LiveEventStore`, so the server and
 ``recctl index rebuild`` can hold either one.
 
@@ -27,7 +29,10 @@ every key of a namespace in one Redis Cluster slot, as the scripts require):
 A call is one Lua script (dedupe check, counter, ``XADD``, dedupe key), so its
 events are stored all or none and two writers never interleave offsets.
 ``truncate_through`` is ``XTRIM MINID`` with the trim point (and a counter bump
-so no later write can land below the trimmed range).
+so no later write can land below the trimmed range); ``truncated_through``
+reads the trim point back for the server's continuity check, and
+``ensure_offsets_after`` raises the counter past what index versions hold (a
+new or reset Redis must not hand out their offsets again).
 
 Offsets are below 2**53 (Redis scripts count in doubles): 9e15 events.
 
@@ -43,8 +48,9 @@ writer has seen, so offsets are not reused even then. :attr:`durability_note`
 says at start when the server's settings do not give the guarantee.
 
 Replicas: each keeps a local per-user view (immutable sorted arrays, a lock-free
-read path) and a background thread follows the stream with ``XREAD BLOCK``, so
-another replica's write is visible here within milliseconds; ``record``
+read path; writes merged in by binary search, :mod:`movierec.server.user_views`)
+and a background thread follows the stream with ``XREAD BLOCK``, so another
+replica's write is visible here within milliseconds; ``record``
 applies its own events at once. Applying is keyed by offset (an item keeps its
 newest event), so the thread and ``record`` may deliver an event twice in any
 order. While Redis is unreachable, ``record`` raises :class:`EventStoreUnavailable`
@@ -52,6 +58,13 @@ order. While Redis is unreachable, ``record`` raises :class:`EventStoreUnavailab
 (stale: other replicas' events since the outage are missing), :attr:`healthy`
 is False, and the follower retries with backoff, catching up from the last
 offset it saw once Redis answers again.
+
+The per-user cap (``max_live_items_per_user``, distinct items not yet
+compacted) is checked against the replica's local view with the user's writes
+through this replica serialised: exact for one replica; across replicas a
+user writing through several at the same instant can pass it by those calls'
+new items (the views lag by the follower's milliseconds). It bounds memory,
+not an exact quota.
 """
 
 from __future__ import annotations
@@ -76,9 +89,13 @@ from movierec.index.events import SeenEvents
 from movierec.server.interaction_log import (
     DEFAULT_LIKE_THRESHOLD,
     DEFAULT_MAX_ITEMS_PER_CALL,
+    DEFAULT_MAX_LIVE_ITEMS_PER_USER,
     InteractionLogError,
-    _validated_rows,
+    LiveEventCapExceeded,
+    check_live_cap,
+    validated_rows,
 )
+from movierec.server.user_views import UserView, folded_views, forgotten_through, views_of
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +109,23 @@ _FOLLOW_BLOCK_MS = 200
 """``XREAD BLOCK`` returns at once on a new entry; this only bounds how long ``close`` waits for the thread."""
 _PAGE = 1000
 _BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.05, 1.0
+_WRITE_LOCK_STRIPES = 64
+"""Writes of one user are serialised (the cap is checked and the call stored as one step); users hash to this many
+locks, so writes of different users mostly run side by side."""
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.setflags(write=False)
 
 # KEYS: stream, counter, dedupe key. ARGV: item count, floor, dedupe TTL (ms; 0: no request id), user, items,
-# ratings, times, at.
-# Returns {offset, 1 when the request id was already stored (offset is the stored call's)}.
+# ratings, times, at, 1 when the call is over the user's live-event cap.
+# Returns {offset, 1 when the request id was already stored (offset is the stored call's)}, or {0, 2}: over the
+# cap, nothing stored (a retry of a stored call is answered first, as the SQLite log does).
 _RECORD_SCRIPT = """
 local dedupe = ARGV[3] ~= '0'
 if dedupe then
     local prior = redis.call('GET', KEYS[3])
     if prior then return {tonumber(prior), 1} end
 end
+if ARGV[9] == '1' then return {0, 2} end
 local top = tonumber(redis.call('GET', KEYS[2]) or '0')
 local floor = tonumber(ARGV[2])
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
@@ -118,6 +140,17 @@ redis.call('XADD', KEYS[1], id .. '-0', 'u', ARGV[4], 'n', ARGV[1], 'i', ARGV[5]
     'at', ARGV[8])
 if dedupe then redis.call('SET', KEYS[3], id, 'PX', ARGV[3]) end
 return {last, 0}
+"""
+
+# KEYS: counter. ARGV: offset. Raises the counter to ``offset`` (never lowers it); returns the counter after.
+_FLOOR_SCRIPT = """
+local top = tonumber(redis.call('GET', KEYS[1]) or '0')
+local offset = tonumber(ARGV[1])
+if top < offset then
+    redis.call('SET', KEYS[1], ARGV[1])
+    return offset
+end
+return top
 """
 
 # KEYS: stream, counter, trim point. ARGV: offset, first id kept. Returns the trim point before this call.
@@ -212,14 +245,6 @@ class _Entry:
         return np.arange(self.first, self.last + 1, dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class _UserView:
-    """One user's live interactions; replaced whole on every write, never mutated."""
-
-    seen: npt.NDArray[np.int64]
-    liked: npt.NDArray[np.int64]
-
-
 class RedisEventStore:
     """Live events in a Redis stream, shared by every replica, with a local lock-free read path.
 
@@ -237,6 +262,7 @@ class RedisEventStore:
         replay_after: int = 0,
         like_threshold: float = DEFAULT_LIKE_THRESHOLD,
         max_items_per_call: int = DEFAULT_MAX_ITEMS_PER_CALL,
+        max_live_items_per_user: int = DEFAULT_MAX_LIVE_ITEMS_PER_USER,
         namespace: str = DEFAULT_NAMESPACE,
         request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S,
         socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
@@ -246,6 +272,8 @@ class RedisEventStore:
             raise ValueError("replay_after must be >= 0")
         if max_items_per_call < 1:
             raise ValueError("max_items_per_call must be >= 1")
+        if max_live_items_per_user < 1:
+            raise ValueError("max_live_items_per_user must be >= 1")
         if request_id_ttl_s < 0.001:
             raise ValueError("request_id_ttl_s must be at least 0.001 (one millisecond)")
         if not namespace or any(c in namespace for c in "{}"):
@@ -253,6 +281,7 @@ class RedisEventStore:
         self.target = parse_events_url(url)
         self.like_threshold = like_threshold
         self.max_items_per_call = max_items_per_call
+        self.max_live_items_per_user = max_live_items_per_user
         self._request_id_ttl_ms = round(request_id_ttl_s * 1000)
         self._stream_key = f"{{{namespace}}}:events"
         self._counter_key = f"{{{namespace}}}:seq"
@@ -261,9 +290,10 @@ class RedisEventStore:
         self._client = _connect(self.target, socket_timeout_s)
         self._record_script = self._client.register_script(_RECORD_SCRIPT)
         self._trim_script = self._client.register_script(_TRIM_SCRIPT)
+        self._floor_script = self._client.register_script(_FLOOR_SCRIPT)
         self._state_lock = threading.Lock()
-        self._latest: dict[int, dict[int, tuple[float, int]]] = {}  # user -> item -> (rating or NaN, offset)
-        self._views: dict[int, _UserView] = {}
+        self._write_locks = [threading.Lock() for _ in range(_WRITE_LOCK_STRIPES)]
+        self._views: dict[int, UserView] = {}
         self._last_offset = 0
         self._trimmed_through = replay_after  # events at or below this are in the index: never applied
         self._last_error: str | None = None
@@ -323,35 +353,57 @@ class RedisEventStore:
         events are fsync'd) and the next :meth:`extra_seen` includes them. A
         ``request_id`` already stored for this user within the TTL is not
         stored again: the first call's offset is returned. Raises
-        :class:`InvalidInteractions` for bad input and
+        :class:`InvalidInteractions` for bad input,
+        :class:`LiveEventCapExceeded` when the user would hold more than
+        ``max_live_items_per_user`` distinct live items (nothing stored), and
         :class:`EventStoreUnavailable` when Redis does not confirm the write
         (it may or may not be stored; a retry with the same ``request_id``
         stores it once).
+
+        The cap is checked against this replica's view of the user, with the
+        user's writes through this replica serialised, so one replica never
+        lets a user past it. Across replicas the view lags by the follower's
+        delay (milliseconds): calls for one user sent to several replicas at
+        the same instant can each pass, so the user can exceed the cap by at
+        most those calls' new items. The cap bounds memory; it is not an
+        exact quota across replicas.
         """
-        rows = _validated_rows(user_id, item_ids, ratings, times, self.max_items_per_call)
+        rows = validated_rows(user_id, item_ids, ratings, times, self.max_items_per_call)
+        with self._write_locks[hash(int(user_id)) % _WRITE_LOCK_STRIPES]:
+            return self._record_locked(int(user_id), rows, request_id)
+
+    def _record_locked(
+        self, user_id: int, rows: list[tuple[int, int, float | None, int, float]], request_id: str | None
+    ) -> int:
+        """:meth:`record` once the user's write lock is held: the cap check, the script, the local view."""
+        over_cap: LiveEventCapExceeded | None = None
+        try:
+            check_live_cap(self._views.get(user_id), user_id, rows, self.max_live_items_per_user)
+        except LiveEventCapExceeded as exc:
+            over_cap = exc  # raised only if Redis does not know the call already (a retry is answered first)
         items, entry_ratings, entry_times = _arrays(rows)
-        request_key = (
-            f"{self._request_key_prefix}{int(user_id)}:{request_id}" if request_id else self._request_key_prefix
-        )
+        request_key = f"{self._request_key_prefix}{user_id}:{request_id}" if request_id else self._request_key_prefix
         args: list[bytes | str | int] = [
             len(rows),
             max(self._last_offset, self._trimmed_through),
             self._request_id_ttl_ms if request_id else 0,
-            int(user_id),
+            user_id,
             items.astype("<i8").tobytes(),
             entry_ratings.astype("<f8").tobytes(),
             entry_times.astype("<i8").tobytes(),
             repr(rows[0][4]),
+            1 if over_cap is not None else 0,
         ]
         try:
             reply = cast(
                 list[int], self._record_script(keys=[self._stream_key, self._counter_key, request_key], args=args)
             )
-            offset, duplicate = int(reply[0]), bool(reply[1])
+            offset, outcome = int(reply[0]), int(reply[1])
+            if outcome == 2 and over_cap is not None:
+                self._last_error = None
+                raise over_cap
             stored = (
-                self._read_entry(offset)
-                if duplicate
-                else _Entry(offset, int(user_id), items, entry_ratings, entry_times)
+                self._read_entry(offset) if outcome == 1 else _Entry(offset, user_id, items, entry_ratings, entry_times)
             )
         except redis.RedisError as exc:
             raise self._unavailable("could not store interactions", exc) from None
@@ -394,15 +446,40 @@ class RedisEventStore:
         deleted = sum(int(np.count_nonzero((e.offsets > before) & (e.offsets <= offset))) for e in doomed)
         with self._state_lock:
             self._trimmed_through = max(self._trimmed_through, offset)
-            latest: dict[int, dict[int, tuple[float, int]]] = {}
-            views: dict[int, _UserView] = {}
-            for user_id, items in self._latest.items():
-                kept = {item: event for item, event in items.items() if event[1] > offset}
-                if kept:
-                    latest[user_id] = kept
-                    views[user_id] = _view_of(kept, self.like_threshold)
-            self._latest, self._views = latest, views  # one swap: readers never see half a rebuild
+            self._views = forgotten_through(self._views, offset, self.like_threshold)  # one swap for readers
         return deleted
+
+    @property
+    def truncated_through(self) -> int:
+        """The highest offset compacted away in Redis (0: nothing ever was): Redis holds every event after it.
+
+        Shared by every replica (``{ns}:trimmed``), so the server's continuity
+        check (:func:`movierec.server.live_events.check_continuity`) works as
+        for the SQLite log: a version holding fewer events than this has a gap.
+        A Redis reset (FLUSHALL, a new instance, an AOF lost) forgets the point
+        with the events: say 0, as nothing after it can be checked either.
+        """
+        try:
+            return self._trim_point()
+        except redis.RedisError as exc:
+            raise self._unavailable("could not read how far the events were truncated", exc) from None
+
+    def ensure_offsets_after(self, offset: int) -> None:
+        """Make every future offset greater than ``offset`` (an index version already holds events through it).
+
+        Raises ``{ns}:seq`` to ``offset`` in one script, never lowers it: a new
+        or reset Redis would otherwise number events from 1 again, and a
+        rebuild would skip them as already compacted. Every replica's next
+        write lands after it.
+        """
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        try:
+            top = int(cast(int, self._floor_script(keys=[self._counter_key], args=[offset])))
+        except redis.RedisError as exc:
+            raise self._unavailable("could not advance the event offsets", exc) from None
+        with self._state_lock:
+            self._last_offset = max(self._last_offset, top)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -459,9 +536,12 @@ class RedisEventStore:
                 after,
                 after,
             )
+        events = _events_of(entries, after)
         with self._state_lock:
-            self._apply_locked(entries)
-            self._last_offset = max(self._last_offset, top)
+            self._views = views_of(
+                events.offsets, events.user_ids, events.item_ids, events.ratings, self.like_threshold
+            )
+            self._last_offset = max(self._last_offset, top, entries[-1].last if entries else 0)
         return max(top, after, entries[-1].last if entries else 0)
 
     def _follow(self) -> None:
@@ -524,26 +604,21 @@ class RedisEventStore:
             )
 
     def _apply_locked(self, entries: list[_Entry]) -> None:
-        """Fold entries into the latest event per (user, item) and republish touched users (caller holds the lock).
+        """Fold entries into the touched users' views, merged by binary search (caller holds the state lock).
 
         An item keeps its highest-offset event, so applying an entry twice or
         out of order changes nothing: ``record`` and the follower may race.
         """
-        touched: set[int] = set()
-        for entry in entries:
-            latest = self._latest.setdefault(entry.user_id, {})
-            for offset, item, rating in zip(
-                entry.offsets.tolist(), entry.item_ids.tolist(), entry.ratings.tolist(), strict=True
-            ):
-                if offset <= self._trimmed_through:
-                    continue
-                prior = latest.get(item)
-                if prior is None or prior[1] < offset:
-                    latest[item] = (rating, offset)
-                    touched.add(entry.user_id)
-            self._last_offset = max(self._last_offset, entry.last)
-        for user_id in touched:
-            self._views[user_id] = _view_of(self._latest[user_id], self.like_threshold)
+        if not entries:
+            return
+        events = _events_of(entries, self._trimmed_through)
+        if len(events):
+            self._views.update(
+                folded_views(
+                    self._views, events.offsets, events.user_ids, events.item_ids, events.ratings, self.like_threshold
+                )
+            )
+        self._last_offset = max(self._last_offset, *(entry.last for entry in entries))
 
     def _entries(self, after: int, through: int | None) -> Iterator[_Entry]:
         """Stored entries holding an offset > ``after`` (and with last offset <= ``through``), page by page."""
@@ -660,15 +735,3 @@ def _events_of(entries: list[_Entry], after: int) -> SeenEvents:
         ratings=np.concatenate([entry.ratings for entry in entries])[keep],
         times=np.concatenate([entry.times for entry in entries])[keep],
     )
-
-
-def _view_of(latest: dict[int, tuple[float, int]], like_threshold: float) -> _UserView:
-    """A user's sorted seen items and liked items (latest rating NaN, i.e. none, or >= the threshold)."""
-    items = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
-    ratings = np.fromiter((event[0] for event in latest.values()), dtype=np.float64, count=len(latest))
-    order = np.argsort(items)
-    items, ratings = items[order], ratings[order]
-    liked = items[np.isnan(ratings) | (ratings >= like_threshold)]
-    items.setflags(write=False)
-    liked.setflags(write=False)
-    return _UserView(seen=items, liked=liked)

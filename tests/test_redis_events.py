@@ -4,6 +4,7 @@ is down, and back on its own."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from bundle_factory import item_id_of_row, make_model_bundle, user_id_of_row
 from redis_harness import RedisServer, running_redis
 
-from movierec.server.interaction_log import InteractionLog, InvalidInteractions
-from movierec.server.live_events import LiveEventStore
+from movierec.index import build_index
+from movierec.index.serving import open_index
+from movierec.server.event_stores import open_server_store
+from movierec.server.interaction_log import InteractionLog, InvalidInteractions, LiveEventCapExceeded
+from movierec.server.live_events import ContinuityGap, LiveEventStore, check_continuity
 from movierec.server.redis_events import (
     EventStoreUnavailable,
     InvalidEventsUrl,
@@ -327,3 +332,119 @@ def test_urls_parse_with_defaults_and_never_show_a_password() -> None:
     assert (secret.username, secret.password, secret.port, secret.db, secret.tls) == ("app", "s3cret", 6380, 2, True)
     assert secret.display == "rediss://app:***@cache.internal:6380/2"
     assert parse_events_url("redis://[::1]:7000/3").display == "redis://[::1]:7000/3"
+
+
+def test_the_per_user_cap_refuses_a_call_whole_as_the_sqlite_log_does(server: RedisServer, tmp_path: Path) -> None:
+    with (
+        InteractionLog(tmp_path / "events.sqlite3", max_live_items_per_user=3) as sqlite,
+        RedisEventStore(server.url, max_live_items_per_user=3) as shared,
+    ):
+        for store in (sqlite, shared):
+            store.record(1, [10, 20], request_id="first")
+            store.record(1, [10, 20, 20])  # items already live take no room
+            with pytest.raises(LiveEventCapExceeded) as refused:
+                store.record(1, [30, 40])
+            assert "limit is 3" in str(refused.value)
+            store.record(2, [10, 20, 30])  # another user's room is their own
+        assert shared.extra_seen(1).tolist() == sqlite.extra_seen(1).tolist() == [10, 20]
+        assert len(shared.export()) == len(sqlite.export()) == 8, "a refused call stored something"
+        last = shared.record(1, [30])
+        with pytest.raises(LiveEventCapExceeded):
+            shared.record(1, [50])
+        shared.truncate_through(last)  # compacted into every retained version: room again
+        assert shared.record(1, [50]) > last
+        assert shared.record(1, [10, 20], request_id="first") == 2, "a retry is answered before the cap"
+
+
+def test_a_replica_counts_the_other_replicas_events_towards_the_cap(server: RedisServer) -> None:
+    with (
+        RedisEventStore(server.url, max_live_items_per_user=3) as first,
+        RedisEventStore(server.url, max_live_items_per_user=3) as second,
+    ):
+        first.record(1, [10, 20, 30])
+        assert _wait_until(_shows(second, 1, [10, 20, 30]), timeout_s=2.0)
+        with pytest.raises(LiveEventCapExceeded):
+            second.record(1, [40])
+        assert len(first.export()) == 3
+
+
+def test_the_truncation_point_is_shared_and_read_by_the_continuity_check(server: RedisServer) -> None:
+    with RedisEventStore(server.url) as serving, RedisEventStore(server.url, follow=False) as rebuild:
+        assert serving.truncated_through == 0
+        serving.record(1, [10, 11, 12])
+        rebuild.truncate_through(2)
+        assert serving.truncated_through == 2, "another handle's trim point is Redis's, not the handle's"
+        continuity = check_continuity(serving, "v0001", 1)
+        assert continuity.gap and continuity.truncated_through == 2
+        assert not check_continuity(serving, "v0002", 3).gap
+
+
+@pytest.fixture
+def index_store(tmp_path: Path) -> Path:
+    make_model_bundle(tmp_path / "model", n_users=10, n_items=40, dim=4, seen_per_user=3)
+    build_index(tmp_path / "model", tmp_path / "index")
+    return tmp_path / "index"
+
+
+def _compact_and_trim(url: str, index_store: Path) -> int:
+    """Record for a known and a new user, compact into v0002 (not CURRENT), then trim Redis through it, as a
+    build before the no-loss rule did: v0001 (CURRENT) now lacks events that Redis no longer holds."""
+    with RedisEventStore(url, follow=False) as store:
+        store.record(user_id_of_row(0), [item_id_of_row(1), item_id_of_row(2)])
+        store.record(2, [item_id_of_row(3)])
+        through = store.last_offset
+        build_index(index_store.parent / "model", index_store, new_events=store.export(), make_current=False)
+        store.truncate_through(through)
+    return through
+
+
+def test_a_version_behind_the_redis_trim_point_is_repaired_from_a_newer_version(
+    server: RedisServer, index_store: Path
+) -> None:
+    through = _compact_and_trim(server.url, index_store)
+    v1 = open_index(index_store / "v0001")
+    for _ in range(2):  # the second start finds the repair done and records nothing more
+        store = open_server_store(server.url, index_store, "v0001", v1.events)
+        try:
+            assert store.extra_seen(user_id_of_row(0)).tolist() == [item_id_of_row(1), item_id_of_row(2)]
+            assert store.extra_seen(2).tolist() == [item_id_of_row(3)]
+            repaired = store.export()
+        finally:
+            store.close()
+        assert sorted(zip(repaired.user_ids.tolist(), repaired.item_ids.tolist(), strict=True)) == sorted(
+            [(user_id_of_row(0), item_id_of_row(1)), (user_id_of_row(0), item_id_of_row(2)), (2, item_id_of_row(3))]
+        )
+        assert int(repaired.offsets.min()) > through, "repaired events reused compacted offsets"
+
+
+def test_a_gap_in_redis_no_retained_version_can_fill_refuses_the_version(
+    server: RedisServer, index_store: Path
+) -> None:
+    _compact_and_trim(server.url, index_store)
+    v1 = open_index(index_store / "v0001")
+    shutil.rmtree(index_store / "v0002")  # the only version holding the trimmed events is gone
+    with pytest.raises(ContinuityGap, match=r"v0001 holds live events through offset 0.*truncated through offset 3"):
+        open_server_store(server.url, index_store, "v0001", v1.events)
+
+
+def test_offsets_are_never_reused_after_redis_is_reset(server: RedisServer, index_store: Path) -> None:
+    """A new or flushed Redis beside versions that compacted offsets 1..N must not number new events 1, 2, ..."""
+    with RedisEventStore(server.url, follow=False) as store:
+        store.record(1, [10, 11])
+        store.record(3, [12])
+        build_index(index_store.parent / "model", index_store, new_events=store.export())  # v0002 holds 1..3
+    admin = redis.Redis(host="127.0.0.1", port=server.port)
+    admin.flushall()
+    with RedisEventStore(server.url, follow=False) as reset:
+        reset.ensure_offsets_after(50)
+        assert reset.last_offset == 50 and reset.record(1, [20]) == 51
+        reset.ensure_offsets_after(10)  # never backwards
+        assert reset.record(1, [21]) == 52
+    admin.flushall()
+    admin.close()
+    v2 = open_index(index_store / "v0002")
+    served = open_server_store(server.url, index_store, "v0002", v2.events)  # what a server does at start
+    try:
+        assert served.record(1, [22]) == 4, "the server's store numbered events inside what v0002 holds"
+    finally:
+        served.close()
