@@ -16,6 +16,10 @@ seen items:
 * p50/p99 of one user's ``ServingIndex.recommend`` at k=10 (answered from the
   prefix) and k=300 (beyond the 256-place prefix: the scan), each with 100
   random exclusions, in process with one BLAS thread as a server runs;
+* the same through a real ``recctl serve`` process and the gRPC client: time
+  from launching the process to SERVING (imports and process start included),
+  p50/p99 of unary calls at k=10 and k=300 with 100 exclusions, and a hot swap
+  (``ReloadIndex`` onto a newly built version, timed until it answers);
 * how many of a user's BLAS scores differ in the last bits between a
   single-query product and the same user's row of a batched product: why the
   search ranks by :func:`movierec.index.topk.exact_scores`.
@@ -30,6 +34,8 @@ import argparse
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +48,7 @@ from bench_machine import machine_basics
 from threadpoolctl import threadpool_limits
 
 from movierec.bundle import CSR, ItemMetadata, ModelBundle, read_manifest, write_model_bundle
+from movierec.clients.client import RecommenderClient
 from movierec.index import ServingIndex, build_index, limit_serving_threads, open_index
 from movierec.index.ranked import DEFAULT_DEPTH
 from movierec.index.topk import ExactSearcher
@@ -53,6 +60,8 @@ DIM = 64
 EXCLUSIONS = 100
 LATENCY_CALLS = 1_000
 OLD_BUILD_SAMPLE = 1_000
+GRPC_CALLS = 300
+SERVE_TIMEOUT_S = 600.0
 BLAS_SAMPLE = 200
 
 
@@ -142,6 +151,57 @@ def blas_disagreement(bundle: ModelBundle) -> float:
     return differing / together.size
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def over_grpc(store: Path, model_dir: Path, n_users: int, n_items: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A real ``recctl serve`` on ``store``: seconds from launch to SERVING, unary latencies, a hot swap (its
+    CURRENT poll off, so the swap happens on the timed ReloadIndex call and not while the next version builds)."""
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "recctl"),
+        "serve",
+        "--index",
+        str(store),
+        "--port",
+        str(port),
+        "--poll",
+        "0",
+    ]
+    started = time.perf_counter()
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = RecommenderClient(f"127.0.0.1:{port}")
+    try:
+        client.wait_until_serving(SERVE_TIMEOUT_S)
+        serving_s = time.perf_counter() - started
+        latency = {}
+        for k in (10, 300):
+            samples = []
+            for _ in range(GRPC_CALLS):
+                user = int(rng.integers(1, n_users + 1))
+                excluded = (rng.choice(n_items, EXCLUSIONS, replace=False) + 1).tolist()
+                call_started = time.perf_counter()
+                client.recommend(user, k, excluded)
+                samples.append(time.perf_counter() - call_started)
+            values = np.array(samples) * 1e3
+            latency[f"k{k}"] = {
+                "p50_ms": round(float(np.percentile(values, 50)), 3),
+                "p99_ms": round(float(np.percentile(values, 99)), 3),
+            }
+        build_index(model_dir, store)  # the next version, made CURRENT
+        swap_s, reloaded = timed(lambda: client.reload_index(timeout=SERVE_TIMEOUT_S))
+        if not reloaded.swapped:
+            raise SystemExit(f"the server did not swap: {reloaded.error}")
+        return {"serving_after_launch_s": round(serving_s, 2), "latency": latency, "swap_s": round(swap_s, 2)}
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def run_size(name: str, work: Path, seed: int) -> dict[str, Any]:
     n_users, n_items, n_seen = SIZES[name]
     rng = np.random.default_rng(seed)
@@ -168,6 +228,9 @@ def run_size(name: str, work: Path, seed: int) -> dict[str, Any]:
     print(f"[{name}] SERVING in {start_s:.1f} s (swap {swap_s:.1f} s)", file=sys.stderr, flush=True)
 
     latency = {f"k{k}": latencies_ms(served, k, rng) for k in (10, 300)}
+    del served
+    grpc = over_grpc(work / name / "index", model_dir, n_users, n_items, rng)
+    print(f"[{name}] recctl serve SERVING in {grpc['serving_after_launch_s']:.1f} s", file=sys.stderr, flush=True)
     return {
         "users": n_users,
         "items": n_items,
@@ -188,6 +251,7 @@ def run_size(name: str, work: Path, seed: int) -> dict[str, Any]:
         "serving_without_stored_prefixes_s": round(computed_s, 2),
         "serving_without_stored_prefixes_cpu_s": round(computed_cpu_s, 2),
         "latency": latency,
+        "grpc": grpc,
         "blas_scores_differing_share": round(blas_disagreement(bundle), 4),
     }
 
@@ -202,7 +266,8 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
         f"Command: `{result['command']}`. Machine: {machine['cpu']}, {machine['cores']} cores shared with other "
         f"agents, 1-minute load {result['load_before']} before and {machine['load_average_1min']} after the run "
         f"(numpy {machine['numpy']}); `nice -n 10`. Synthetic bundles, dim {DIM}, random vectors, power-law seen "
-        "sets; one process, latencies with one BLAS thread (as `recctl serve` runs).",
+        "sets. In-process rows: one process, one BLAS thread (as `recctl serve` runs); `recctl serve` rows: a "
+        "server process and this process as its gRPC client, on the same 2 cores.",
         "",
         "| | " + " | ".join(f"{s['users']:,} users x {s['items']:,} items" for s in result["sizes"].values()) + " |",
         "|---|" + "---|" * len(result["sizes"]),
@@ -245,6 +310,18 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
             lambda s: (
                 f"**{s['latency']['k300']['p50_ms']:.2f}** / {s['latency']['k300']['p99_ms']:.2f} "
                 f"({s['latency']['k300']['from_prefix']:.0%} from the prefix)"
+            ),
+        ),
+        (
+            "`recctl serve`: launch to SERVING (s)",
+            lambda s: f"{s['grpc']['serving_after_launch_s']:.1f}",
+        ),
+        ("`recctl serve`: ReloadIndex onto a new version (s)", lambda s: f"{s['grpc']['swap_s']:.1f}"),
+        (
+            "`recctl serve` over gRPC, k=10 / k=300: p50 (p99) (ms)",
+            lambda s: (
+                f"{s['grpc']['latency']['k10']['p50_ms']:.2f} ({s['grpc']['latency']['k10']['p99_ms']:.1f}) / "
+                f"{s['grpc']['latency']['k300']['p50_ms']:.2f} ({s['grpc']['latency']['k300']['p99_ms']:.1f})"
             ),
         ),
         (
