@@ -206,6 +206,7 @@ class HttpApi:
         assert config.http_port is not None
         self._host = config.host
         self._requested_port = config.http_port
+        self._reuse_port = config.reuse_port
         token = None if config.token_file is None else read_token_file(config.token_file)
         self.app = create_app(server, token=token, draining=lambda: self.draining)
         self.draining = False
@@ -219,6 +220,8 @@ class HttpApi:
                 log_config=None,  # the process's logging stays as recctl set it up
                 access_log=False,
                 server_header=False,
+                # Connections and requests in progress at once, as gRPC's max_concurrent_rpcs (503 beyond).
+                limit_concurrency=config.max_concurrent_rpcs,
                 timeout_graceful_shutdown=_whole_seconds(config.grace_seconds),
                 ssl_certfile=None if config.tls_cert is None else str(config.tls_cert),
                 ssl_keyfile=None if config.tls_key is None else str(config.tls_key),
@@ -234,7 +237,9 @@ class HttpApi:
             )[0]
             sock = socket.socket(family, kind, proto)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart over TIME_WAIT, never share
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart over TIME_WAIT
+                if self._reuse_port:  # the workers of `recctl serve --workers N` share it, as they share gRPC's
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind(sockaddr)
                 sock.listen(2048)
             except OSError:

@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from bundle_factory import GENRES, item_id_of_row, user_id_of_row
+from bundle_factory import GENRES, item_id_of_row, make_model_bundle, user_id_of_row
 from server_harness import RECCTL, STARTUP_TIMEOUT, ServeProcess, ServerThread, make_index
 from test_auth import Pki, pki  # noqa: F401  (pki is the fixture: a throw-away CA and server certificate)
 
-from movierec.index import ServingIndex
+from movierec.index import ServingIndex, build_index
 from movierec.server.app import ServerConfig, load_index
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
@@ -308,3 +309,50 @@ def test_sigterm_stops_http_with_grpc_and_a_taken_port_is_one_line(index_root: P
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{busy} for HTTP" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_hot_swap_reaches_http_and_grpc_alike(tmp_path: Path) -> None:
+    index_root = make_index(tmp_path, n_users=N_USERS, n_items=N_ITEMS, dim=8, seen_per_user=5)
+    process = ServeProcess("--index", str(index_root), "--http-port", "0", "--poll", "0.2")
+    try:
+        listening = process.wait_serving()["listening"]
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{listening['http_port']}", timeout=10) as client,
+            grpc.insecure_channel(f"127.0.0.1:{listening['port']}") as channel,
+        ):
+            first = client.get("/info").json()["index_version"]
+            other_model = make_model_bundle(tmp_path / "model2", n_users=N_USERS, n_items=N_ITEMS, dim=8, seed=5)
+            second = build_index(other_model, index_root).name
+            assert second != first
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while client.get("/info").json()["index_version"] != second:
+                assert time.monotonic() < deadline, "the HTTP API never saw the new version"
+                time.sleep(0.1)
+            answer = client.post("/recommend", json={"user_id": user_id_of_row(1), "k": 5}).json()
+            expected = pb_grpc.RecommenderServiceStub(channel).Recommend(
+                pb.RecommendRequest(user_id=user_id_of_row(1), k=5), timeout=10
+            )
+            assert answer["index_version"] == expected.index_version == second
+            assert _items(answer) == _grpc_items(expected)
+    finally:
+        process.close()
+
+
+@pytest.mark.slow
+def test_connections_beyond_the_concurrency_cap_are_refused(index_root: Path) -> None:
+    """uvicorn counts open connections against max_concurrent_rpcs (the cap gRPC calls have): 503 beyond."""
+    server = ServerThread(ServerConfig(index_root, http_port=0, poll_seconds=0, max_concurrent_rpcs=2))
+    try:
+        server.start_loading().result(STARTUP_TIMEOUT)
+        assert server.server.http is not None
+        base = f"http://127.0.0.1:{server.server.http.port}"
+        with httpx.Client(base_url=base, timeout=10) as first, httpx.Client(base_url=base, timeout=10) as second:
+            assert first.get("/health").status_code == 200
+            assert second.get("/health").status_code == 503  # the first connection is still open (keep-alive)
+        deadline = time.monotonic() + 10  # both closed: room again, once the server has seen them go
+        while (status := httpx.get(f"{base}/health", timeout=10).status_code) != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 200
+    finally:
+        server.stop()
