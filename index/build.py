@@ -23,6 +23,7 @@ from movierec.errors import BundleError
 from movierec.index.events import CompactedEvents, SeenEvents, merge_into_seen, read_events, write_events
 from movierec.index.faiss_index import KINDS, HnswParams, create_index, write_index
 from movierec.index.layout import BUILD_LOCK, FAISS_FILE, INDEX_KIND, MODEL_DIR
+from movierec.index.meta import IndexMeta
 from movierec.index.ranked import DEFAULT_DEPTH, affordable_depth, write_prefixes
 from movierec.index.serving import resolve_version_dir
 from movierec.index.topk import ExactSearcher
@@ -95,13 +96,15 @@ def build_index(
 
 
 def _current_events(store: VersionedStore) -> CompactedEvents:
-    """The live events compacted into the current version; refusing (not dropping them) when unreadable."""
+    """The live events compacted into the current version, verified against its manifest entries; refusing (not
+    dropping them) when unreadable or altered: the new version's manifest would otherwise vouch for them."""
     current = store.current()
     if current is None:
         return CompactedEvents.none()
     try:
         manifest = read_manifest(current, INDEX_KIND, verify=False)
-        return read_events(current, int(manifest.meta.get("interactions", {}).get("through_offset", 0)))
+        meta = IndexMeta.from_manifest(manifest, current)
+        return read_events(current, meta.events_through, manifest, verify=True)
     except BundleError as exc:
         raise BundleError(f"cannot carry live events forward from the current version: {exc}") from None
 
@@ -243,7 +246,7 @@ def _current_settings(index_root: Path, overrides: dict[str, Any]) -> tuple[str,
     """The kind and parameters of the current version (flat when there is none), with ``overrides`` on top."""
     if VersionedStore(index_root).current_version() is None:
         return ("hnsw" if overrides else "flat"), overrides
-    manifest = read_manifest(resolve_version_dir(index_root), INDEX_KIND, verify=False)
-    kind = str(manifest.meta["index"]["kind"])
-    params = dict(manifest.meta["index"]["params"]) if kind == "hnsw" else {}
-    return kind, {**params, **overrides}
+    current = resolve_version_dir(index_root)
+    meta = IndexMeta.from_manifest(read_manifest(current, INDEX_KIND, verify=False), current)
+    params = dict(meta.params) if meta.kind == "hnsw" else {}
+    return meta.kind, {**params, **overrides}

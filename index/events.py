@@ -14,15 +14,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from movierec.bundle import CSR, ModelBundle
+from movierec.bundle import CSR, Manifest, ModelBundle, read_manifest, sha256_file
+from movierec.bundle.manifest import listed_file
+from movierec.bundle.npy import read_npy
 from movierec.errors import BundleError
+from movierec.index.layout import INDEX_KIND
+from movierec.index.meta import IndexMeta
 
 EVENT_USERS_FILE = "events_user_ids.npy"
 EVENT_ITEMS_FILE = "events_item_ids.npy"
+EVENT_FILES = (EVENT_USERS_FILE, EVENT_ITEMS_FILE)
 
 
 @dataclass(frozen=True)
@@ -129,16 +135,56 @@ def write_events(directory: Path, events: CompactedEvents) -> None:
     np.save(directory / EVENT_ITEMS_FILE, events.item_ids.astype(np.int64))
 
 
-def read_events(directory: Path, through_offset: int) -> CompactedEvents:
-    """The compacted events of a version (none for a version built without any)."""
-    users_path, items_path = directory / EVENT_USERS_FILE, directory / EVENT_ITEMS_FILE
-    if not users_path.is_file():
-        return CompactedEvents.none()
+def read_events(
+    directory: Path, through_offset: int, manifest: Manifest | None = None, *, verify: bool = False
+) -> CompactedEvents:
+    """The compacted events of a version, as its manifest lists them (``directory``'s own when not given).
+
+    The manifest decides, never the files on disk: neither file listed is a
+    version without events (unless one lies there unlisted: refused, it would
+    be read unverified), one listed without the other is half a version. Both
+    are read by :func:`~movierec.bundle.npy.read_npy` (int64 vectors, sizes
+    checked from the header) and must hold as many events as the manifest's
+    ``interactions.events``. ``verify`` checks each file's size and SHA-256
+    against its manifest entry first, for a caller that has not verified the
+    whole version (a rebuild carrying them forward must never certify altered
+    events in a new manifest). Anything wrong is a :class:`BundleError`.
+    """
+    directory = Path(directory)
+    if manifest is None:
+        manifest = read_manifest(directory, INDEX_KIND, verify=False)
+    listed = [name in manifest.files for name in EVENT_FILES]
+    if not all(listed):
+        if any(listed):
+            raise BundleError(f"the manifest lists only some of {', '.join(EVENT_FILES)}", path=directory)
+        present = [name for name in EVENT_FILES if (directory / name).exists()]
+        if present:
+            raise BundleError(f"{', '.join(present)} present but not listed in the manifest", path=directory)
+        events = CompactedEvents.none()
+    else:
+        paths = [listed_file(manifest, directory, name) for name in EVENT_FILES]
+        if verify:
+            for name, path in zip(EVENT_FILES, paths, strict=True):
+                _verify_entry(manifest.files[name], path)
+        users, items = (read_npy(path, np.int64, 1) for path in paths)
+        if users.shape != items.shape:
+            raise BundleError("compacted event user and item arrays differ in shape", path=directory)
+        events = CompactedEvents(users, items, through_offset)
+    expected = IndexMeta.from_manifest(manifest, directory).compacted_events
+    if len(events) != expected:
+        raise BundleError(
+            f"index manifest says {expected} compacted events, the version holds {len(events)}", path=directory
+        )
+    return events
+
+
+def _verify_entry(entry: dict[str, Any], path: Path) -> None:
+    """``path`` has the size and SHA-256 its manifest entry records."""
     try:
-        users = np.load(users_path, allow_pickle=False)
-        items = np.load(items_path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"unreadable compacted events ({exc})", path=directory) from None
-    if users.shape != items.shape or users.ndim != 1:
-        raise BundleError("compacted event user and item arrays differ in shape", path=directory)
-    return CompactedEvents(users.astype(np.int64), items.astype(np.int64), through_offset)
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BundleError("listed in the manifest but missing", path=path) from None
+    if size != entry["bytes"]:
+        raise BundleError(f"truncated or altered: {size} bytes, manifest says {entry['bytes']}", path=path)
+    if sha256_file(path) != entry["sha256"]:
+        raise BundleError("checksum mismatch: the file was altered after the bundle was written", path=path)

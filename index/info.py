@@ -6,14 +6,19 @@ A corrupt version is reported with the reason rather than raising, so
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from movierec.bundle import VersionedStore, read_manifest
+from movierec.bundle import MANIFEST_NAME, VersionedStore, read_manifest, sha256_file
+from movierec.bundle.manifest import listed_file, load_json
+from movierec.bundle.model import MODEL_KIND
 from movierec.errors import BundleError
 from movierec.index.layout import INDEX_KIND, MODEL_DIR
+from movierec.index.meta import IndexMeta
+
+METRICS = f"{MODEL_DIR}/metrics.json"
+"""The model's evaluation, shown by ``recctl index info`` when the version lists it."""
 
 
 @dataclass(frozen=True)
@@ -54,34 +59,36 @@ class StoreInfo:
 
 
 def describe_version(path: Path, *, current: bool, verify: bool = True) -> VersionInfo:
-    """What one version holds; ``ok=False`` with the reason when it fails verification."""
+    """What one version holds; ``ok=False`` with the reason when it fails verification.
+
+    Fields come from :class:`IndexMeta` (checked, never a KeyError), the model's creation time from the
+    model manifest the version pins (its SHA-256 checked when ``verify``), and metrics only from a file the
+    manifest lists.
+    """
     try:
         manifest = read_manifest(path, INDEX_KIND, verify=verify)
-        meta = manifest.meta
-        metrics_path = path / MODEL_DIR / "metrics.json"
-        try:
-            metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        except ValueError as exc:
-            raise BundleError(f"not valid JSON ({exc})", path=metrics_path) from None
+        meta = IndexMeta.from_manifest(manifest, path)
+        model = read_manifest(path / MODEL_DIR, MODEL_KIND, verify=False)
+        if verify and sha256_file(path / MODEL_DIR / MANIFEST_NAME) != meta.source_model_sha256:
+            raise BundleError("differs from the one the index was built from", path=path / MODEL_DIR / MANIFEST_NAME)
+        metrics = load_json(listed_file(manifest, path, METRICS)) if METRICS in manifest.files else {}
         return VersionInfo(
             version=path.name,
             current=current,
             ok=True,
-            kind=str(meta["index"]["kind"]),
-            dim=int(meta["dim"]),
-            n_items=int(meta["n_items"]),
-            n_users=int(meta["n_users"]),
+            kind=meta.kind,
+            dim=meta.dim,
+            n_items=meta.n_items,
+            n_users=meta.n_users,
             created_at=manifest.created_at,
-            source_model=str(meta["source_model"]["path"]),
-            model_created_at=str(meta["source_model"]["created_at"]),
-            events=int(meta.get("interactions", {}).get("events", 0)),
-            events_through=int(meta.get("interactions", {}).get("through_offset", 0)),
+            source_model=meta.source_model_path,
+            model_created_at=model.created_at,
+            events=meta.compacted_events,
+            events_through=meta.events_through,
             metrics=dict(metrics) if isinstance(metrics, dict) else {},
         )
     except BundleError as exc:
         return VersionInfo(version=path.name, current=current, ok=False, problem=str(exc))
-    except (KeyError, TypeError, ValueError) as exc:
-        return VersionInfo(version=path.name, current=current, ok=False, problem=f"incomplete manifest ({exc})")
 
 
 def describe_store(root: Path, *, verify: bool = True) -> StoreInfo:

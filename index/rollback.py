@@ -100,8 +100,8 @@ def newest_events_holding(index_root: Path, through: int) -> tuple[str, Compacte
         if retained.events_through is None or retained.events_through < through:
             continue
         try:
-            read_manifest(retained.path, INDEX_KIND, verify=True)
-            return retained.version, read_events(retained.path, retained.events_through)
+            manifest = read_manifest(retained.path, INDEX_KIND, verify=True)
+            return retained.version, read_events(retained.path, retained.events_through, manifest)
         except BundleError as exc:
             logger.warning("version %s cannot repair a gap: %s", retained.version, exc)
     return None

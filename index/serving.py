@@ -152,7 +152,11 @@ class ServingIndex:
 
     @property
     def events_through(self) -> int:
-        """The interaction-log offset this version includes: the server replays only events after it."""
+        """The last live-event offset this version has compacted (0: none).
+
+        The server does not replay only the events after it: it replays every event its store still holds
+        (a swap to an older retained version needs them) and checks the store's truncation point against it
+        (:func:`movierec.server.live_events.check_continuity`)."""
         return self.events.through_offset
 
     @property

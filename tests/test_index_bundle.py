@@ -340,3 +340,76 @@ def test_a_damaged_hnsw_graph_is_refused_before_any_walk(model: Path, tmp_path: 
 def test_a_store_path_that_is_not_there_is_a_bundle_error(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="no such index version or store"):
         open_index(tmp_path / "nowhere")
+
+
+# --- what a rebuild carries forward, and what operators are shown: read through the manifest ---
+
+
+def _refused_rebuild(model: Path, root: Path, message: str) -> None:
+    """The build refuses with a one-line BundleError, and the store gains no version."""
+    before = VersionedStore(root).versions()
+    with pytest.raises(BundleError, match=message) as caught:
+        build_index(model, root, new_events=_events(1))
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith("cannot carry live events forward from the current version")
+    assert VersionedStore(root).versions() == before and VersionedStore(root).current_version() == before[-1]
+
+
+def test_a_rebuild_never_carries_altered_event_files_into_a_new_version(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    version = build_index(model, root, new_events=_events(3))
+    users = version / "events_user_ids.npy"
+    pristine = users.read_bytes()
+    rewrite_array(users, lambda a: a + 2)  # same size, other users: nothing re-sealed
+    _refused_rebuild(model, root, r"events_user_ids\.npy: checksum mismatch")
+    rewrite_array(users, lambda a: a[:2])
+    _refused_rebuild(model, root, r"events_user_ids\.npy: truncated or altered")
+    users.unlink()
+    _refused_rebuild(model, root, r"events_user_ids\.npy: listed in the manifest but missing")
+    users.write_bytes(pristine)
+    carried = open_index(build_index(model, root, new_events=_events(4)))
+    assert len(carried.events) == 4 and carried.events.user_ids.tolist() == _events(4).user_ids.tolist()
+
+
+def test_a_rebuild_decides_by_the_manifest_not_by_the_files_present(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    version = build_index(model, root)  # no events: the files are written empty and listed
+    raw = read_json(version / "manifest.json")
+    for name in ("events_user_ids.npy", "events_item_ids.npy"):
+        del raw["files"][name]
+    write_json(version / "manifest.json", raw)
+    _refused_rebuild(model, root, "present but not listed in the manifest")
+    for name in ("events_user_ids.npy", "events_item_ids.npy"):
+        (version / name).unlink()
+    assert len(open_index(build_index(model, root, new_events=_events(2))).events) == 2  # listed neither: none
+
+
+def test_rebuild_reads_the_current_settings_through_the_checked_meta(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    make_model_bundle(models / "only", n_users=5, n_items=20, dim=3, seen_per_user=2, seed=1)
+    root = tmp_path / "index"
+    version = build_index(models / "only", root, kind="hnsw", m=8)
+    raw = read_json(version / "manifest.json")
+    raw["meta"]["index"]["kind"] = ["hnsw"]
+    write_json(version / "manifest.json", raw)
+    with pytest.raises(BundleError, match=r"index\.kind is missing or not a str") as caught:
+        rebuild_index(models, root)
+    assert "\n" not in str(caught.value) and VersionedStore(root).versions() == ["v0001"]
+
+
+def test_describe_version_reads_checked_meta_and_only_listed_metrics(model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    version = build_index(model, root, new_events=_events(3))
+    shown = describe_store(root).versions[0]
+    assert (shown.ok, shown.events, shown.events_through, shown.dim) == (True, 3, 3, 4)
+    assert shown.model_created_at == read_manifest(model, "model", verify=False).created_at
+    raw = read_json(version / "manifest.json")
+    original = json.dumps(raw)
+    del raw["files"]["model/metrics.json"]
+    write_json(version / "manifest.json", raw)
+    assert describe_store(root).versions[0].metrics == {}, "an unlisted metrics file was read"
+    raw = json.loads(original)
+    raw["meta"]["n_users"] = "twelve"
+    write_json(version / "manifest.json", raw)
+    broken = describe_store(root, verify=False).versions[0]
+    assert not broken.ok and broken.problem is not None and "n_users is missing or not an integer" in broken.problem

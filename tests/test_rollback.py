@@ -19,7 +19,7 @@ from movierec.clients.cli import main as cli
 from movierec.errors import BundleError
 from movierec.index import build_index, prune_versions
 from movierec.index.events import EVENT_USERS_FILE
-from movierec.index.rollback import rollback, safe_truncation_offset
+from movierec.index.rollback import newest_events_holding, rollback, safe_truncation_offset
 from movierec.server.app import ServerConfig
 from movierec.server.interaction_log import LOG_FILE_NAME, InteractionLog
 from movierec.server.live_events import ContinuityGap
@@ -262,3 +262,32 @@ def test_unreadable_versions_do_not_count_and_a_missing_store_is_an_error(store:
     with pytest.raises(BundleError, match="no such index store"):
         rollback(tmp_path / "nowhere")
     assert np.array_equal(np.load(store / "v0002" / EVENT_USERS_FILE), np.zeros(0, dtype=np.int64))
+
+
+def test_recctl_rebuild_refuses_altered_compacted_events_and_the_log_keeps_them(
+    store: Path, log_path: Path, recctl: Run
+) -> None:
+    through = _compact(store, log_path)
+    VersionedStore(store).set_current("v0002")
+    users = store / "v0002" / EVENT_USERS_FILE
+    np.save(users, np.load(users) + 2)  # other users, same size; the manifest is left as it was
+    code, _, err = recctl("index", "rebuild", "--models", store.parent / "model", "--out", store, "--events", log_path)
+    assert code == 1 and err.count("\n") == 1
+    assert "cannot carry live events forward" in err and "checksum mismatch" in err and EVENT_USERS_FILE in err
+    assert VersionedStore(store).versions() == ["v0001", "v0002"]
+    with InteractionLog(log_path, replay=False) as log:
+        assert log.truncated_through == 0 and len(log.export()) == through, "a refused rebuild truncated the log"
+
+
+def test_the_repair_source_is_read_through_its_verified_manifest(store: Path, log_path: Path) -> None:
+    through = _compact(store, log_path)
+    found = newest_events_holding(store, through)
+    assert found is not None and found[0] == "v0002"
+    assert sorted(zip(found[1].user_ids.tolist(), found[1].item_ids.tolist(), strict=True)) == sorted(
+        [(USER, item_id_of_row(1)), (USER, item_id_of_row(2)), (NEW_USER, item_id_of_row(3))]
+    )
+    assert found[1].through_offset == through
+    raw = json.loads((store / "v0002" / "manifest.json").read_text())
+    del raw["files"][EVENT_USERS_FILE]  # half a version: the holder no longer counts
+    (store / "v0002" / "manifest.json").write_text(json.dumps(raw))
+    assert newest_events_holding(store, through) is None
