@@ -33,6 +33,7 @@ from typing import Protocol
 
 from movierec.errors import MovierecError
 from movierec.server.errors import RequestError, invalid_argument
+from movierec.server.interaction_log import DEFAULT_MAX_ITEMS_PER_CALL
 from movierec.server.limits import (
     DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_MAX_METADATA_BYTES,
@@ -59,8 +60,6 @@ __all__ = [
 # The receive limit is this many times the largest valid request, rounded up to RECEIVE_ROUNDING.
 HEADROOM = 2
 RECEIVE_ROUNDING = 64 * 1024
-# Most events one RecordInteractions call may carry (the interaction log's per-call cap).
-DEFAULT_MAX_RECORD_ITEMS = 10_000
 # Bytes budgeted per genre name when sizing requests (the longest MovieLens genre has 11 characters).
 GENRE_NAME_BYTES = 64
 # Shortest bearer token accepted by --token-file (12 random characters: ~72 bits as base64).
@@ -80,7 +79,9 @@ class SizedQuery(Protocol):
     def exclude_item_ids(self) -> Sequence[int]: ...
 
 
-def receive_limit(limits: Limits, *, max_batch_size: int = 0, max_record_items: int = DEFAULT_MAX_RECORD_ITEMS) -> int:
+def receive_limit(
+    limits: Limits, *, max_batch_size: int = 0, max_record_items: int = DEFAULT_MAX_ITEMS_PER_CALL
+) -> int:
     """The largest message the server accepts, in bytes: :data:`HEADROOM` times the largest request that passes
     validation (Recommend*, SimilarItems, RecordInteractions, a RecommendBatch of ``max_batch_size``
     plain requests), rounded up to :data:`RECEIVE_ROUNDING`. With the defaults: 512 KiB.
