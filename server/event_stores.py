@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,9 +34,6 @@ REDIS_SCHEMES = ("redis://", "rediss://")
 DEFAULT_FILE_POLL_S = 0.02
 """How often a process looks at the shared SQLite file for other processes' events: well inside 100 ms."""
 HEALTH_CHECK_S = 0.25
-_EMPTY = np.zeros(0, dtype=np.int64)
-_EMPTY.setflags(write=False)
-_POLL_PAGE = 10_000
 _BACKOFF_MAX_S = 1.0
 
 
@@ -97,14 +92,15 @@ async def watch_store_health(
 class SharedFileLog:
     """The SQLite interaction log shared by every process serving from one file.
 
-    Writes go through :class:`InteractionLog` (one fsync'd transaction, then
-    acknowledged). Reads come from this object's own per-user views, which a
-    background thread keeps up to date by reading every row past the last
-    offset it applied, every :data:`DEFAULT_FILE_POLL_S` (a primary-key range
-    read of nothing, most of the time: microseconds). So an event recorded by
-    any process is excluded here within one poll, and one recorded here at
-    once (``record`` applies the new rows before it returns). Each item keeps
-    its highest-offset event, so the order in which rows arrive never matters.
+    One :class:`InteractionLog` does everything: writes (one fsync'd
+    transaction, then acknowledged and visible here at once), reads (its
+    lock-free per-user views) and the per-user cap (checked against those
+    views, which hold every process's events, not only this one's). What this
+    wrapper adds is a background thread that calls
+    :meth:`InteractionLog.refresh` every :data:`DEFAULT_FILE_POLL_S`, so an
+    event recorded by any other process is excluded here within one poll (with
+    nothing new, one indexed range read: microseconds). Start-up is the log's
+    own batched replay, once.
     """
 
     def __init__(
@@ -114,28 +110,13 @@ class SharedFileLog:
         replay_after: int = 0,
         like_threshold: float = DEFAULT_LIKE_THRESHOLD,
         poll_s: float = DEFAULT_FILE_POLL_S,
+        **log_options: Any,
     ) -> None:
+        """``log_options`` go to :class:`InteractionLog` (per-call and per-user limits, request id memory)."""
         self.path = Path(path)
-        self.like_threshold = like_threshold
-        self._log = InteractionLog(self.path, replay_after=replay_after, like_threshold=like_threshold)
-        self._lock = threading.Lock()
-        self._latest: dict[int, dict[int, tuple[float, int]]] = {}  # user -> item -> (rating or NaN, offset)
-        self._views: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}  # user -> (seen, liked)
-        self._trimmed_through = replay_after
-        self._cursor = replay_after
+        self._log = InteractionLog(self.path, replay_after=replay_after, like_threshold=like_threshold, **log_options)
         self._last_error: str | None = None
         self._stop = threading.Event()
-        try:
-            self._reader = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._catch_up()
-        except sqlite3.Error as exc:
-            self._log.close()
-            raise InteractionLogError(f"cannot read the interaction log ({exc})", path=self.path) from None
-        except BaseException:
-            self._log.close()
-            raise
         self._poll_s = poll_s
         self._follower = threading.Thread(target=self._follow, name="interaction-log-follower", daemon=True)
         self._follower.start()
@@ -143,16 +124,14 @@ class SharedFileLog:
     # -- hot path ---------------------------------------------------------------------------------
 
     def extra_seen(self, user_id: int) -> npt.NDArray[np.int64]:
-        view = self._views.get(user_id)
-        return _EMPTY if view is None else view[0]
+        return self._log.extra_seen(user_id)
 
     def liked(self, user_id: int) -> npt.NDArray[np.int64]:
-        view = self._views.get(user_id)
-        return _EMPTY if view is None else view[1]
+        return self._log.liked(user_id)
 
     @property
     def last_offset(self) -> int:
-        return max(self._cursor, self._log.last_offset)
+        return self._log.last_offset
 
     @property
     def healthy(self) -> bool:
@@ -174,14 +153,8 @@ class SharedFileLog:
         *,
         request_id: str | None = None,
     ) -> int:
-        """Store durably (see :meth:`InteractionLog.record`), then apply every new row before returning."""
-        retry_key: dict[str, Any] = {"request_id": request_id} if request_id else {}
-        offset = self._log.record(user_id, item_ids, ratings, times, **retry_key)
-        try:
-            self._catch_up()
-        except sqlite3.Error as exc:  # stored and durable: the follower applies it on its next poll
-            logger.warning("interaction log: stored through offset %d but could not read it back (%s)", offset, exc)
-        return offset
+        """Store durably and publish here (see :meth:`InteractionLog.record`); other processes within a poll."""
+        return self._log.record(user_id, item_ids, ratings, times, request_id=request_id)
 
     def export(self, after: int = 0) -> SeenEvents:
         return self._log.export(after)
@@ -189,24 +162,11 @@ class SharedFileLog:
     def truncate_through(self, offset: int) -> int:
         """Delete the events the serving index now holds, and forget them here (other processes forget theirs
         when they swap to that index)."""
-        deleted = self._log.truncate_through(offset)
-        with self._lock:
-            self._trimmed_through = max(self._trimmed_through, offset)
-            latest: dict[int, dict[int, tuple[float, int]]] = {}
-            views: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
-            for user_id, items in self._latest.items():
-                kept = {item: event for item, event in items.items() if event[1] > offset}
-                if kept:
-                    latest[user_id] = kept
-                    views[user_id] = _view_of(kept, self.like_threshold)
-            self._latest, self._views = latest, views  # one swap: readers never see half a rebuild
-        return deleted
+        return self._log.truncate_through(offset)
 
     def close(self) -> None:
         self._stop.set()
         self._follower.join()
-        with self._lock:
-            self._reader.close()
         self._log.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -227,11 +187,12 @@ class SharedFileLog:
     # -- internals --------------------------------------------------------------------------------
 
     def _follow(self) -> None:
+        """Apply other processes' rows every poll; on a read error back off (up to a second) and say so once."""
         delay = self._poll_s
         while not self._stop.wait(delay):
             try:
-                self._catch_up()
-            except sqlite3.Error as exc:
+                self._log.refresh()
+            except InteractionLogError as exc:
                 if self._last_error is None:
                     logger.error("interaction log %s: cannot read other processes' events (%s)", self.path, exc)
                 self._last_error = f"interaction log {self.path}: {exc}"
@@ -241,45 +202,6 @@ class SharedFileLog:
                 logger.warning("interaction log %s readable again", self.path)
                 self._last_error = None
             delay = self._poll_s
-
-    def _catch_up(self) -> None:
-        """Apply every row past the cursor (any process's), page by page, and republish the touched users."""
-        with self._lock:
-            while True:
-                rows = self._reader.execute(
-                    "SELECT seq, user_id, item_id, rating FROM interactions WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (self._cursor, _POLL_PAGE),
-                ).fetchall()
-                if not rows:
-                    return
-                touched: set[int] = set()
-                for offset, user_id, item_id, rating in rows:
-                    if offset <= self._trimmed_through:
-                        continue
-                    latest = self._latest.setdefault(user_id, {})
-                    prior = latest.get(item_id)
-                    if prior is None or prior[1] < offset:
-                        latest[item_id] = (math.nan if rating is None else float(rating), offset)
-                        touched.add(user_id)
-                for user_id in touched:
-                    self._views[user_id] = _view_of(self._latest[user_id], self.like_threshold)
-                self._cursor = int(rows[-1][0])
-                if len(rows) < _POLL_PAGE:
-                    return
-
-
-def _view_of(
-    latest: dict[int, tuple[float, int]], like_threshold: float
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """A user's sorted seen items and liked items (latest rating none or >= the threshold), read-only."""
-    items = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
-    ratings = np.fromiter((event[0] for event in latest.values()), dtype=np.float64, count=len(latest))
-    order = np.argsort(items)
-    items, ratings = items[order], ratings[order]
-    liked = items[np.isnan(ratings) | (ratings >= like_threshold)]
-    items.setflags(write=False)
-    liked.setflags(write=False)
-    return items, liked
 
 
 def open_server_store(
