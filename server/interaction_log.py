@@ -49,15 +49,14 @@ import numpy.typing as npt
 
 from movierec.errors import MovierecError
 from movierec.index.events import SeenEvents
+from movierec.server.live_limits import DEFAULT_MAX_ITEMS_PER_CALL as DEFAULT_MAX_ITEMS_PER_CALL
+from movierec.server.live_limits import DEFAULT_MAX_LIVE_ITEMS_PER_USER as DEFAULT_MAX_LIVE_ITEMS_PER_USER
 from movierec.server.user_views import UserView, folded_views, forgotten_through, merged_view, views_of
 
 LOG_FILE_NAME = "interactions.sqlite3"
 """The log's file name beside the index root (plus SQLite's ``-wal``/``-shm`` companions)."""
 
 SCHEMA_VERSION = 2
-DEFAULT_MAX_ITEMS_PER_CALL = 10_000
-DEFAULT_MAX_LIVE_ITEMS_PER_USER = 10_000
-"""Distinct items one user may have in the log at once (not yet compacted); RESOURCE_EXHAUSTED beyond."""
 DEFAULT_REQUEST_ID_TTL_S = 86_400.0
 """How long a ``request_id`` is remembered: a call retried within a day is stored once."""
 DEFAULT_LIKE_THRESHOLD = 4.0
