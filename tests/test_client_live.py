@@ -52,7 +52,11 @@ def test_client_records_then_recommends_without_the_watched_items(client: Recomm
     assert not isinstance(streamed, Exception) and [i.item_id for i in streamed.items] == before[1:]
     with pytest.raises(InvalidArgumentError) as bad:
         client.record_interactions(user, [1, 3], ratings=[4.0])
-    assert bad.value.field == "ratings"
+    assert bad.value.field == "ratings"  # the call's shape is checked before its movies are looked up
+    with pytest.raises(InvalidArgumentError) as unknown:
+        client.record_interactions(user, [before[1], 2])  # even ids: no such movie in the catalogue
+    assert unknown.value.field == "item_ids" and "not in the served catalogue" in str(unknown.value)
+    assert [item.item_id for item in client.recommend(user, K).items] == before[1:]  # nothing of it was stored
 
 
 def test_client_cold_start_and_filters(client: RecommenderClient, index_root: Path) -> None:
@@ -105,11 +109,15 @@ def test_recctl_record_recommend_liked_and_reload(
 def test_recctl_errors_are_one_line(server: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--server", server.target]
     assert main(["record", *base, "--user", "1", "--items", "1", "3", "--ratings", "4"]) == 1
+    # an empty year range is refused by the client itself, before any call
     assert main(["recommend", *base, "--user", str(user_id_of_row(0)), "--min-year", "2000", "--max-year", "1990"]) == 1
     assert main(["recommend", *base, "--liked", "2", "4"]) == 1
+    assert main(["record", *base, "--user", str(user_id_of_row(0)), "--items", "2"]) == 1  # not in the catalogue
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and all(line.startswith("recctl: error: ") for line in errors)
-    assert "INVALID_ARGUMENT" in errors[0] and "INVALID_ARGUMENT" in errors[1] and "NOT_FOUND" in errors[2]
+    assert len(errors) == 4 and all(line.startswith("recctl: error: ") for line in errors)
+    assert "INVALID_ARGUMENT" in errors[0] and "NOT_FOUND" in errors[2]
+    assert "min_year 2000 is after max_year 1990" in errors[1] and "refused the request" not in errors[1]
+    assert "INVALID_ARGUMENT" in errors[3] and "not in the served catalogue" in errors[3]
     with pytest.raises(SystemExit) as usage:
         main(["recommend", *base, "--user", "1", "--liked", "3"])
     assert usage.value.code == 2

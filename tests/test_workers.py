@@ -251,3 +251,21 @@ def test_processes_sharing_a_log_file_see_each_others_events_within_100_ms(tmp_p
         one.truncate_through(last - 1)  # [11] is in an index now; 10's newest event (at `last`) is not
         assert one.extra_seen(7).tolist() == [10]
         assert other.extra_seen(7).tolist() == [10, 11]  # until it swaps to that index and truncates too
+
+
+def test_the_live_item_cap_counts_every_process_events(tmp_path: Path) -> None:
+    """One user's cap is the file's, not one process's: items another process recorded take room here."""
+    from movierec.server.event_stores import SharedFileLog
+    from movierec.server.interaction_log import LiveEventCapExceeded
+
+    path = tmp_path / "events.sqlite3"
+    with SharedFileLog(path, max_live_items_per_user=3) as one, SharedFileLog(path, max_live_items_per_user=3) as other:
+        one.record(7, [10, 11])
+        deadline = time.perf_counter() + 1.0
+        while other.extra_seen(7).size < 2:
+            assert time.perf_counter() < deadline, "the other process's events never arrived"
+            time.sleep(0.005)
+        with pytest.raises(LiveEventCapExceeded):
+            other.record(7, [12, 13])
+        assert other.record(7, [11, 12]) > 0  # 11 is live already: it takes no more room
+        assert other.extra_seen(7).tolist() == [10, 11, 12]
