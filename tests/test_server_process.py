@@ -6,6 +6,7 @@ import queue
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,7 +59,10 @@ def test_sigterm_drains_the_open_stream_then_exits_zero(serve_process: ServeProc
         outgoing.put(pb.RecommendStreamRequest(request_id="during", user_id=user_id_of_row(1), k=3))
         during = next(responses)
         assert during.request_id == "during" and len(during.items) == 3 and during.error.code == 0
-        # ... while new calls are refused.
+        # ... while new calls are refused: once the listener is closed, a new caller gets UNAVAILABLE (retryable
+        # elsewhere). "draining" is announced just before the listener closes, and a call that lands in grpc
+        # core at the very instant of its shutdown is cancelled by the core (CANCELLED), so wait for the close.
+        _wait_until_refused(listening["port"])
         with grpc.insecure_channel(target) as fresh, pytest.raises(grpc.RpcError) as refused:
             pb_grpc.RecommenderServiceStub(fresh).Recommend(pb.RecommendRequest(user_id=1, k=3), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -68,6 +72,18 @@ def test_sigterm_drains_the_open_stream_then_exits_zero(serve_process: ServeProc
 
     assert serve_process.process.wait(15) == 0
     assert serve_process.next_event(5)["event"] == "stopped"
+
+
+def _wait_until_refused(port: int, timeout: float = 10.0) -> None:
+    """Return once nothing accepts connections on the port (the server closed its listener)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        assert time.monotonic() < deadline, "the server kept accepting connections while draining"
+        time.sleep(0.01)
 
 
 @pytest.mark.slow
