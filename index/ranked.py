@@ -150,8 +150,9 @@ class RankedPrefixes:
         seen: CSR,
         depth: int,
     ) -> RankedPrefixes:
-        """The version's stored prefixes (memory-mapped, cut to ``depth``, spot-checked against the scan),
-        or, for a version without them, ones computed now."""
+        """The version's stored prefixes (memory-mapped, cut to at most ``depth`` places: a version stores the
+        depth its build chose; spot-checked against the scan), or, for a version without them (or of another
+        ranking rule), ``depth`` places computed now by the batched build."""
         stored = read_stored(Path(directory), int(user_vectors.shape[0]), searcher.n_items)
         if stored is not None:
             cut = stored.cut(depth)

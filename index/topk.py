@@ -36,10 +36,11 @@ Scores. A BLAS product does not give one item the same float32 score in every
 call: OpenBLAS picks a matrix-vector kernel for one query, a blocked kernel or a
 small-matrix kernel for several, and each sums the dimension in its own order
 (``benchmarks/serving_scale.py`` counts how many of a user's scores differ
-between the two), and other machines have other kernels. Answers stored ahead of time (:mod:`movierec.index.ranked`)
-must be bit for bit what a later scan returns, so the score is defined by an
-order no library chooses: :func:`exact_scores`. Computing it for every item
-would cost ~10x the BLAS product, so the BLAS product only shortlists: any two
+between the two), and other machines have other kernels. Answers stored ahead
+of time (:mod:`movierec.index.ranked`) must be bit for bit what a later scan
+returns, so the score is defined by an order no library chooses:
+:func:`exact_scores`. Computing it for every item would take one numpy pass
+per dimension over the whole catalogue, so the BLAS product only shortlists: any two
 float32 evaluations of one dot product, in any order, with or without FMA, lie
 within ``2 * gamma_d * |q| * max|v|`` of each other (``gamma_d = d*u/(1-d*u)``,
 ``u = 2**-24``; Cauchy-Schwarz bounds the sum of ``|q_i v_i|``), so every item
