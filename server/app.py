@@ -47,7 +47,7 @@ from movierec.server.admission import (
 from movierec.server.auth import BearerTokenInterceptor
 from movierec.server.engine import ServingEngine
 from movierec.server.event_stores import open_server_store, watch_store_health
-from movierec.server.interaction_log import LOG_FILE_NAME
+from movierec.server.interaction_log import DEFAULT_MAX_LIVE_ITEMS_PER_USER, LOG_FILE_NAME
 from movierec.server.limits import Limits
 from movierec.server.live_events import LiveEventStore
 from movierec.server.metrics import MetricsHttpServer, MetricsInterceptor, ServerMetrics
@@ -88,6 +88,8 @@ class ServerConfig:
     events_path: Path | None = None
     # Live events in Redis, shared by every replica (redis://HOST:PORT/DB); overrides events_path.
     events_url: str | None = None
+    # Distinct movies one user may hold in the live store, not yet compacted (RESOURCE_EXHAUSTED beyond).
+    max_live_events_per_user: int = DEFAULT_MAX_LIVE_ITEMS_PER_USER
     # Share the port with other processes (SO_REUSEPORT): the workers of `recctl serve --workers N`.
     reuse_port: bool = False
     # How often CURRENT is checked for a new version; 0 turns polling off (SIGHUP and ReloadIndex still work).
@@ -238,7 +240,12 @@ class RecommenderServer:
         index = await asyncio.to_thread(self._loader, self.config.index_path)
         # The whole log (every event any retained version may need), the index checked against it (no-loss rule).
         self.log = await asyncio.to_thread(
-            open_server_store, self.config.events_spec, self.config.store_root, index.index_version, index.events
+            open_server_store,
+            self.config.events_spec,
+            self.config.store_root,
+            index.index_version,
+            index.events,
+            max_live_items_per_user=self.config.max_live_events_per_user,
         )
         self._watching_events = asyncio.create_task(watch_store_health(self.log, self._events_health))
         engine = self._make_engine(index)

@@ -25,7 +25,12 @@ import numpy as np
 import numpy.typing as npt
 
 from movierec.index.events import CompactedEvents, SeenEvents
-from movierec.server.interaction_log import DEFAULT_LIKE_THRESHOLD, InteractionLog, InteractionLogError
+from movierec.server.interaction_log import (
+    DEFAULT_LIKE_THRESHOLD,
+    DEFAULT_MAX_LIVE_ITEMS_PER_USER,
+    InteractionLog,
+    InteractionLogError,
+)
 from movierec.server.live_events import LiveEventStore
 
 logger = logging.getLogger(__name__)
@@ -41,10 +46,17 @@ def is_redis_url(spec: str | Path) -> bool:
     return isinstance(spec, str) and spec.startswith(REDIS_SCHEMES)
 
 
-def open_event_store(spec: str | Path, *, replay_after: int = 0, follow: bool = True) -> LiveEventStore:
+def open_event_store(
+    spec: str | Path,
+    *,
+    replay_after: int = 0,
+    follow: bool = True,
+    max_live_items_per_user: int = DEFAULT_MAX_LIVE_ITEMS_PER_USER,
+) -> LiveEventStore:
     """The store ``spec`` names, replayed after ``replay_after`` (the offset the served index has compacted).
 
-    ``follow=False`` opens without following other writers (a one-shot reader
+    ``max_live_items_per_user``: distinct items a user may hold not yet compacted (RESOURCE_EXHAUSTED beyond),
+    the same cap whichever store. ``follow=False`` opens without following other writers (a one-shot reader
     such as ``recctl index rebuild``). Raises
     :class:`~movierec.server.interaction_log.InteractionLogError` (Redis:
     ``EventStoreUnavailable``) when the store cannot be opened, and
@@ -53,11 +65,13 @@ def open_event_store(spec: str | Path, *, replay_after: int = 0, follow: bool = 
     if is_redis_url(spec):
         from movierec.server.redis_events import RedisEventStore
 
-        return RedisEventStore(str(spec), replay_after=replay_after, follow=follow)
+        return RedisEventStore(
+            str(spec), replay_after=replay_after, follow=follow, max_live_items_per_user=max_live_items_per_user
+        )
     path = Path(spec)
     if not follow:
-        return InteractionLog(path, replay_after=replay_after)
-    return SharedFileLog(path, replay_after=replay_after)
+        return InteractionLog(path, replay_after=replay_after, max_live_items_per_user=max_live_items_per_user)
+    return SharedFileLog(path, replay_after=replay_after, max_live_items_per_user=max_live_items_per_user)
 
 
 def store_error(store: LiveEventStore) -> str | None:
@@ -205,7 +219,12 @@ class SharedFileLog:
 
 
 def open_server_store(
-    spec: str | Path, index_root: Path | None, version: str, compacted: CompactedEvents
+    spec: str | Path,
+    index_root: Path | None,
+    version: str,
+    compacted: CompactedEvents,
+    *,
+    max_live_items_per_user: int = DEFAULT_MAX_LIVE_ITEMS_PER_USER,
 ) -> LiveEventStore:
     """The store a server serves ``version`` beside: every event it still holds replayed, followed from then
     on, and checked and prepared for the version by the no-loss rule
@@ -216,7 +235,7 @@ def open_server_store(
     """
     from movierec.server.live_events import prepare_store
 
-    store = open_event_store(spec)
+    store = open_event_store(spec, max_live_items_per_user=max_live_items_per_user)
     try:
         prepare_store(store, index_root, version, compacted)
     except BaseException:

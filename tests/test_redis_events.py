@@ -5,16 +5,19 @@ is down, and back on its own."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import redis
 from bundle_factory import item_id_of_row, make_model_bundle, user_id_of_row
 from redis_harness import RedisServer, running_redis
+from server_harness import RECCTL, ServeProcess
 
 from movierec.index import build_index
 from movierec.index.serving import open_index
@@ -27,6 +30,8 @@ from movierec.server.redis_events import (
     RedisEventStore,
     parse_events_url,
 )
+from movierec.v1 import recommender_pb2 as pb
+from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
 
 @pytest.fixture
@@ -448,3 +453,38 @@ def test_offsets_are_never_reused_after_redis_is_reset(server: RedisServer, inde
         assert served.record(1, [22]) == 4, "the server's store numbered events inside what v0002 holds"
     finally:
         served.close()
+
+
+def test_recctl_serve_shows_the_live_event_cap_and_its_default() -> None:
+    shown = subprocess.run([RECCTL, "serve", "--help"], capture_output=True, text=True, timeout=60, check=True)
+    assert "--max-live-events-per-user N" in shown.stdout and "(default 10000)" in " ".join(shown.stdout.split())
+
+
+@pytest.mark.parametrize("events", ["sqlite", "redis"])
+def test_recctl_serve_caps_live_events_per_user_over_the_wire(
+    index_store: Path, tmp_path: Path, request: pytest.FixtureRequest, events: str
+) -> None:
+    spec = request.getfixturevalue("server").url if events == "redis" else str(tmp_path / "events.sqlite3")
+    serve = ServeProcess("--index", str(index_store), "--events", spec, "--max-live-events-per-user", "2")
+    try:
+        port = serve.wait_serving()["listening"]["port"]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            user = user_id_of_row(0)
+
+            def record(*rows: int) -> object:
+                items = [item_id_of_row(row) for row in rows]
+                return stub.RecordInteractions(pb.RecordInteractionsRequest(user_id=user, item_ids=items), timeout=5)
+
+            record(1, 2)
+            record(2)  # already live: takes no room
+            with pytest.raises(grpc.RpcError) as refused:
+                record(3)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limit is 2" in str(refused.value.details())
+            answer = stub.Recommend(pb.RecommendRequest(user_id=user, k=40), timeout=5)
+            assert item_id_of_row(3) in {item.item_id for item in answer.items}, "a refused event was stored"
+            assert {item_id_of_row(1), item_id_of_row(2)}.isdisjoint(item.item_id for item in answer.items)
+            stub.RecordInteractions(pb.RecordInteractionsRequest(user_id=user + 2, item_ids=[item_id_of_row(3)]))
+    finally:
+        serve.close()

@@ -19,6 +19,7 @@ from movierec.server.limits import (
     DEFAULT_STREAM_BUFFER_BYTES,
     Limits,
 )
+from movierec.server.live_limits import DEFAULT_MAX_LIVE_ITEMS_PER_USER
 
 
 def register(commands: Any) -> None:
@@ -69,6 +70,14 @@ def register(commands: Any) -> None:
         metavar="FILE|URL",
         help="live events for RecordInteractions: a SQLite file (default: interactions.sqlite3 in the index "
         "store), or redis://HOST:PORT/DB shared by every replica (run Redis with appendonly yes, appendfsync always)",
+    )
+    parser.add_argument(
+        "--max-live-events-per-user",
+        type=_positive,
+        default=DEFAULT_MAX_LIVE_ITEMS_PER_USER,
+        metavar="N",
+        help="distinct movies one user may have recorded and not yet compacted by a rebuild, in the SQLite log "
+        f"or Redis; RESOURCE_EXHAUSTED beyond (default {DEFAULT_MAX_LIVE_ITEMS_PER_USER})",
     )
     parser.add_argument(
         "--workers",
@@ -198,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
         ranked_depth=DEFAULT_RANKED_DEPTH if args.ranked_depth is None else args.ranked_depth,
         events_path=args.events if isinstance(args.events, Path) else None,
         events_url=args.events if isinstance(args.events, str) else None,
+        max_live_events_per_user=args.max_live_events_per_user,
         poll_seconds=args.poll,
         metrics_port=args.metrics_port,
         http_port=args.http_port,
