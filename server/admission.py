@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_MAX_STREAMS",
     "DEFAULT_STREAM_BUFFER_BYTES",
     "ByteBudget",
+    "StreamShare",
     "check_token",
     "count_error",
     "exposure_warnings",
@@ -176,6 +178,49 @@ class ByteBudget:
     def release(self, nbytes: int) -> None:
         self.used -= nbytes
         self._released.set()
+
+
+class StreamShare:
+    """Keeps streams to ``share`` of the event loop while other calls are being answered.
+
+    Every handler runs on the one event loop, first come first served, so a
+    unary call that arrives while many streams have batches ready waits for
+    all of them. While a unary call was answered in the last ``recent``
+    seconds, the loop time of every stream's batches is counted per
+    ``window``; once streams have had ``share`` of it, a stream waits for the
+    next window before its next batch, leaving the loop to the other calls.
+    With no other calls about, streams take all of it.
+    """
+
+    def __init__(self, share: float = 0.5, window: float = 0.02, recent: float = 0.25) -> None:
+        if not 0 < share <= 1 or window <= 0 or recent < 0:
+            raise ValueError("share must be in (0, 1], window > 0 and recent >= 0")
+        self.share = share
+        self.window = window
+        self.recent = recent
+        self._other_call_at = -float("inf")
+        self._window_start = 0.0
+        self._busy = 0.0
+
+    def other_call(self) -> None:
+        """A call that is not a stream's is being answered now."""
+        self._other_call_at = time.monotonic()
+
+    async def turn(self) -> None:
+        """Wait, if streams have had their share of this window while other calls are about."""
+        while True:
+            now = time.monotonic()
+            if now - self._other_call_at > self.recent:
+                return
+            if now - self._window_start >= self.window:
+                self._window_start, self._busy = now, 0.0
+            if self._busy < self.share * self.window:
+                return
+            await asyncio.sleep(self._window_start + self.window - now)
+
+    def spent(self, seconds: float) -> None:
+        """A stream's batch took ``seconds`` of the loop."""
+        self._busy += seconds
 
 
 def is_loopback(host: str) -> bool:

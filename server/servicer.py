@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -23,7 +24,13 @@ import grpc
 from grpc_status import rpc_status
 
 from movierec.index import Recommendation
-from movierec.server.admission import DEFAULT_MAX_STREAMS, DEFAULT_STREAM_BUFFER_BYTES, ByteBudget, size_error
+from movierec.server.admission import (
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_STREAM_BUFFER_BYTES,
+    ByteBudget,
+    StreamShare,
+    size_error,
+)
 from movierec.server.engine import Answer, ServingEngine
 from movierec.server.errors import RequestError, client_safe, invalid_argument, not_ready, resource_exhausted
 from movierec.server.interaction_log import (
@@ -90,6 +97,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self._limits = limits if limits is not None else Limits()
         self._max_streams = max_streams
         self._stream_buffer_bytes = stream_buffer_bytes
+        # Streams yield the loop to unary calls (movierec.server.admission.StreamShare).
+        self._stream_share = StreamShare()
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._max_batch_size = max_batch_size
@@ -165,8 +174,12 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             ended = False
             while not ended:
                 batch, ended = await _next_batch(inbox, self._max_stream_batch, STREAM_TURN_ITEMS)
-                for response in self._answer_stream_batch([received.message for received in batch]) if batch else ():
-                    nbytes = response.ByteSize()
+                await self._stream_share.turn()
+                started = time.perf_counter()
+                responses = self._answer_stream_batch([received.message for received in batch]) if batch else []
+                sizes = [response.ByteSize() for response in responses]
+                self._stream_share.spent(time.perf_counter() - started)
+                for response, nbytes in zip(responses, sizes, strict=True):
                     await unsent.acquire(nbytes)
                     outbox.put_nowait(_Queued(response, nbytes))
                 unanswered.release(sum(received.nbytes for received in batch))
@@ -346,6 +359,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return _items_response(engine, response_type, request_id, result)
 
     async def _engine_or_abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> ServingEngine:
+        """The engine serving now (UNAVAILABLE while none); every unary handler starts here, so it is also
+        where streams hear that another call wants the loop."""
+        self._stream_share.other_call()
         try:
             return self._state.require_engine()
         except RequestError as error:

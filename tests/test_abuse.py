@@ -37,6 +37,7 @@ from movierec.server.admission import (
     HEADROOM,
     MIN_TOKEN_LENGTH,
     ByteBudget,
+    StreamShare,
     check_token,
     exposure_warnings,
     receive_limit,
@@ -478,6 +479,28 @@ def test_a_byte_budget_stops_the_reader_until_answers_free_room() -> None:
         return steps
 
     assert asyncio.run(scenario()) == ["blocked", "admitted at 41", "oversized alone: 500"]
+
+
+def test_streams_yield_the_loop_only_while_other_calls_are_about() -> None:
+    async def scenario() -> tuple[float, float, float]:
+        share = StreamShare(share=0.5, window=0.05, recent=10)
+        started = time.monotonic()
+        share.spent(1.0)  # far over any share, but no other call yet: streams keep the loop
+        await share.turn()
+        alone = time.monotonic() - started
+        share.other_call()
+        await share.turn()  # opens a window
+        share.spent(0.02)  # under half of 50 ms: the next batch goes at once
+        started = time.monotonic()
+        await share.turn()
+        under = time.monotonic() - started
+        share.spent(0.01)  # 30 ms of 50: over the share, the next batch waits for the next window
+        started = time.monotonic()
+        await share.turn()
+        return alone, under, time.monotonic() - started
+
+    alone, under, over = asyncio.run(scenario())
+    assert alone < 0.01 and under < 0.01 and 0.01 < over <= 0.06
 
 
 def test_errors_sent_to_clients_name_no_server_path_and_stay_short() -> None:
