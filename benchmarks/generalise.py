@@ -171,6 +171,8 @@ def run_ours(split: Split, seeds: Sequence[int]) -> dict[str, Any]:
                 "test": test_scores(metrics),
                 "seconds": round(time.perf_counter() - started, 1),
                 "epochs": [result.selection_epochs, result.refit_epochs],
+                "temperature": result.config.temperature if result.config else None,
+                "search": [vars(trial) for trial in result.search],
             }
         )
         print(f"    ours seed {seed}: {runs[-1]}", flush=True)
@@ -296,7 +298,9 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
             f"{result['split']['method']} split; seeds {result['seeds']}, {result['grids']} grids, "
             f"`{result['command']}`): {verdict(result)}. EASE λ {rows['EASE']['params']['l2']:g}; "
             f"iALS {rows['iALS']['params']}; ours' epochs (selection, refit) {[run['epochs'] for run in ours]}, "
-            f"seconds {[run['seconds'] for run in ours]}."
+            f"seconds {[run['seconds'] for run in ours]}"
+            + (f", temperature kept {[run['temperature'] for run in ours]}" if "temperature" in ours[0] else "")
+            + "."
         )
     lines.append("")
     path.write_text("\n".join(lines))
