@@ -46,10 +46,11 @@ class TrainConfig:
     # Name of the recipe these values came from (recorded in bundles; see PRESETS).
     preset: str = "fast"
     # "softmax": every item is a negative for every user at once (a few thousand items make it cheap) and
-    # it ranks the whole catalogue; it beat BPR on every validation run. "bpr": the paper's pairwise loss.
+    # it ranks the whole catalogue; it is far ahead of BPR in benchmarks/results/train_speed.md.
+    # "bpr": the paper's pairwise loss.
     loss: str = "softmax"
-    # "csr": our normalised adjacency built once (~10x cheaper per epoch than "edge_index", PyG's stock
-    # model, which normalises again on every batch; identical outputs).
+    # "csr": our normalised adjacency built once, many times cheaper per epoch than "edge_index" (PyG's
+    # stock model, which normalises again on every batch; identical outputs; train_speed.md measures it).
     propagation: str = "csr"
     # Embedding width (floats per user and item). 256 beat 64 and 128 on validation; 384 did not beat 256
     # and costs half again as much per epoch.
