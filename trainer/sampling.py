@@ -1,8 +1,8 @@
 """Negative sampling in the item space, never returning a positive of the user.
 
-The seed prototype drew "negatives" from the wrong index range; here a
-negative is an item row ``0 <= j < n_items`` with ``(u, j)`` not among the
-user's training positives. Sampling is vectorised rejection: draw uniformly,
+A negative is an item row ``0 <= j < n_items`` (never a user row: users
+and items share one node numbering in the graph) with ``(u, j)`` not among
+the user's training positives. Sampling is vectorised rejection: draw uniformly,
 look every draw up at once in the sorted ``u·n_items + i`` keys of the CSR,
 redraw only the rejected ones. A user with every item positive has no valid
 negative and is refused up front rather than looping forever.
