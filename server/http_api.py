@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException
 from movierec.security import BEARER_SCHEME, read_token_file
 from movierec.server.errors import RequestError, client_safe
 from movierec.server.limits import Limits
+from movierec.server.metrics import HttpMetricsMiddleware
 from movierec.server.state import ServingState
 from movierec.v1 import recommender_pb2 as pb
 
@@ -72,6 +73,15 @@ _CODE_OF_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUN
 _BODY_BASE_BYTES = 64 * 1024
 _BODY_BYTES_PER_ID = 24
 _BODY_BYTES_PER_GENRE = 72
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+METRICS_ROUTES = {
+    "/recommend": f"/{_SERVICE}/Recommend",
+    "/similar": f"/{_SERVICE}/SimilarItems",
+    "/info": f"/{_SERVICE}/GetInfo",
+    "/health": "/grpc.health.v1.Health/Check",
+}
+"""The paths counted in the server's metrics, each under the gRPC method it answers like (grpc_type="http")."""
 
 MISSING_TOKEN = "missing bearer token: send the header 'Authorization: Bearer <token>'"
 MALFORMED_TOKEN = "malformed Authorization header: expected 'Bearer <token>'"
@@ -213,9 +223,14 @@ class HttpApi:
         self.port: int | None = None
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
+        application: Callable[[_Scope, _Receive, _Send], Awaitable[None]] = _BodyLimit(
+            self.app, max_body_bytes(config.limits)
+        )
+        if server.servicer.metrics is not None:  # outermost: refusals (413, 401, 422) are counted too
+            application = HttpMetricsMiddleware(application, server.servicer.metrics, METRICS_ROUTES)
         self._uvicorn = _LoopServer(
             uvicorn.Config(
-                _BodyLimit(self.app, max_body_bytes(config.limits)),
+                application,
                 lifespan="off",
                 log_config=None,  # the process's logging stays as recctl set it up
                 access_log=False,

@@ -13,6 +13,13 @@ without the servicer doing anything; the servicer adds what only it knows
 Only methods the server implements are labelled (unknown methods never reach
 a handler), so a client cannot inflate the label set.
 
+HTTP/JSON requests (``recctl serve --http-port``) are counted by
+:class:`HttpMetricsMiddleware` under the same names, labelled with the gRPC
+method of the same meaning and ``grpc_type="http"``; the HTTP status maps back
+to the gRPC code of the same meaning (200 OK, 400/422 INVALID_ARGUMENT, 404
+NOT_FOUND, 503 UNAVAILABLE, ...). The label set of the gRPC series is
+unchanged, so existing queries and alerts keep matching.
+
 Several worker processes (``recctl serve --workers N``): each worker calls
 :func:`use_multiprocess_dir` before it builds its :class:`ServerMetrics`, so
 every value lives in a file of that directory (prometheus_client's
@@ -27,7 +34,7 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from wsgiref.simple_server import WSGIServer
@@ -45,7 +52,9 @@ from prometheus_client import (
     values,
 )
 
-GrpcType = Literal["unary", "client_stream", "server_stream", "bidi_stream"]
+GrpcType = Literal["unary", "client_stream", "server_stream", "bidi_stream", "http"]
+"""``http``: a request of the HTTP/JSON API (:class:`HttpMetricsMiddleware`), counted under the gRPC method it
+answers like, so one query sums both protocols and ``grpc_type="http"`` (or ``!="http"``) tells them apart."""
 SwapOutcome = Literal["ok", "refused"]
 
 LATENCY_BUCKETS_S = (
@@ -344,6 +353,83 @@ class MetricsInterceptor(_ServerInterceptor):
                 yield message
 
         return counting()
+
+
+_GRPC_CODE_OF_HTTP = {
+    200: grpc.StatusCode.OK,
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def grpc_code_of_http(status: int) -> grpc.StatusCode:
+    """The gRPC code an HTTP status means here (another 4xx: INVALID_ARGUMENT; another 5xx: INTERNAL)."""
+    known = _GRPC_CODE_OF_HTTP.get(status)
+    if known is not None:
+        return known
+    return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
+
+
+class HttpMetricsMiddleware:
+    """ASGI middleware counting and timing the HTTP/JSON API's requests in :class:`ServerMetrics`.
+
+    ``routes`` maps a path to the full gRPC method it answers like
+    (``/recommend`` -> ``/movierec.v1.RecommenderService/Recommend``); other
+    paths (the docs, a typo) are not counted, so a client cannot inflate the
+    label set. The time runs from the request's arrival to its last body byte.
+    """
+
+    def __init__(
+        self,
+        app: Callable[[_Scope, _Receive, _Send], Awaitable[None]],
+        metrics: ServerMetrics,
+        routes: Mapping[str, str],
+    ) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._routes = dict(routes)
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        method = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if method is None:
+            await self._app(scope, receive, send)
+            return
+        metrics = self._metrics
+        metrics.started(method, "http")
+        metrics.message_received(method, "http")
+        start = time.perf_counter()
+        status = 500  # an exception escaping the application: uvicorn answers 500
+
+        async def noting_status(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            await self._app(scope, receive, noting_status)
+            code = grpc_code_of_http(status)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            if code is grpc.StatusCode.OK:
+                metrics.message_sent(method, "http")
+            metrics.observe(method, code, time.perf_counter() - start, "http")
 
 
 def _grpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> GrpcType:

@@ -62,6 +62,21 @@ _RELOAD_OUTCOMES = {
     ReloadStatus.ERROR_AFTER_SWAP: pb.RELOAD_OUTCOME_ERROR_AFTER_SWAP,
 }
 STREAM_METHOD = f"/{pb.DESCRIPTOR.services_by_name['RecommenderService'].full_name}/RecommendStream"
+_reload_fanout: list[Callable[[], None]] = []
+"""Run after every ``ReloadIndex`` this process answers (see :func:`fan_out_reloads`)."""
+
+
+def fan_out_reloads(notify: Callable[[], None]) -> None:
+    """Have ``notify`` run after each ``ReloadIndex`` call this process answers.
+
+    A worker of ``recctl serve --workers N`` answers a call for the whole
+    server, so it asks its parent (SIGHUP) to have every worker look at CURRENT
+    too; the parent's SIGHUP reaches the workers as a reload, never as this
+    call, so the fan-out does not loop.
+    """
+    _reload_fanout.append(notify)
+
+
 # Every response that carries ranked items (and the versions that produced them).
 ItemsResponse = TypeVar(
     "ItemsResponse",
@@ -109,6 +124,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         # Set by the server once the first index is loaded (the log replays from that index's offset).
         self.log: LiveEventStore | None = None
         self.reloader: IndexReloader | None = None
+
+    @property
+    def metrics(self) -> ServerMetrics | None:
+        """Where this server counts its calls (None: not counted); the HTTP API counts its requests there too."""
+        return self._metrics
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
@@ -307,6 +327,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 ),
             )
         outcome = await self.reloader.reload()
+        for notify in _reload_fanout:
+            notify()
         engine = self._state.require_engine()
         return pb.ReloadIndexResponse(
             swapped=outcome.swapped,

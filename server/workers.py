@@ -23,7 +23,8 @@ What the workers share:
   temporary directory, which the parent serves summed on the one metrics port.
 
 The parent forwards SIGTERM/SIGINT (drain) and SIGHUP (reload) to every
-worker and waits for them; a worker that dies after it was serving is
+worker and waits for them; a ``ReloadIndex`` call, which reaches one worker,
+makes that worker send its parent SIGHUP, so every worker looks; a worker that dies after it was serving is
 replaced, one that fails before it serves stops the whole server with its
 error (a bad index fails every worker the same way).
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import logging
 import multiprocessing
@@ -53,6 +55,7 @@ from movierec.errors import MovierecError
 from movierec.index import ServingIndex, limit_serving_threads
 from movierec.server.app import ServerConfig, ServerEvent, load_index, serve
 from movierec.server.metrics import MetricsHttpServer, mark_worker_dead, serve_multiprocess_http, use_multiprocess_dir
+from movierec.server.servicer import fan_out_reloads
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +144,18 @@ def serve_workers(config: ServerConfig, count: int, announce: Callable[[ServerEv
     """
     if count < 1:
         raise ValueError("count must be >= 1")
-    reserved = _reserve_port(config.host, config.port)
-    port = int(reserved.getsockname()[1])
+    reserved = [_reserve_port(config.host, config.port)]
+    port = int(reserved[0].getsockname()[1])
+    http_port = config.http_port
     try:
+        if http_port is not None:  # every worker must join one HTTP port too (0: the parent picks it, as for gRPC)
+            reserved.append(_reserve_port(config.host, http_port, what="HTTP"))
+            http_port = int(reserved[-1].getsockname()[1])
         limit_serving_threads()  # before any BLAS or OpenMP pool exists: none is carried over a fork
         _PRELOADED[str(config.index_path)] = load_index(config.index_path, ranked_depth=config.ranked_depth)
     except BaseException:
-        reserved.close()
+        for sock in reserved:
+            sock.close()
         raise
     metrics_dir = Path(tempfile.mkdtemp(prefix="movierec-metrics-")) if config.metrics_port is not None else None
     stop_signal: list[int] = []
@@ -159,13 +167,20 @@ def serve_workers(config: ServerConfig, count: int, announce: Callable[[ServerEv
     workers: _WorkerSet | None = None
     try:
         gc.freeze()  # the interpreter's objects so far stay where they are: the GC never dirties their shared pages
-        workers = _WorkerSet(replace(config, port=port, reuse_port=True), count, metrics_dir)
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _forward_to(workers))
-        address = {"host": config.host, "port": port, "tls": config.tls_cert is not None}
+        # A worker's ReloadIndex may signal before the forwarder is in place: never let SIGHUP end the parent.
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        workers = _WorkerSet(replace(config, port=port, http_port=http_port, reuse_port=True), count, metrics_dir)
+        signal.signal(signal.SIGHUP, _forward_to(workers))
+        address: dict[str, Any] = {"host": config.host, "port": port, "tls": config.tls_cert is not None}
+        http_note = ""
+        if http_port is not None:
+            address["http_port"] = http_port
+            http_note = f", HTTP on {config.host}:{http_port}"
         announce(
             ServerEvent(
                 "listening",
-                f"listening on {config.host}:{port} with {count} worker processes (each joins the port once loaded)",
+                f"listening on {config.host}:{port}{http_note} with {count} worker processes"
+                " (each joins the ports once loaded)",
                 {**address, "workers": count, "pids": workers.pids},
             )
         )
@@ -196,7 +211,8 @@ def serve_workers(config: ServerConfig, count: int, announce: Callable[[ServerEv
             metrics_http.close()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-        reserved.close()
+        for sock in reserved:
+            sock.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     announce(ServerEvent("stopped", "stopped"))
@@ -283,6 +299,9 @@ def _worker_main(
     _drain_when_orphaned(parent)
     if metrics_dir is not None:
         use_multiprocess_dir(metrics_dir)
+    # A ReloadIndex call reaches the one worker its connection landed on: that worker asks the parent to have
+    # every worker look at CURRENT (the parent forwards SIGHUP to all; a SIGHUP never signals the parent back).
+    fan_out_reloads(functools.partial(_signal_parent, parent, signal.SIGHUP))
     pid = os.getpid()
     preloaded = _PRELOADED.pop(str(config.index_path), None)
     _PRELOADED.clear()
@@ -320,6 +339,11 @@ def _drain_when_orphaned(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _signal_parent(parent: int, signum: int) -> None:
+    if os.getppid() == parent:  # never a process that took the parent's pid after it died
+        os.kill(parent, signum)
+
+
 def _forward_to(workers: _WorkerSet) -> Callable[[int, FrameType | None], None]:
     def forward(signum: int, frame: FrameType | None) -> None:
         workers.signal_all(signum)
@@ -327,11 +351,13 @@ def _forward_to(workers: _WorkerSet) -> Callable[[int, FrameType | None], None]:
     return forward
 
 
-def _reserve_port(host: str, port: int) -> socket.socket:
+def _reserve_port(host: str, port: int, *, what: str = "") -> socket.socket:
     """Bind (not listen) ``host:port`` with SO_REUSEPORT so the port is ours and the workers can join it.
 
-    Port 0 picks a free port. A port held by a process without SO_REUSEPORT
-    (another server) fails here with the operating system's reason.
+    Port 0 picks a free port: the workers all join the one the parent got
+    (each binding port 0 itself would get a port of its own). A port held by a
+    process without SO_REUSEPORT (another server) fails here with the
+    operating system's reason. ``what``: the protocol the message names.
     """
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -340,7 +366,7 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
+        raise OSError(f"cannot listen on {host}:{port}{' for ' + what if what else ''}: {exc}") from None
     return sock
 
 

@@ -356,3 +356,53 @@ def test_connections_beyond_the_concurrency_cap_are_refused(index_root: Path) ->
         assert status == 200
     finally:
         server.stop()
+
+
+def _handled_lines(metrics_port: int) -> dict[tuple[str, str, str], float]:
+    """grpc_server_handled_total by (method, type, code), scraped from the metrics port."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts: dict[tuple[str, str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("grpc_server_handled_total{"):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            key = (labels["grpc_method"].strip('"'), labels["grpc_type"].strip('"'), labels["grpc_code"].strip('"'))
+            counts[key] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_http_requests_are_counted_in_the_metrics_beside_grpc(index_root: Path) -> None:
+    """Same metric names as gRPC calls, the gRPC method of the same meaning, grpc_type="http", and the gRPC code
+    the HTTP status means; gRPC calls stay apart (their own grpc_type)."""
+    process = ServeProcess("--index", str(index_root), "--http-port", "0", "--metrics-port", "0")
+    try:
+        events = process.wait_serving()
+        base = f"http://127.0.0.1:{events['listening']['http_port']}"
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for row in range(3):
+                assert client.post("/recommend", json={"user_id": user_id_of_row(row), "k": 3}).status_code == 200
+            assert client.post("/recommend", json={"user_id": user_id_of_row(0), "k": 0}).status_code == 400
+            assert client.post("/recommend", json={"user_id": "1"}).status_code == 422
+            assert client.post("/recommend", json={"user_id": 2**40, "k": 3}).status_code == 404
+            assert client.post("/similar", json={"item_id": item_id_of_row(0), "k": 3}).status_code == 200
+            assert client.get("/health").status_code == 200
+            assert client.get("/docs").status_code == 200  # not a counted route
+        with grpc.insecure_channel(f"127.0.0.1:{events['listening']['port']}") as channel:
+            pb_grpc.RecommenderServiceStub(channel).Recommend(
+                pb.RecommendRequest(user_id=user_id_of_row(1), k=3), timeout=10
+            )
+        deadline = time.monotonic() + 5  # a request is counted just after its last byte is sent
+        while (handled := _handled_lines(events["metrics"]["metrics_port"])).get(("Check", "http", "OK")) != 1:
+            assert time.monotonic() < deadline, handled
+            time.sleep(0.05)
+        assert handled[("Recommend", "http", "OK")] == 3
+        assert handled[("Recommend", "http", "INVALID_ARGUMENT")] == 2  # the engine's 400 and the schema's 422
+        assert handled[("Recommend", "http", "NOT_FOUND")] == 1
+        assert handled[("SimilarItems", "http", "OK")] == 1
+        assert handled[("Check", "http", "OK")] == 1
+        assert handled[("Recommend", "unary", "OK")] == 1  # the gRPC call, apart from the HTTP ones
+        assert not [key for key in handled if key[1] == "http" and key[0] not in {"Recommend", "SimilarItems", "Check"}]
+    finally:
+        process.close()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
+import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from bundle_factory import make_model_bundle, user_id_of_row
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -182,6 +187,101 @@ def test_a_new_version_reaches_every_worker(workers: Workers, store: Path, tmp_p
     finally:
         for channel in opened:
             channel.close()
+
+
+def test_one_reload_call_reaches_every_worker(store: Path, tmp_path: Path) -> None:
+    """Without polling, one ReloadIndex (answered by one worker) swaps every worker, and nothing loops: the
+    parent and both workers stay alive and keep serving the new version."""
+    serve = ServeProcess("--index", str(store), "--workers", "2", "--poll", "0", "--grace", "2")
+    pids: list[int] = []
+    try:
+        events = serve.wait_serving()
+        pids = [int(pid) for pid in events["serving"]["pids"]]
+        new = build_index(make_model_bundle(tmp_path / "model2", n_users=N_USERS, n_items=90, dim=8, seed=3), store)
+        opened = channels(events["listening"]["port"])
+        try:
+            stubs = [pb_grpc.RecommenderServiceStub(channel) for channel in opened]
+            answer = stubs[0].ReloadIndex(pb.ReloadIndexRequest(), timeout=30)
+            assert answer.swapped and answer.index_version == new.name
+            deadline = time.monotonic() + 10
+            while (versions := {s.GetInfo(pb.GetInfoRequest(), timeout=5).index_version for s in stubs}) != {new.name}:
+                assert time.monotonic() < deadline, versions
+                time.sleep(0.05)
+            time.sleep(0.5)  # a SIGHUP loop would show as repeated reloads or a dead process by now
+            infos = [s.GetInfo(pb.GetInfoRequest(), timeout=5) for s in stubs]
+            assert {info.index_version for info in infos} == {new.name}
+            assert {info.swap_count for info in infos} == {1}
+        finally:
+            for channel in opened:
+                channel.close()
+        assert serve.process.poll() is None
+        for pid in pids:
+            os.kill(pid, 0)  # alive
+    finally:
+        serve.close()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+_SERVE_WORKERS_WITH_HTTP = """
+import json, sys
+from pathlib import Path
+from movierec.server.app import ServerConfig
+from movierec.server.workers import serve_workers
+
+def announce(event):
+    print(json.dumps({"event": event.kind, "message": event.message, **event.data}), flush=True)
+
+config = ServerConfig(Path(sys.argv[1]), port=0, http_port=0, metrics_port=0, poll_seconds=0, grace_seconds=2)
+serve_workers(config, 2, announce)
+"""
+
+
+def _http_handled(metrics_dir: str, pid: int) -> float:
+    """HTTP requests one worker answered, read from its own multiprocess counter file."""
+    return sum(
+        sample.value
+        for metric in multiprocess.MultiProcessCollector.merge([f"{metrics_dir}/counter_{pid}.db"])  # type: ignore[no-untyped-call]
+        for sample in metric.samples
+        if sample.name == "grpc_server_handled_total" and sample.labels.get("grpc_type") == "http"
+    )
+
+
+def test_http_port_0_is_one_port_for_every_worker(store: Path) -> None:
+    """``--http-port 0 --workers 2``: the parent picks the HTTP port and both workers join it (fresh connections
+    reach both, as on gRPC's port); the HTTP requests are counted, per worker, beside the gRPC calls."""
+    # `recctl serve` still refuses --http-port with --workers (clients/cli/serve_cmd.py), so the workers' server
+    # is started as the CLI starts it, through serve_workers, with the CLI's --json event lines.
+    serve = ServeProcess.__new__(ServeProcess)
+    serve.process = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_WORKERS_WITH_HTTP, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    serve.events = queue.Queue()
+    threading.Thread(target=serve._pump, args=(serve.process.stdout,), daemon=True).start()
+    pids: list[int] = []
+    try:
+        events = serve.wait_serving()
+        pids = [int(pid) for pid in events["serving"]["pids"]]
+        http_port = int(events["listening"]["http_port"])
+        assert http_port > 0 and http_port != events["listening"]["port"]
+        assert events["serving"]["http_port"] == http_port
+        for n in range(CONNECTIONS):  # a new connection each time: the kernel spreads them over the workers
+            with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as client:
+                answer = client.post("/recommend", json={"user_id": user_id_of_row(n % N_USERS), "k": 3})
+                assert answer.status_code == 200 and len(answer.json()["items"]) == 3
+        deadline = time.monotonic() + 5  # a request is counted just after its last byte is sent
+        while True:
+            per_worker = {pid: _http_handled(events["metrics"]["multiprocess_dir"], pid) for pid in pids}
+            if sum(per_worker.values()) == CONNECTIONS or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sum(per_worker.values()) == CONNECTIONS and min(per_worker.values()) > 0, per_worker
+    finally:
+        serve.close()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_dead_worker_is_replaced(workers: Workers) -> None:
