@@ -226,7 +226,7 @@ def test_invalid_filters_are_refused_when_built(arguments: dict[str, object], me
 
 
 def test_genre_lists_are_normalised_to_frozensets() -> None:
-    item_filter = ItemFilter(include_genres=["Drama", "Drama"])  # type: ignore[arg-type]
+    item_filter = ItemFilter(include_genres=["Drama", "Drama"])
     assert item_filter.include_genres == frozenset({"Drama"})
     assert hash(item_filter) == hash(ItemFilter(include_genres=frozenset({"Drama"})))
 
