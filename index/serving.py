@@ -407,7 +407,10 @@ def open_index(path: Path, *, verify: bool = True, ranked_depth: int = 0) -> Ser
         )
     if verify:
         _check_model_files_covered(manifest, read_manifest(model_dir, MODEL_KIND, verify=False), directory)
-    model = read_model_bundle(model_dir, verify=False)
+    # Memory-mapped, read-only: the arrays are the page cache's pages, shared by every process serving this
+    # version (workers after a hot swap load it each on its own). They were verified above from these files;
+    # versions are never written after they are published.
+    model = read_model_bundle(model_dir, verify=False, mmap=True)
     faiss_index = read_index(listed_file(manifest, directory, FAISS_FILE), model.item_vectors)
     events = read_events(directory, meta.events_through) if _lists_events(manifest, directory) else None
     held = len(events) if events is not None else 0
