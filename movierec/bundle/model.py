@@ -214,7 +214,9 @@ def read_model_bundle(path: Path, *, verify: bool = True, mmap: bool = False) ->
     manifest's files, here or as part of an index version, verified everything read),
     and every array's dtype and shape is checked from its header before it is read.
     Raises BundleError naming the file for anything missing, truncated, tampered
-    with or inconsistent; nothing else.
+    with or inconsistent; nothing else. ``mmap``: the arrays are read-only views
+    of the memory-mapped files, so every process serving the bundle shares their
+    pages (the checksums are computed from the same files).
     """
     directory = Path(path)
     manifest = read_manifest(directory, MODEL_KIND, verify=verify)
@@ -226,7 +228,9 @@ def read_model_bundle(path: Path, *, verify: bool = True, mmap: bool = False) ->
         raise BundleError("manifest meta.dataset is not an object", path=directory / MANIFEST_NAME)
 
     def array(name: str, dtype: type[np.generic], ndim: int) -> npt.NDArray[Any]:
-        return read_npy(listed_file(manifest, directory, name), dtype, ndim, mmap=mmap)
+        # A mapped file comes back as a plain read-only ndarray over the mapping: np.memmap's Python-level
+        # __array_finalize__ would otherwise run on every slice the request path takes.
+        return np.asarray(read_npy(listed_file(manifest, directory, name), dtype, ndim, mmap=mmap))
 
     csrs = {
         name: CSR(
