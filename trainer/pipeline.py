@@ -16,6 +16,7 @@ from movierec.trainer.data import item_metadata, load_dataset
 from movierec.trainer.data.split import Split, make_split
 from movierec.trainer.evaluate import evaluate_vectors
 from movierec.trainer.plot import plot_training_curve
+from movierec.trainer.sage_config import SageConfig
 from movierec.trainer.train import TrainResult, train_model
 
 CURVE_NAME = "training_curve.png"
@@ -42,7 +43,7 @@ def protocol_summary(split: Split) -> dict[str, Any]:
 def train_bundle(
     data: Path,
     out: Path,
-    config: TrainConfig,
+    config: TrainConfig | SageConfig,
     *,
     data_format: str | None = None,
     min_rating: float = 4.0,
@@ -54,6 +55,12 @@ def train_bundle(
     An existing ``out`` is refused before any work unless ``force``; the bundle
     is staged and renamed into place, so a failure or Ctrl-C leaves ``out`` as it was.
     """
+    if isinstance(config, SageConfig):  # GraphSAGE: its own settings and loop, the same split, evaluator and bundle
+        from movierec.trainer.sage_train import train_sage_bundle
+
+        return train_sage_bundle(
+            data, out, config, data_format=data_format, min_rating=min_rating, force=force, progress=progress
+        )
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and not force:

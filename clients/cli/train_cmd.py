@@ -63,7 +63,11 @@ def register(commands: Any) -> None:
     train.add_argument("--data", type=Path, metavar="DIR", help="ratings folder (default: the MovieLens-1M copy)")
     train.add_argument("--format", dest="fmt", metavar="F", help="ratings format (default: detect)")
     train.add_argument("--out", type=Path, required=True, metavar="BUNDLE", help="bundle directory to create")
-    train.add_argument("--model", default="lightgcn", help="lightgcn (default) or ngcf")
+    train.add_argument(
+        "--model",
+        default="lightgcn",
+        help="lightgcn (default), ngcf or graphsage (movie features; new movies get vectors)",
+    )
     train.add_argument("--preset", default="fast", help="fast (default: our recipe) or paper (stock PyG recipe)")
     train.add_argument("--loss", help="softmax or bpr (default: the preset's)")
     train.add_argument(
@@ -108,30 +112,34 @@ def _train(args: argparse.Namespace) -> int:
         raise MovierecError("no --data given and no MovieLens-1M found ($MOVIEREC_DATA or ../shared/data/ml-1m)")
     if not data.exists():
         raise MovierecError(f"--data {data}: no such file or folder")
-    from movierec.trainer.config import resolve_config
+    from movierec.trainer.config import TrainConfig, resolve_config
+    from movierec.trainer.sage_config import SageConfig, sage_config_from_args
 
-    config = resolve_config(
-        args.preset,
-        model=args.model,
-        loss=args.loss,
-        propagation=args.propagation,
-        epochs=args.epochs,
-        dim=args.dim,
-        layers=args.layers,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        weight_decay=args.weight_decay,
-        temperature=args.temperature,
-        cosine=None if args.score is None else args.score == "cosine",
-        refit=args.refit,
-        refit_fraction=args.refit_fraction,
-        patience=args.patience,
-        min_gain=args.min_gain,
-        search_max_positives=args.search_max_positives,
-        eval_every=args.eval_every,
-        seed=args.seed,
-        time_budget=args.time_budget,
-    )
+    if args.model == "graphsage":  # GraphSAGE's own settings (movierec.trainer.sage_config)
+        config: TrainConfig | SageConfig = sage_config_from_args(args)
+    else:
+        config = resolve_config(
+            args.preset,
+            model=args.model,
+            loss=args.loss,
+            propagation=args.propagation,
+            epochs=args.epochs,
+            dim=args.dim,
+            layers=args.layers,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            weight_decay=args.weight_decay,
+            temperature=args.temperature,
+            cosine=None if args.score is None else args.score == "cosine",
+            refit=args.refit,
+            refit_fraction=args.refit_fraction,
+            patience=args.patience,
+            min_gain=args.min_gain,
+            search_max_positives=args.search_max_positives,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            time_budget=args.time_budget,
+        )
     # Must precede torch's import. On a shared machine, OpenMP threads that spin while waiting steal
     # the cores the other thread needs (spinning waits made epochs 2-4x slower under load).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
