@@ -1,4 +1,4 @@
-"""``recctl index build | rebuild | prune | rollback | info``: versioned FAISS index bundles and the CURRENT pointer."""
+"""``recctl index build | rebuild | prune | rollback | info | add-items``: versioned FAISS index bundles, CURRENT."""
 
 from __future__ import annotations
 
@@ -71,6 +71,17 @@ def register(commands: Any) -> None:
     info.add_argument("--no-verify", action="store_true", help="skip re-checking file checksums (faster)")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_info)
+
+    add_items = actions.add_parser(
+        "add-items",
+        help="add movies nobody has rated yet (vectors from their genres and year) as a new version, switch CURRENT",
+    )
+    add_items.add_argument("--index", type=Path, required=True, metavar="ROOT", help="index store")
+    add_items.add_argument(
+        "--movies", type=Path, required=True, metavar="FILE", help="MovieLens movies file (movies.dat or movies.csv)"
+    )
+    add_items.add_argument("--json", action="store_true", help="machine-readable output")
+    add_items.set_defaults(func=_add_items)
 
 
 def _add_kind_options(parser: argparse.ArgumentParser, default_kind: str | None) -> None:
@@ -248,6 +259,30 @@ def _info(args: argparse.Namespace) -> int:
         for v in store.versions
     ]
     print_table(["version", "kind", "dim", "items", "users", "created", "source model", "metrics / status"], rows)
+    return 0
+
+
+def _add_items(args: argparse.Namespace) -> int:
+    from movierec.index.add_items import NewMovies, add_items
+    from movierec.trainer.data.metadata import read_csv_movies, read_dat_movies  # numpy only, never torch
+
+    _require_store(args.index)
+    readers = {".dat": read_dat_movies, ".csv": read_csv_movies}
+    if args.movies.suffix not in readers:
+        raise MovierecError("expected a MovieLens movies file ending in .dat or .csv", path=args.movies)
+    movies = readers[args.movies.suffix](args.movies)
+    added = add_items(
+        args.index,
+        NewMovies(movies.item_ids.tolist(), movies.titles, movies.years, movies.genres),
+        progress=not args.json,
+    )
+    if args.json:
+        print_json(added.to_json())
+    else:
+        print(
+            f"added {added.added} movie(s) to {added.version} (vectors from the {added.vectors_from} item features); "
+            "CURRENT now points at it, running servers swap to it on their next poll"
+        )
     return 0
 
 

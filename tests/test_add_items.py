@@ -1,0 +1,149 @@
+"""`recctl index add-items`: a movie nobody rated gets a vector from its features and is recommended at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from server_harness import ServerThread
+
+from movierec.bundle import CSR, ItemMetadata, ModelBundle, VersionedStore, read_model_bundle, write_model_bundle
+from movierec.clients.cli.main import main
+from movierec.index import build_index, open_index
+from movierec.item_features import ItemEncoder, ItemFeatureModel, ItemTower
+from movierec.server.app import ServerConfig
+from movierec.v1 import recommender_pb2 as pb
+from movierec.v1 import recommender_pb2_grpc as pb_grpc
+
+GENRES = ("Action", "Comedy", "Drama", "Horror")
+N_USERS, PER_GENRE, DIM = 16, 6, 8
+NEW_ID = 1000  # between no existing ids: the new movie lands at the end of the id order
+MIDDLE_ID = 7  # ... or in the middle (existing ids are even), so the CSR columns must be renumbered
+
+
+def taste_bundle(seed: int = 0) -> ModelBundle:
+    """User u likes genre u % 4: users and that genre's movies point the same way (unit vectors, like LightGCN)."""
+    rng = np.random.default_rng(seed)
+    n_items = PER_GENRE * len(GENRES)
+    genre_of_item = np.arange(n_items) % len(GENRES)
+    basis = np.eye(DIM, dtype=np.float32)[: len(GENRES)]
+    items = basis[genre_of_item] + 0.1 * rng.standard_normal((n_items, DIM)).astype(np.float32)
+    users = basis[np.arange(N_USERS) % len(GENRES)] + 0.1 * rng.standard_normal((N_USERS, DIM)).astype(np.float32)
+    users_seen = [u for u in range(N_USERS) for _ in range(2)]
+    items_seen = [int(np.flatnonzero(genre_of_item == u % 4)[j]) for u in range(N_USERS) for j in range(2)]
+    seen = CSR.from_pairs(users_seen, items_seen, N_USERS, n_items)
+    return ModelBundle(
+        user_vectors=(users / np.linalg.norm(users, axis=1, keepdims=True)).astype(np.float32),
+        item_vectors=(items / np.linalg.norm(items, axis=1, keepdims=True)).astype(np.float32),
+        user_ids=np.arange(1, N_USERS + 1, dtype=np.int64),
+        item_ids=np.arange(2, 2 * n_items + 2, 2, dtype=np.int64),
+        items=ItemMetadata(
+            [f"Movie {r}" for r in range(n_items)],
+            [1980 + r for r in range(n_items)],
+            [[GENRES[g]] for g in genre_of_item],
+        ),
+        seen=seen,
+        train=seen,
+        valid=CSR.from_pairs([], [], N_USERS, n_items),
+        test=CSR.from_pairs([], [], N_USERS, n_items),
+        config={"train": {"model": "lightgcn"}},
+    )
+
+
+def write_movies(path: Path, rows: list[tuple[int, str, str]]) -> Path:
+    path.write_text("".join(f"{movie_id}::{title}::{genres}\n" for movie_id, title, genres in rows))
+    return path
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    write_model_bundle(taste_bundle(), tmp_path / "model")
+    build_index(tmp_path / "model", tmp_path / "index")
+    return tmp_path / "index"
+
+
+@pytest.fixture()
+def server(store: Path) -> Iterator[ServerThread]:
+    thread = ServerThread(ServerConfig(index_path=store, poll_seconds=0.02))
+    try:
+        thread.start_loading().result(30)
+        yield thread
+    finally:
+        thread.stop()
+
+
+def _recommended(stub: pb_grpc.RecommenderServiceStub, user_id: int, k: int) -> tuple[str, list[int]]:
+    answer = stub.Recommend(pb.RecommendRequest(user_id=user_id, k=k), timeout=10)
+    return answer.index_version, [item.item_id for item in answer.items]
+
+
+def test_new_movie_recommended_to_matching_tastes_after_hot_swap_and_excluded_once_watched(
+    tmp_path: Path, store: Path, server: ServerThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    movies = write_movies(
+        tmp_path / "movies.dat", [(NEW_ID, "Night Terror (2024)", "Horror"), (MIDDLE_ID, "Slapstick (1999)", "Comedy")]
+    )
+    assert main(["index", "add-items", "--index", str(store), "--movies", str(movies)]) == 0
+    assert "vectors from the ridge" in capsys.readouterr().out
+    assert VersionedStore(store).current_version() == "v0002"
+    model = read_model_bundle(store / "v0002" / "model")
+    old = read_model_bundle(store / "v0001" / "model")
+    assert model.n_items == old.n_items + 2 and model.config["added_items"][0]["vectors_from"] == "ridge"
+    # Every existing (user, movie) pair survives the renumbering of item rows.
+    for name in ("seen", "train"):
+        users, rows = getattr(model, name).to_pairs()
+        old_users, old_rows = getattr(old, name).to_pairs()
+        assert users.tolist() == old_users.tolist() and model.item_ids[rows].tolist() == old.item_ids[old_rows].tolist()
+
+    horror_users = [u for u in range(1, N_USERS + 1) if (u - 1) % 4 == 3]
+    other_users = [u for u in range(1, N_USERS + 1) if (u - 1) % 4 in (0, 2)]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        deadline = time.monotonic() + 30
+        while _recommended(stub, horror_users[0], 3)[0] != "v0002":  # the server polls CURRENT and swaps
+            assert time.monotonic() < deadline, "server never swapped to v0002"
+            time.sleep(0.02)
+        for user in horror_users:
+            assert NEW_ID in _recommended(stub, user, 5)[1]  # 4 unseen Horror movies + the new one
+        for user in other_users:
+            assert NEW_ID not in _recommended(stub, user, 5)[1]
+        # The exclusion contract holds for the new movie: once watched it is never recommended, K still answered.
+        stub.RecordInteractions(
+            pb.RecordInteractionsRequest(request_id="w1", user_id=horror_users[0], item_ids=[NEW_ID]), timeout=10
+        )
+        _, items = _recommended(stub, horror_users[0], model.n_items)
+        assert NEW_ID not in items and len(items) == model.n_items - 2 - 1
+
+
+def test_duplicate_or_unknown_input_refused_with_one_line_and_nothing_written(
+    tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = write_movies(tmp_path / "taken.dat", [(NEW_ID, "Fine (2001)", "Drama"), (4, "Old One (1990)", "Drama")])
+    assert main(["index", "add-items", "--index", str(store), "--movies", str(taken)]) != 0
+    assert "movie 4 ('Old One') is already in the index" in capsys.readouterr().err
+    twice = write_movies(tmp_path / "twice.dat", [(NEW_ID, "A (2001)", "Drama"), (NEW_ID, "B (2002)", "Drama")])
+    assert main(["index", "add-items", "--index", str(store), "--movies", str(twice)]) != 0
+    assert "twice.dat:2: movie id 1000 already given on line 1" in capsys.readouterr().err
+    assert main(["index", "add-items", "--index", str(tmp_path / "nowhere"), "--movies", str(taken)]) != 0
+    assert "no current index version" in capsys.readouterr().err
+    assert VersionedStore(store).versions() == ["v0001"]
+
+
+def test_graphsage_bundle_uses_its_own_item_tower(tmp_path: Path, store: Path) -> None:
+    encoder = ItemEncoder.fit([[g] for g in GENRES], [1990, 2000])
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((DIM, encoder.width)).astype(np.float32)
+    tower = ItemFeatureModel(encoder, ItemTower((weight,), (np.zeros(DIM, np.float32),), normalize=True), "graphsage")
+    (tmp_path / "tower").mkdir()
+    files = tower.write(tmp_path / "tower")
+    write_model_bundle(taste_bundle(), tmp_path / "sage", attachments={p.name: p for p in files})
+    build_index(tmp_path / "sage", tmp_path / "sage_index")
+    movies = write_movies(tmp_path / "m.dat", [(NEW_ID, "Night Terror (2024)", "Horror")])
+    assert main(["index", "add-items", "--index", str(tmp_path / "sage_index"), "--movies", str(movies)]) == 0
+    index = open_index(tmp_path / "sage_index")
+    row = int(np.searchsorted(index.model.item_ids, NEW_ID))
+    np.testing.assert_allclose(index.model.item_vectors[row], tower.vectors([["Horror"]], [2024])[0], rtol=1e-6)
