@@ -264,8 +264,9 @@ def memory_and_throughput(index: Path, seconds: float, rounds: int, n_users: int
 
 
 def memory_after_swap(workdir: Path) -> dict[str, Any]:
-    """Summed PSS once a new version has been hot-swapped in: each worker then loads it on its own (only the
-    memory-mapped ranked prefixes are shared), and the first version's memory goes back or stays behind."""
+    """Summed PSS once a new version has been hot-swapped in: each worker then loads it on its own (what is
+    memory-mapped, the model arrays and the ranked prefixes, is shared; the rest each worker holds itself), and
+    the first version's memory goes back or stays behind."""
     from bundle_factory import make_model_bundle
 
     from movierec.index import build_index
@@ -408,8 +409,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     lines += [
         "",
         f"Summed PSS, 2 workers (parent included) / 1 process: **{results['workers']['pss_ratio_2_to_1']:.2f}x**"
-        f" at start; after one hot swap (each worker loads the new version itself; only the memory-mapped ranked"
-        f" prefixes are shared): {swap['workers_2']['pss_mib_after']:.1f} / {swap['workers_1']['pss_mib_after']:.1f}"
+        f" at start; after one hot swap (each worker loads the new version itself; its memory-mapped model arrays"
+        f" and ranked prefixes are shared, the FAISS index and lookups are each worker's own; a mapped page counts"
+        f" once touched): {swap['workers_2']['pss_mib_after']:.1f} / {swap['workers_1']['pss_mib_after']:.1f}"
         f" MiB = **{swap['pss_ratio_2_to_1_after']:.2f}x**.",
         "",
         "## RecommendBatch (1 worker)",
