@@ -29,8 +29,13 @@ MODELS = ("lightgcn", "ngcf")
 LOSSES = ("softmax", "bpr")
 PROPAGATIONS = ("csr", "edge_index")
 INFERENCE_GRAPHS = ("fit", "train")
-# What the fast recipe's small-data search tries beside its own values (see TrainConfig.search_space).
-SEARCH_SPACE: tuple[tuple[tuple[str, Any], ...], ...] = ((("temperature", 0.1),), (("temperature", 0.2),))
+# What the fast recipe's small-data search tries beside its own values (see TrainConfig.search_space):
+# with them, a 2 x 2 grid over temperature {0.15, 0.2} and layers {3, 2}.
+SEARCH_SPACE: tuple[tuple[tuple[str, Any], ...], ...] = (
+    (("temperature", 0.2),),
+    (("layers", 2),),
+    (("temperature", 0.2), ("layers", 2)),
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,25 @@ class TrainConfig:
     # Graph the served vectors propagate over: "train" (fit + valid edges: every known positive) or "fit".
     inference_graph: str = "train"
 
+    # Scale rules (issue 13): by counts, never by dataset name; ScalePlan records what they chose. Each
+    # optimiser step propagates the whole graph (cost ~ edges), so an epoch has at most this many steps:
+    # past batch_size x max_steps_per_epoch users the batch grows instead, and an epoch costs ~ edges,
+    # not users x edges. ML-1M (6,040 users, 6 steps of 1,024) is below it and unchanged.
+    max_steps_per_epoch: int = 8
+    # Memory bound on a step's users (its logits are users x scored items): past max_steps_per_epoch x
+    # this many users, an epoch is a fresh random sample of that many users.
+    max_batch_users: int = 16_384
+    # Catalogues up to this many items get the full softmax; larger ones a sampled softmax over
+    # sampled_negatives items shared by the step, drawn by fit popularity, with the logQ correction.
+    full_softmax_max_items: int = 8_192
+    sampled_negatives: int = 4_096
+    # Fit slices with more positives than this train at min(dim, large_dim): the propagation's cost is
+    # edges x dim, and at 5 M ratings dim 256 costs ~10 s a step on 2 cores (dim 64: ~2 s).
+    large_positives: int = 2_000_000
+    large_dim: int = 64
+    # Validation ranks every item for at most this many validation users (a fixed random sample).
+    max_valid_users: int = 10_000
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -137,6 +161,46 @@ MODEL_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class ScalePlan:
+    """What the scale rules chose for one data size (recorded in the bundle, printed by ``recctl train``)."""
+
+    users: int  # users with fit positives
+    items: int
+    fit_positives: int
+    dim: int
+    batch_users: int  # users per step (softmax) or pairs per step (bpr)
+    steps_per_epoch: int
+    users_per_epoch: int  # < users: each epoch is a fresh random sample of this many
+    negatives: int  # 0: full softmax over every item
+    valid_users: int  # ceiling on validation users ranked per evaluation
+
+    def describe(self) -> str:
+        softmax = "full softmax" if self.negatives == 0 else f"sampled softmax ({self.negatives} negatives, logQ)"
+        sample = "" if self.users_per_epoch >= self.users else f", a sample of {self.users_per_epoch:,} users"
+        return (
+            f"{self.users:,} users x {self.items:,} items, {self.fit_positives:,} fit positives: dim {self.dim}, "
+            f"{self.steps_per_epoch} steps of {self.batch_users:,} per epoch{sample}, {softmax}, "
+            f"validation on <= {self.valid_users:,} users"
+        )
+
+
+def plan_for(config: TrainConfig, users: int, items: int, fit_positives: int) -> ScalePlan:
+    """Apply the scale rules of ``config`` to the counts of a fit slice (see the fields' comments)."""
+    dim = min(config.dim, config.large_dim) if fit_positives > config.large_positives else config.dim
+    if config.loss != "softmax":  # the paper's BPR recipe keeps its pairs-per-step epoch (a reference)
+        steps = max(1, -(-fit_positives // config.batch_size))
+        return ScalePlan(users, items, fit_positives, dim, config.batch_size, steps, users, 0, config.max_valid_users)
+    batch = config.batch_size
+    if users > batch * config.max_steps_per_epoch:
+        batch = min(-(-users // config.max_steps_per_epoch), max(config.max_batch_users, config.batch_size))
+    steps = max(1, min(-(-users // batch), config.max_steps_per_epoch))
+    negatives = config.sampled_negatives if items > config.full_softmax_max_items else 0
+    return ScalePlan(
+        users, items, fit_positives, dim, batch, steps, min(users, batch * steps), negatives, config.max_valid_users
+    )
+
+
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset with every non-None override applied, validated."""
     if preset not in PRESETS:
@@ -168,7 +232,19 @@ def check_config(config: TrainConfig) -> None:
         )
     if config.model == "ngcf" and config.propagation != "csr":
         raise MovierecError("NGCF propagates over the normalised CSR adjacency only (use --preset fast)")
-    for name in ("dim", "epochs", "batch_size", "eval_every", "patience"):
+    for name in (
+        "dim",
+        "epochs",
+        "batch_size",
+        "eval_every",
+        "patience",
+        "max_steps_per_epoch",
+        "max_batch_users",
+        "full_softmax_max_items",
+        "sampled_negatives",
+        "large_dim",
+        "max_valid_users",
+    ):
         if getattr(config, name) <= 0:
             raise MovierecError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(config, name)}")
     for name in ("lr", "temperature", "init_std", "refit_fraction"):
