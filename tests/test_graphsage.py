@@ -113,3 +113,20 @@ def test_recctl_train_graphsage_writes_a_servable_bundle_with_its_tower(
     scores = bundle.user_vectors @ vector
     horror = np.array([user_id % 4 == 3 for user_id in bundle.user_ids.tolist()])
     assert scores[horror].mean() > scores[~horror].mean()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--loss", "bpr"], "graphsage does not take --loss"),
+        (["--preset", "paper"], "graphsage does not take --preset"),
+        (["--layers", "0"], "graphsage needs >= 1 layer"),
+    ],
+)
+def test_recctl_train_graphsage_refuses_settings_it_does_not_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    data = write_taste_data(tmp_path / "data", n_users=4, per_genre=2)
+    assert main(["train", "--model", "graphsage", "--data", str(data), "--out", str(tmp_path / "b"), *flags]) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
