@@ -325,26 +325,26 @@ def main() -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started, load_at_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     base = load_dataset(args.data)
-    results = [run_variant(v, base, seeds, args.quick) for v in VARIANTS if v.name in names]
     previous = args.out / f"{RESULTS_NAME}.json"
-    if args.merge and previous.is_file():
-        fresh = {result["name"] for result in results}
-        kept = [r for r in json.loads(previous.read_text())["datasets"] if r["name"] not in fresh]
-        order = [v.name for v in VARIANTS]
-        results = sorted(kept + results, key=lambda result: order.index(result["name"]))
-    payload = {
-        "command": "python benchmarks/generalise.py " + " ".join(sys.argv[1:]),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": time.perf_counter() - started,
-        "seeds": seeds,
-        "quick": args.quick,
-        "machine": machine_basics("torch", "numpy", "implicit"),
-        "load_average_1min_at_start": load_at_start,
-        "datasets": results,
-    }
+    kept = json.loads(previous.read_text())["datasets"] if args.merge and previous.is_file() else []
+    order = [v.name for v in VARIANTS]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{RESULTS_NAME}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_markdown(payload, args.out / f"{RESULTS_NAME}.md")
+    for variant in (v for v in VARIANTS if v.name in names):
+        # Written after every dataset, so an interrupted run keeps what it finished.
+        fresh = run_variant(variant, base, seeds, args.quick)
+        kept = sorted([r for r in kept if r["name"] != fresh["name"]] + [fresh], key=lambda r: order.index(r["name"]))
+        payload = {
+            "command": "python benchmarks/generalise.py " + " ".join(sys.argv[1:]),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": time.perf_counter() - started,
+            "seeds": seeds,
+            "quick": args.quick,
+            "machine": machine_basics("torch", "numpy", "implicit"),
+            "load_average_1min_at_start": load_at_start,
+            "datasets": kept,
+        }
+        previous.write_text(json.dumps(payload, indent=2) + "\n")
+        write_markdown(payload, args.out / f"{RESULTS_NAME}.md")
     return 0
 
 
