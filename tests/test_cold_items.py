@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_graphsage import write_taste_data
 
 from movierec.bundle import CSR
+from movierec.clients.cli.main import main
+from movierec.trainer.cold_items import cold_draw, cold_positives, rankings, without_items
 from movierec.trainer.data import load_dataset, make_split
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cold_items import cold_draw, cold_positives, rankings, without_items
 
 
 def test_cold_movies_are_held_out_entirely_and_split_in_halves(tmp_path: Path) -> None:
@@ -41,3 +41,17 @@ def test_cold_only_and_among_all_rankings() -> None:
     assert result["among_all"]["recall@20"] == 0.0  # 24 unmasked warm movies rank above it
     warm[1:] = [-1.0, 0.0]  # now only the masked warm movie would outscore it
     assert rankings(users, warm, cold, split, CSR.from_pairs([0], [7], 1, n_cold))["among_all"]["ndcg@20"] == 1.0
+
+
+def test_recctl_evaluate_cold_items_runs_the_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_taste_data(tmp_path / "data", n_users=24, per_genre=100)
+    assert main(["evaluate", "--cold-items", "--data", str(data), "--time-budget", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["protocol"]["test_cold_movies"] == 40
+    cold_only = {name: r["cold_only"]["ndcg@20"] for name, r in result["results"].items()}
+    # Tastes here are genres: every feature-based method finds the user's genre among the cold movies,
+    # the same list for everyone cannot.
+    assert min(cold_only.values()) == cold_only["genre popularity"] < cold_only["GraphSAGE (item tower)"]
+    small = write_taste_data(tmp_path / "small", n_users=8, per_genre=5)
+    assert main(["evaluate", "--cold-items", "--data", str(small)]) != 0
+    assert "only 2 test cold movies" in capsys.readouterr().err

@@ -100,7 +100,15 @@ def register(commands: Any) -> None:
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("evaluate", help="recompute test metrics of a model bundle (no torch needed)")
-    evaluate.add_argument("--model", type=Path, required=True, metavar="BUNDLE", help="model bundle directory")
+    evaluate.add_argument("--model", type=Path, metavar="BUNDLE", help="model bundle directory")
+    evaluate.add_argument(
+        "--cold-items",
+        action="store_true",
+        help="instead: hold 20%% of the movies out of training, train GraphSAGE and LightGCN on the rest "
+        "(--time-budget each), rank the held-out movies from their features (needs torch; minutes)",
+    )
+    evaluate.add_argument("--data", type=Path, metavar="DIR", help="--cold-items: ratings folder (default: ML-1M)")
+    evaluate.add_argument("--time-budget", type=float, default=240.0, metavar="S", help="--cold-items: per model")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=_evaluate)
 
@@ -198,6 +206,10 @@ def closing_lines(training: dict[str, Any]) -> list[str]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.cold_items:  # the protocol of movierec.trainer.cold_items
+        return _evaluate_cold_items(args)
+    if args.model is None:
+        raise MovierecError("--model BUNDLE is required (or --cold-items)")
     from movierec.bundle import read_model_bundle
     from movierec.trainer.evaluate import evaluate_vectors
 
@@ -210,6 +222,32 @@ def _evaluate(args: argparse.Namespace) -> int:
         print_json(metrics)
     else:
         _print_metrics(metrics)
+    return 0
+
+
+def _evaluate_cold_items(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        raise MovierecError("--cold-items trains its own models on --data; it takes no --model")
+    data = args.data or default_ml1m_dir()
+    if data is None or not data.exists():
+        raise MovierecError(f"--data {data}: no such file or folder" if data else "no --data and no MovieLens-1M found")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from movierec.trainer.cold_items import run_cold_items
+
+    result = run_cold_items(data, time_budget=args.time_budget)
+    if args.json:
+        print_json(result)
+        return 0
+    rows = [
+        (name, *(r[part][metric] for part in ("cold_only", "among_all") for metric in ("recall@20", "ndcg@20")))
+        for name, r in result["results"].items()
+    ]
+    print_table(("method", "cold-only R@20", "cold-only N@20", "among-all R@20", "among-all N@20"), rows)
+    protocol = result["protocol"]
+    print(
+        f"protocol: {protocol['test_cold_movies']} test cold movies ({protocol['cold_share']:.0%} held out, half for "
+        f"validation), {protocol['users_with_test_cold_positives']} users with positives among them"
+    )
     return 0
 
 
