@@ -288,7 +288,7 @@ def _intra_list_diversity(
         for k in wanted:
             # Distance 1 - J is 0 on the diagonal, so the k(k-1) off-diagonal cells sum to k^2 - sum(J); summed
             # as contiguous rows so a user's value never depends on how many users share the block.
-            cells = np.ascontiguousarray(similarity[:, :k, :k]).reshape(similarity.shape[0], k * k)
+            cells = np.ascontiguousarray(similarity[:, :k, :k]).reshape(len(similarity), k * k)
             parts[k].append((k * k - cells.sum(axis=1)) / (k * (k - 1)))
     return {f"intra_list_diversity@{k}": np.concatenate(parts[k]) for k in wanted}
 
