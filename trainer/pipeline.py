@@ -6,6 +6,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from movierec.trainer.data.split import Split, make_split
 from movierec.trainer.evaluate import evaluate_vectors
 from movierec.trainer.plot import plot_training_curve
 from movierec.trainer.sage_config import SageConfig
-from movierec.trainer.train import TrainResult, train_model
+from movierec.trainer.train import SOLO, Coordinator, TrainResult, train_model
 
 CURVE_NAME = "training_curve.png"
 SPLIT_SEED = 42  # the standard split's seed (see movierec.trainer.data.split); the training seed is separate
@@ -49,11 +50,14 @@ def train_bundle(
     min_rating: float = 4.0,
     force: bool = False,
     progress: bool = True,
+    coordinator: Coordinator = SOLO,
 ) -> dict[str, Any]:
     """Train on ``data`` and write the bundle to ``out``; returns a JSON-ready summary.
 
     An existing ``out`` is refused before any work unless ``force``; the bundle
     is staged and renamed into place, so a failure or Ctrl-C leaves ``out`` as it was.
+    With several training processes (``movierec.trainer.distributed``) every
+    one trains; only the leader evaluates on test and writes (the others return {}).
     """
     if isinstance(config, SageConfig):  # GraphSAGE: its own settings and loop, the same split, evaluator and bundle
         from movierec.trainer.sage_train import train_sage_bundle
@@ -67,7 +71,9 @@ def train_bundle(
         raise BundleError("already exists (pass --force to replace it)", path=out)
     dataset = load_dataset(Path(data), data_format)
     split = make_split(dataset, min_rating=min_rating, seed=SPLIT_SEED)
-    result = train_model(split, config, progress=progress)
+    result = train_model(split, config, progress=progress and coordinator.leader, coordinator=coordinator)
+    if not coordinator.leader:
+        return {}
     metrics = test_metrics(result, split)
     metrics["training"] = training_summary(result)
     bundle = ModelBundle(
@@ -84,6 +90,8 @@ def train_bundle(
             "train": (result.config or config).to_json(),  # the search's choice when the search ran
             "data": {"path": str(dataset.path), "format": dataset.format, "min_rating": min_rating},
             "protocol": protocol_summary(split),
+            "scale": scale_summary(result),  # what the scale rules chose (movierec.trainer.config.plan_for)
+            "workers": coordinator.world,  # training processes (recctl train --workers / torchrun)
         },
         metrics=metrics,
         dataset={
@@ -120,8 +128,16 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "stop_reason": result.stop_reason,
         "refitted_on_train": result.refitted,
         "search": [vars(trial) for trial in result.search],
+        "scale": scale_summary(result),
         "history": [vars(record) for record in result.history],
     }
+
+
+def scale_summary(result: TrainResult) -> dict[str, Any]:
+    """The scale plan's figures and its one-line description ({} for results made without one)."""
+    if result.scale is None:
+        return {}
+    return {**asdict(result.scale), "rules": result.scale.describe()}
 
 
 def peak_rss_mb() -> float:

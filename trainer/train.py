@@ -33,10 +33,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from movierec.bundle.csr import CSR
-from movierec.trainer.config import TrainConfig, check_config
+from movierec.trainer.config import ScalePlan, TrainConfig, check_config, plan_for
 from movierec.trainer.data.split import Split
 from movierec.trainer.evaluate import evaluate_vectors
-from movierec.trainer.losses import bpr_loss, ego_l2, softmax_loss
+from movierec.trainer.losses import bpr_loss, softmax_loss
 from movierec.trainer.models.base import GraphRecommender
 from movierec.trainer.models.graph import bipartite_edge_index, normalized_adjacency
 from movierec.trainer.models.lightgcn import LightGCN, StockLightGCN
@@ -79,6 +79,7 @@ class TrainResult:
     refit_epochs: int = 0  # 0: the vectors are the best validated ones
     config: TrainConfig | None = None  # the settings of the kept model (the search's choice)
     search: tuple[SearchTrial, ...] = ()  # every selection run when the search ran, else empty
+    scale: ScalePlan | None = None  # what the scale rules chose for this data
 
     @property
     def refitted(self) -> bool:
@@ -100,6 +101,39 @@ def build_graph(config: TrainConfig, positives: CSR) -> Tensor:
     return normalized_adjacency(positives)
 
 
+class Coordinator:
+    """How the processes training one model work together; this one trains alone.
+
+    ``movierec.trainer.distributed`` subclasses it: each of ``world`` processes
+    takes the ``rank``-th shard of every step's users, gradients are summed
+    across them after each backward pass, and the leader's decisions (stop,
+    which search trial won) are the ones every process follows.
+    """
+
+    rank = 0
+    world = 1
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def adopt(self, model: GraphRecommender) -> None:
+        """Give every process the leader's initial parameters (alone: they already are)."""
+
+    def step_started(self) -> None:
+        """Called as each optimiser step begins (the distributed coordinator times compute against communication)."""
+
+    def reduce_gradients(self, model: GraphRecommender) -> None:
+        """Make every process's gradients the global batch's (nothing to do alone)."""
+
+    def agree(self, value: Any) -> Any:
+        """The leader's ``value``, on every process."""
+        return value
+
+
+SOLO = Coordinator()
+
+
 class _Stepper:
     """Runs one epoch of optimiser steps for the configured loss; returns the mean batch loss."""
 
@@ -109,11 +143,14 @@ class _Stepper:
         positives: CSR,
         model: GraphRecommender,
         graph: Tensor,
+        plan: ScalePlan | None = None,
         *,
         optimizer: torch.optim.Optimizer | None = None,
         seed: int | None = None,
+        coordinator: Coordinator = SOLO,
     ) -> None:
         self.config = config
+        self.coordinator = coordinator
         self.positives = positives
         self.model = model
         self.graph = graph
@@ -121,8 +158,13 @@ class _Stepper:
         self.rng = np.random.default_rng(config.seed if seed is None else seed)
         self.sampler = NegativeSampler(positives)
         self.users_with_positives = np.flatnonzero(positives.row_lengths() > 0).astype(np.int64)
+        self.plan = plan or plan_for(config, self.users_with_positives.shape[0], positives.n_cols, positives.nnz)
         self.pair_users, pair_items = positives.to_pairs()
         self.pair_items = pair_items.astype(np.int64)
+        # Sampled-softmax negatives are drawn by fit popularity (+1: every item can be drawn); log Q corrects it.
+        counts = np.bincount(positives.indices, minlength=positives.n_cols).astype(np.float64) + 1.0
+        self.sampling_p = counts / counts.sum()
+        self.log_q = torch.from_numpy(np.log(self.sampling_p).astype(np.float32))
 
     def epoch(self, should_stop: Callable[[], bool]) -> float:
         """Mean batch loss of one pass; NaN when ``should_stop`` ended it before its first step."""
@@ -130,42 +172,105 @@ class _Stepper:
         for batch in self._batches():
             if should_stop():
                 break
+            self.coordinator.step_started()
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._batch_loss(batch)
             loss.backward()  # type: ignore[no-untyped-call]
+            self.coordinator.reduce_gradients(self.model)
             self.optimizer.step()
             losses.append(float(loss.detach()))
         return float(np.mean(losses)) if losses else float("nan")
 
     def _batches(self) -> list[npt.NDArray[np.int64]]:
         if self.config.loss == "softmax":
+            # At most plan.steps_per_epoch steps: past that many batches the epoch is a random sample of users.
             order = self.rng.permutation(self.users_with_positives)
+            size = self.plan.batch_users
+            end = min(order.shape[0], size * self.plan.steps_per_epoch)
         else:
             order = self.rng.permutation(self.pair_users.shape[0]).astype(np.int64)
-        size = self.config.batch_size
-        return [order[start : start + size] for start in range(0, order.shape[0], size)]
+            size, end = self.config.batch_size, order.shape[0]
+        return [order[start : min(start + size, end)] for start in range(0, end, size)]
 
     def _batch_loss(self, batch: npt.NDArray[np.int64]) -> Tensor:
+        """The loss whose gradient, summed over the processes' shards of ``batch``, is the batch's gradient.
+
+        Alone, the plain batch loss. With ``world`` processes each takes rows
+        ``rank::world`` and scales its mean by its share of the batch times
+        ``world`` (gradients are averaged across processes), so one step of
+        ``world`` processes equals one step of one process on the whole batch.
+        """
+        world = self.coordinator.world
+        negatives = self._shared_negatives()  # drawn before sharding: every process draws the same ones
         users_final, items_final = scoring_vectors(*self.model.propagate(self.graph), cosine=self.config.cosine)
         if self.config.loss == "softmax":
-            local_rows, items = rows_to_pairs(self.positives, batch)
-            users = torch.from_numpy(batch)
-            loss = softmax_loss(
-                users_final[users],
-                items_final,
-                torch.from_numpy(local_rows),
-                torch.from_numpy(items),
-                self.config.temperature,
-            )
+            shard = batch[self.coordinator.rank :: world]
+            local_rows, items = rows_to_pairs(self.positives, shard)
+            share = local_rows.shape[0] * world / max(1, int(self.positives.row_lengths()[batch].sum()))
+            users = torch.from_numpy(shard)
+            if negatives is None:
+                loss = softmax_loss(
+                    users_final[users],
+                    items_final,
+                    torch.from_numpy(local_rows),
+                    torch.from_numpy(items),
+                    self.config.temperature,
+                )
+            else:
+                loss = sampled_softmax_loss(
+                    users_final[users],
+                    items_final,
+                    torch.from_numpy(local_rows),
+                    torch.from_numpy(items),
+                    negatives,
+                    self.log_q,
+                    self.config.temperature,
+                )
+            loss = loss * share if local_rows.shape[0] else users_final.sum() * 0.0
             user_ego, item_ego = self.model.ego(users, torch.arange(self.positives.n_cols))
         else:
-            user_rows = self.pair_users[batch]
-            positives = self.pair_items[batch]
-            negatives = self.sampler.sample(user_rows, self.rng)
-            users, pos, neg = (torch.from_numpy(a) for a in (user_rows, positives, negatives))
-            loss = bpr_loss(users_final[users], items_final[pos], items_final[neg])
+            shard = batch[self.coordinator.rank :: world]
+            user_rows = self.pair_users[shard]
+            positives = self.pair_items[shard]
+            negatives_bpr = self.sampler.sample(user_rows, self.rng)
+            users, pos, neg = (torch.from_numpy(a) for a in (user_rows, positives, negatives_bpr))
+            loss = bpr_loss(users_final[users], items_final[pos], items_final[neg]) * (
+                shard.shape[0] * world / batch.shape[0]
+            )
             user_ego, item_ego = self.model.ego(users, torch.cat([pos, neg]))
-        return loss + self.config.weight_decay * ego_l2(user_ego, item_ego, batch.shape[0])
+        # ½(‖E⁰_users‖² + ‖E⁰_items‖²)/B (losses.ego_l2), each process's users counted world times (averaged).
+        l2 = 0.5 * (world * user_ego.pow(2).sum() + item_ego.pow(2).sum()) / batch.shape[0]
+        total: Tensor = loss + self.config.weight_decay * l2
+        return total
+
+    def _shared_negatives(self) -> Tensor | None:
+        """The step's sampled-softmax negatives (None: full softmax), by fit popularity."""
+        if self.config.loss != "softmax" or not self.plan.negatives:
+            return None
+        drawn = self.rng.choice(self.sampling_p.shape[0], size=self.plan.negatives, p=self.sampling_p)
+        return torch.from_numpy(drawn.astype(np.int64))
+
+
+def sampled_softmax_loss(
+    users: Tensor,
+    items: Tensor,
+    pair_rows: Tensor,
+    pair_items: Tensor,
+    negatives: Tensor,
+    log_q: Tensor,
+    temperature: float,
+) -> Tensor:
+    """The full softmax loss (losses.softmax_loss) with its normaliser estimated from shared negatives.
+
+    ``negatives`` are M item rows drawn with replacement from ``Q`` (``log_q``
+    per item); ``Σ_j exp(s_uj) ≈ (1/M) Σ_m exp(s_u,n_m) / Q(n_m)`` is unbiased,
+    so the log-normaliser is ``logsumexp_m(s_u,n_m − log Q(n_m)) − log M`` (the
+    logQ correction). Memory and time are users × M, not users × catalogue.
+    """
+    logits = users @ items[negatives].T / temperature - log_q[negatives]
+    log_normaliser = torch.logsumexp(logits, dim=1) - math.log(negatives.shape[0])
+    positive_logits = (users[pair_rows] * items[pair_items]).sum(dim=1) / temperature
+    return (log_normaliser[pair_rows] - positive_logits).mean()
 
 
 def scoring_vectors(users: Tensor, items: Tensor, *, cosine: bool) -> tuple[Tensor, Tensor]:
@@ -250,26 +355,36 @@ def select_on_validation(
     model: GraphRecommender,
     graph: Tensor,
     clock: _Clock,
+    plan: ScalePlan,
     *,
     progress: bool,
     label: str = "",
+    coordinator: Coordinator = SOLO,
 ) -> _Selection:
-    """Phase 1: train on fit, validate every ``eval_every`` epochs, stop at the plateau (module docstring)."""
-    stepper = _Stepper(config, split.fit, model, graph)
+    """Phase 1: train on fit, validate every ``eval_every`` epochs, stop at the plateau (module docstring).
+
+    With several processes only the leader validates; every stop decision is the leader's.
+    """
+    stepper = _Stepper(config, split.fit, model, graph, plan, coordinator=coordinator)
     best = _BestSoFar(model, config.min_gain)
     history: list[EpochRecord] = []
+    valid = validation_sample(split.valid, plan.valid_users, config.seed)
 
-    def validate(epoch: int) -> float:
+    def validate(epoch: int) -> float | None:
+        if not coordinator.leader:
+            return None
         users, items = final_vectors(model, graph, cosine=config.cosine)
-        recall = evaluate_vectors(users, items, split.fit, split.valid, ks=(20,))[VALID_METRIC]
+        recall = evaluate_vectors(users, items, split.fit, valid, ks=(20,))[VALID_METRIC]
         best.record(epoch, recall, model)
         return recall
 
     stop_reason = "epoch limit"
+    # A mid-epoch stop needs every process to stop at the same step: alone, the budget may cut an epoch.
+    mid_epoch_stop = clock.out_of_time if coordinator.world == 1 else lambda: False
     with progress_bar(config.epochs, f"train {config.model}{label}", enabled=progress) as bar:
         for epoch in range(1, config.epochs + 1):
-            loss = stepper.epoch(clock.out_of_time)
-            if not np.isfinite(loss):
+            loss = stepper.epoch(mid_epoch_stop)
+            if not coordinator.agree(np.isfinite(loss)):
                 stop_reason = "time budget" if clock.out_of_time() else "loss is not finite"
                 # A budget that ran out before this epoch's first step left the parameters of the last
                 # recorded epoch: make sure that epoch was validated before training ends.
@@ -278,19 +393,37 @@ def select_on_validation(
                 break
             # Decided once per epoch: a budget running out between two checks would otherwise end
             # training on an epoch that was never evaluated.
-            time_up = clock.out_of_time()
+            time_up = coordinator.agree(clock.out_of_time())
             due = epoch % config.eval_every == 0 or epoch == config.epochs or time_up
             recall = validate(epoch) if due else None
             history.append(EpochRecord(epoch, clock.elapsed(), loss, recall))
             bar.update(1)
             bar.set_postfix(_postfix(loss, best.recall))
-            if best.evaluations_without_gain >= config.patience:
+            if coordinator.agree(best.evaluations_without_gain >= config.patience):
                 stop_reason = f"no validation gain in {config.patience} evaluations"
                 break
             if time_up:
                 stop_reason = "time budget"
                 break
     return _Selection(best, tuple(history), stop_reason, stepper.optimizer)
+
+
+def validation_sample(valid: CSR, max_users: int, seed: int) -> CSR:
+    """``valid`` itself when at most ``max_users`` users have validation items, else a fixed random sample of them.
+
+    Ranking every item for every validation user costs users x items per
+    evaluation; past ``max_users`` the other users' rows are emptied (the
+    evaluator skips users without items), so the cost stays bounded.
+    """
+    lengths = valid.row_lengths()
+    holders = np.flatnonzero(lengths > 0)
+    if holders.shape[0] <= max_users:
+        return valid
+    kept = np.zeros(valid.n_rows, dtype=bool)
+    kept[np.random.default_rng(seed).choice(holders, size=max_users, replace=False)] = True
+    rows, items = valid.to_pairs()
+    keep = kept[rows]
+    return CSR.from_pairs(rows[keep], items[keep], valid.n_rows, valid.n_cols)
 
 
 def _postfix(loss: float, best_recall: float | None) -> dict[str, str]:
@@ -312,8 +445,10 @@ def refit_on_train(
     model: GraphRecommender,
     selection: _Selection,
     clock: _Clock,
+    plan: ScalePlan,
     *,
     progress: bool,
+    coordinator: Coordinator = SOLO,
 ) -> tuple[EpochRecord, ...] | None:
     """Phase 2: keep training ``model`` on all of train with the learning rate annealed to zero.
 
@@ -329,8 +464,10 @@ def refit_on_train(
         split.train,
         model,
         build_graph(config, split.train),
+        plan,
         optimizer=selection.optimizer,
         seed=config.seed + 1,
+        coordinator=coordinator,
     )
     for group in stepper.optimizer.param_groups:
         group["lr"] = config.lr
@@ -339,10 +476,10 @@ def refit_on_train(
     with progress_bar(epochs, "refit on all of train", enabled=progress) as bar:
         for offset in range(1, epochs + 1):
             # Checked between epochs only, so the budget may be overrun by up to one epoch.
-            if clock.out_of_time():
+            if coordinator.agree(clock.out_of_time()):
                 return None
             loss = stepper.epoch(lambda: False)
-            if not np.isfinite(loss):
+            if not coordinator.agree(np.isfinite(loss)):
                 return None
             schedule.step()
             records.append(EpochRecord(selection.epochs + offset, clock.elapsed(), loss, None, REFIT))
@@ -365,7 +502,15 @@ def candidate_configs(config: TrainConfig, split: Split) -> list[TrainConfig]:
     return [config] + [replace(config, **dict(alternative)) for alternative in config.search_space]
 
 
-def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def scale_plan(config: TrainConfig, split: Split) -> ScalePlan:
+    """The scale rules of ``config`` applied to the fit slice's counts."""
+    users = int(np.count_nonzero(split.fit.row_lengths()))
+    return plan_for(config, users, split.n_items, split.fit.nnz)
+
+
+def train_model(
+    split: Split, config: TrainConfig, *, progress: bool = True, coordinator: Coordinator = SOLO
+) -> TrainResult:
     """Select on ``split.valid``, refit on ``split.train`` (see the module docstring); return the served vectors.
 
     Validation propagates over the fit graph only (the validation edges must
@@ -374,29 +519,40 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
     edges, so each user's vector also aggregates the items held out for early
     stopping — they are known positives at serving time and are masked in the
     test evaluation like every other training item.
+
+    The scale rules (:func:`scale_plan`) may lower ``dim``; the returned
+    config holds the dim trained with. With a ``coordinator`` of several
+    processes, each runs this same function on the same data and seed.
     """
     check_config(config)
+    plan = scale_plan(config, split)
+    config = replace(config, dim=plan.dim)
     clock = _Clock(config.time_budget)
     trials: list[SearchTrial] = []
     chosen: tuple[TrainConfig, GraphRecommender, Tensor, _Selection] | None = None
     for candidate in candidate_configs(config, split):
-        if chosen is not None and clock.out_of_time():
+        if chosen is not None and coordinator.agree(clock.out_of_time()):
             break
         torch.manual_seed(candidate.seed)
         model = build_model(candidate, split.n_users, split.n_items)
+        coordinator.adopt(model)
         fit_graph = build_graph(candidate, split.fit)
         overrides = _overrides(candidate, config)
         label = "".join(f", {name} {value}" for name, value in overrides.items())
-        selection = select_on_validation(split, candidate, model, fit_graph, clock, progress=progress, label=label)
+        selection = select_on_validation(
+            split, candidate, model, fit_graph, clock, plan, progress=progress, label=label, coordinator=coordinator
+        )
         trials.append(SearchTrial(overrides, selection.best.recall or 0.0, selection.epochs))
-        if chosen is None or (selection.best.recall or 0.0) > (chosen[3].best.recall or 0.0):
+        if chosen is None or coordinator.agree((selection.best.recall or 0.0) > (chosen[3].best.recall or 0.0)):
             chosen = (candidate, model, fit_graph, selection)
     assert chosen is not None  # candidate_configs always yields the recipe itself
     kept_config, model, fit_graph, selection = chosen
     refit: tuple[EpochRecord, ...] | None = None
     stop_reason = selection.stop_reason
-    if kept_config.refit and selection.best.recall is not None and split.valid.nnz:
-        refit = refit_on_train(split, kept_config, model, selection, clock, progress=progress)
+    if kept_config.refit and coordinator.agree(selection.best.recall is not None) and split.valid.nnz:
+        refit = refit_on_train(
+            split, kept_config, model, selection, clock, plan, progress=progress, coordinator=coordinator
+        )
         if refit is None:
             why = "cut by the time budget" if clock.out_of_time() else "stopped by a non-finite loss"
             stop_reason += f"; refit on train {why} (validated vectors kept)"
@@ -417,4 +573,5 @@ def train_model(split: Split, config: TrainConfig, *, progress: bool = True) -> 
         refit_epochs=len(refit or ()),
         config=kept_config,
         search=tuple(trials) if len(trials) > 1 else (),
+        scale=plan,
     )
