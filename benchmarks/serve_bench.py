@@ -4,7 +4,11 @@ Five servers answer the same wire calls with the same client and payload:
 
 * ``echo-sync`` / ``echo-aio``: no-op servers (sync thread pool / ``grpc.aio``)
   that parse the request and return pre-serialised bytes of a real 10-item
-  response with the request id: the floor, i.e. what gRPC Python itself costs.
+  response with the request id: the floor, i.e. what gRPC Python itself costs
+  to carry an answer of our size;
+* ``echo-aio-empty``: the same ``grpc.aio`` no-op server returning only the
+  request id (a response of a few bytes): the floor a no-op server shows when
+  it sends nothing, the comparison an outside benchmark often makes;
 * ``aio``: the shipped server (:class:`movierec.server.app.RecommenderServer`):
   answers from each user's precomputed ranking prefix (:mod:`movierec.index.ranked`),
   stream messages pipelined and batched;
@@ -30,6 +34,15 @@ load generator process measures ``POST /recommend`` with the unary scenario's
 requests as JSON, 1 call in flight over one keep-alive connection, with two
 client libraries (the stdlib's ``http.client`` and httpx), right after the
 gRPC scenarios of the same round, from a load generator process of its own.
+
+Two load generators, each in its own process: this script's (grpcio blocking
+stub for unary, a ``grpc.aio`` stream for the stream, every message parsed),
+and an independent one (:func:`measure_raw_unary`, :func:`measure_raw_stream`:
+plain grpcio sync channel, requests pre-serialised once, answers taken as
+bytes and never parsed, the stream fed by a generator thread and read by the
+main thread): a second opinion built differently, whose client CPU column says
+whether it had headroom. Both are run against the floors and the shipped
+server in the same round and reported side by side.
 
 Before the rounds, the work our server adds to the floor is timed in process
 (no gRPC): answering one request, the index search inside it (from the prefix
@@ -91,7 +104,12 @@ from movierec.v1 import recommender_pb2_grpc as pb_grpc
 R = TypeVar("R", pb.RecommendResponse, pb.RecommendStreamResponse)
 
 RESULTS_NAME = "serve"
-SERVER_KINDS = ("echo-sync", "echo-aio", "aio", "aio-scan", "aio-direct", "sync")
+SERVER_KINDS = ("echo-sync", "echo-aio", "echo-aio-empty", "aio", "aio-scan", "aio-direct", "sync")
+SAME_SIZE_FLOORS = ("echo-sync", "echo-aio")
+EMPTY_FLOOR = "echo-aio-empty"
+# The independent load generator's scenarios, and the servers it measures (the floors and the shipped one).
+RAW_SCENARIOS = {"raw-unary": "unary-0", "raw-stream": "stream"}
+RAW_KINDS = (*SAME_SIZE_FLOORS, EMPTY_FLOOR, "aio")
 SHIPPED = "aio"
 SERVICE = "movierec.v1.RecommenderService"
 RECOMMEND_STREAM = f"/{SERVICE}/RecommendStream"
@@ -108,6 +126,8 @@ TARGETS = {
     "unary_p99_ms": 3.0,
     "unary_share_of_floor": 0.70,
     "stream_share_of_floor": 0.70,
+    "raw_unary_share_of_floor": 0.70,
+    "raw_stream_share_of_floor": 0.70,
     "exclusion_2000_added": 0.20,
 }
 
@@ -238,10 +258,11 @@ async def run_aio_server(kind: str, index_dir: Path) -> None:
     limit_serving_threads()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    if kind in ("echo-aio", "aio-direct"):
+    if kind in ("echo-aio", EMPTY_FLOOR, "aio-direct"):
         server = grpc.aio.server()
-        if kind == "echo-aio":
-            server.add_generic_rpc_handlers((echo_handlers(canned_response_bytes(index_dir), asynchronous=True),))
+        if kind != "aio-direct":
+            canned = b"" if kind == EMPTY_FLOOR else canned_response_bytes(index_dir)
+            server.add_generic_rpc_handlers((echo_handlers(canned, asynchronous=True),))
         else:
             state = ServingState()
             state.publish(ServingEngine(load_index(index_dir), Limits()))
@@ -467,6 +488,77 @@ def measure_http(
     }
 
 
+def measure_raw_unary(target: str, payloads: Sequence[bytes], seconds: float, cpu: CpuWindow) -> dict[str, Any]:
+    """The independent generator's unary scenario: 1 call in flight, pre-serialised requests, answers as bytes
+    (no protobuf work on this side), from a plain grpcio sync channel."""
+    with grpc.insecure_channel(target) as channel:
+        # no serialisers: bytes in, bytes out
+        call = channel.unary_unary(f"/{SERVICE}/Recommend", request_serializer=None, response_deserializer=None)
+        warm_until = time.perf_counter() + min(0.5, seconds / 4)
+        n = 0
+        while time.perf_counter() < warm_until:
+            call(payloads[n % len(payloads)], timeout=5)
+            n += 1
+        latencies: list[int] = []
+        errors = 0
+        cpu.start()
+        end = time.perf_counter() + seconds
+        while (now := time.perf_counter_ns()) < end * 1e9:
+            try:
+                errors += not call(payloads[len(latencies) % len(payloads)], timeout=5)
+            except grpc.RpcError:
+                errors += 1
+            latencies.append(time.perf_counter_ns() - now)
+        usage = cpu.stop(len(latencies))
+    millis = np.asarray(latencies, dtype=np.float64) / 1e6
+    return {
+        "calls": len(latencies),
+        "errors": errors,
+        "p50_ms": float(np.percentile(millis, 50)),
+        "p99_ms": float(np.percentile(millis, 99)),
+        **usage,
+    }
+
+
+def measure_raw_stream(target: str, payloads: Sequence[bytes], seconds: float, cpu: CpuWindow) -> dict[str, Any]:
+    """The independent generator's stream scenario: one bidirectional stream kept at STREAM_IN_FLIGHT outstanding
+    messages, a generator (on grpc's sending thread) writing pre-serialised requests, this thread reading answers
+    as bytes."""
+    window = threading.Semaphore(STREAM_IN_FLIGHT)
+    stop = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        sent = 0
+        while not stop.is_set():
+            if window.acquire(timeout=0.1):
+                yield payloads[sent % len(payloads)]
+                sent += 1
+
+    received = errors = 0
+    with grpc.insecure_channel(target) as channel:
+        open_stream = channel.stream_stream(RECOMMEND_STREAM, request_serializer=None, response_deserializer=None)
+        responses = open_stream(requests(), timeout=60 + 4 * seconds)
+        warm_until = time.perf_counter() + min(0.5, seconds / 4)
+        end = started = 0.0
+        counted = 0
+        try:
+            for answer in responses:
+                window.release()
+                received += 1
+                errors += not answer
+                now = time.perf_counter()
+                if not started and now >= warm_until:
+                    started, end, counted = now, now + seconds, received
+                    cpu.start()
+                elif started and now >= end:
+                    break
+        finally:
+            stop.set()
+            responses.cancel()  # type: ignore[no-untyped-call]
+        usage = cpu.stop(received - counted)
+    return {"messages": received - counted, "errors": errors, **usage}
+
+
 def run_client(
     target: str,
     server_pid: int,
@@ -483,6 +575,12 @@ def run_client(
             results[scenario] = asyncio.run(
                 measure_stream(target, workload.stream_requests(), seconds, CpuWindow(server_pid))
             )
+        elif scenario == "raw-unary":
+            payloads = [r.SerializeToString() for r in workload.unary_requests(0)]
+            results[scenario] = measure_raw_unary(target, payloads, seconds, CpuWindow(server_pid))
+        elif scenario == "raw-stream":
+            payloads = [r.SerializeToString() for r in workload.stream_requests()]
+            results[scenario] = measure_raw_stream(target, payloads, seconds, CpuWindow(server_pid))
         elif scenario in HTTP_SCENARIOS:
             assert http_target is not None, "the server announced no HTTP port"
             requests = workload.unary_requests(0)
@@ -613,6 +711,9 @@ def run_rounds(index_dir: Path, rounds: int, seconds: float) -> dict[str, dict[s
             try:
                 for scenario, result in client_process(server, index_dir, scenarios_for(kind), seconds).items():
                     raw[kind].setdefault(scenario, []).append(result)
+                if kind in RAW_KINDS:  # the independent load generator, in a process of its own
+                    for scenario, result in client_process(server, index_dir, [*RAW_SCENARIOS], seconds).items():
+                        raw[kind].setdefault(scenario, []).append(result)
                 if kind == SHIPPED:  # a load generator of its own (see http_section)
                     for scenario, result in client_process(server, index_dir, [*HTTP_SCENARIOS], seconds).items():
                         raw[kind].setdefault(scenario, []).append(result)
@@ -642,10 +743,15 @@ def summarise(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
     table = {
         kind: {scenario: median_of(runs) for scenario, runs in scenarios.items()} for kind, scenarios in raw.items()
     }
-    echo = ("echo-sync", "echo-aio")
+    echo = SAME_SIZE_FLOORS
 
-    def floor_per_round(scenario: str, key: str, best: Any) -> list[float]:
-        return [best(values) for values in zip(*(per_round(raw, kind, scenario, key) for kind in echo), strict=True)]
+    def floor_per_round(scenario: str, key: str, best: Any, kinds: Sequence[str] = echo) -> list[float]:
+        return [best(values) for values in zip(*(per_round(raw, kind, scenario, key) for kind in kinds), strict=True)]
+
+    def share(scenario: str, kinds: Sequence[str]) -> float:
+        """Our rate over the floor's (the fastest of ``kinds``) in each round, median over rounds."""
+        floor = floor_per_round(scenario, "per_second", max, kinds)
+        return statistics.median(round_ratios(per_round(raw, SHIPPED, scenario, "per_second"), floor))
 
     floor_unary = floor_per_round("unary-0", "per_second", max)
     floor_stream = floor_per_round("stream", "per_second", max)
@@ -658,10 +764,21 @@ def summarise(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
         "stream_share_of_floor": statistics.median(
             round_ratios(per_round(raw, SHIPPED, "stream", "per_second"), floor_stream)
         ),
+        "raw_unary_share_of_floor": share("raw-unary", echo),
+        "raw_stream_share_of_floor": share("raw-stream", echo),
         "exclusion_2000_added": statistics.median(
             round_ratios(per_round(raw, SHIPPED, "unary-2000", "p50_ms"), per_round(raw, SHIPPED, "unary-0", "p50_ms"))
         )
         - 1.0,
+    }
+    # Both load generators side by side: our share of each floor (same-size best, same-size grpc.aio, empty).
+    generators = {
+        scenario: {
+            "same_size": share(scenario, echo),
+            "same_size_aio": share(scenario, ("echo-aio",)),
+            "empty": share(scenario, (EMPTY_FLOOR,)),
+        }
+        for scenario in ("unary-0", "stream", *RAW_SCENARIOS)
     }
     # Supporting evidence that moves less with background load: the floor's server CPU per call over ours.
     cpu_shares = {
@@ -692,6 +809,7 @@ def summarise(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
         "checks": checks,
         "cpu_share_of_floor": cpu_shares,
         "http_vs_grpc": http_vs_grpc,
+        "generators": generators,
         "targets": TARGETS,
         "passed": passed,
         "total_errors": sum(int(run["errors"]) for run in runs),
@@ -778,6 +896,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| {_mark(passed['unary_share_of_floor'])} |",
         f"| stream msg/s vs floor | {checks['stream_share_of_floor']:.0%} | >= 70% "
         f"| {_mark(passed['stream_share_of_floor'])} |",
+        f"| unary calls/s vs floor, independent load generator | {checks['raw_unary_share_of_floor']:.0%} "
+        f"| >= 70% | {_mark(passed['raw_unary_share_of_floor'])} |",
+        f"| stream msg/s vs floor, independent load generator | {checks['raw_stream_share_of_floor']:.0%} "
+        f"| >= 70% | {_mark(passed['raw_stream_share_of_floor'])} |",
         f"| p50 added by 2,000 exclusions | {checks['exclusion_2000_added']:+.0%} | <= +20% "
         f"| {_mark(passed['exclusion_2000_added'])} |",
         f"| errors (all runs) | {summary['total_errors']} | 0 | {_mark(summary['total_errors'] == 0)} |",
@@ -793,9 +915,49 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         choice_note(table),
         "",
+        *generators_section(summary, meta),
         *http_section(summary),
     ]
     return "\n".join(lines)
+
+
+def generators_section(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Both load generators against the same floors and our server, same rounds: where their shares differ."""
+    table, shares = summary["table"], summary["generators"]
+    names = {
+        "unary-0": ("this script's", "unary, 1 in flight"),
+        "stream": ("this script's", f"stream, {STREAM_IN_FLIGHT} in flight"),
+        "raw-unary": ("independent", "unary, 1 in flight"),
+        "raw-stream": ("independent", f"stream, {STREAM_IN_FLIGHT} in flight"),
+    }
+    lines = [
+        "## Two load generators, three floors",
+        "",
+        "This script's load generator parses every answer (grpcio blocking stub for unary, a `grpc.aio` stream); "
+        "the independent one (own process, plain grpcio sync channel) sends pre-serialised requests and takes "
+        "answers as bytes, never parsed (its client CPU column says whether it had headroom). Floors: echo-sync "
+        f"and echo-aio answer with a real {K}-item response ({meta['response_bytes']} bytes, as ours), "
+        f"echo-aio-empty with the request id alone ({meta['empty_response_bytes']} bytes). Rates are medians over "
+        "rounds; shares are medians of per-round ratios (ours / floor).",
+        "",
+        "| load generator | scenario | ours /s | echo-sync /s | echo-aio /s | echo-aio-empty /s "
+        "| ours / same-size floor | ours / echo-aio | ours / empty floor | server CPU us/call: ours, echo-aio, empty "
+        "| client CPU vs ours, vs echo-aio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario, (generator, shape) in names.items():
+        rows = {kind: table[kind][scenario] for kind in RAW_KINDS}
+        share = shares[scenario]
+        lines.append(
+            f"| {generator} | {shape} | {rows[SHIPPED]['per_second']:,.0f} | {rows['echo-sync']['per_second']:,.0f} "
+            f"| {rows['echo-aio']['per_second']:,.0f} | {rows[EMPTY_FLOOR]['per_second']:,.0f} "
+            f"| {share['same_size']:.0%} | {share['same_size_aio']:.0%} | {share['empty']:.0%} "
+            f"| {rows[SHIPPED]['server_cpu_us_per_call']:,.0f}, {rows['echo-aio']['server_cpu_us_per_call']:,.0f}, "
+            f"{rows[EMPTY_FLOOR]['server_cpu_us_per_call']:,.0f} "
+            f"| {rows[SHIPPED]['client_cpu']:.0%}, {rows['echo-aio']['client_cpu']:.0%} |"
+        )
+    lines.append("")
+    return lines
 
 
 def http_section(summary: dict[str, Any]) -> list[str]:
@@ -958,6 +1120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         meta = {"machine": machine(), "index": index_label, "rounds": args.rounds, "seconds": args.seconds}
         meta["in_process"] = in_process_costs(index_dir)
+        meta["response_bytes"] = len(with_request_id(canned_response_bytes(index_dir), "1023"))
+        meta["empty_response_bytes"] = len(with_request_id(b"", "1023"))
         summary = summarise(run_rounds(index_dir, args.rounds, args.seconds))
     meta["wall_seconds"] = round(time.time() - started, 1)
     write_results(args.out, summary, meta)
