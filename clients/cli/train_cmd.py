@@ -95,6 +95,13 @@ def register(commands: Any) -> None:
     train.add_argument("--seed", type=int, metavar="S", help="training seed (the split always uses seed 42)")
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long, keep the best")
     train.add_argument("--min-rating", type=float, default=4.0, metavar="R", help="positives: rating >= R (4)")
+    train.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="train in N local processes sharing each step's users (torch.distributed, gloo); under torchrun "
+        "the group is torchrun's (README: Training past one machine)",
+    )
     train.add_argument("--force", action="store_true", help="replace an existing bundle")
     train.add_argument("--json", action="store_true", help="print a JSON summary")
     train.set_defaults(func=_train)
@@ -151,17 +158,9 @@ def _train(args: argparse.Namespace) -> int:
     # Must precede torch's import. On a shared machine, OpenMP threads that spin while waiting steal
     # the cores the other thread needs (spinning waits made epochs 2-4x slower under load).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from movierec.trainer.pipeline import train_bundle
-
-    summary = train_bundle(
-        data,
-        args.out,
-        config,
-        data_format=args.fmt,
-        min_rating=args.min_rating,
-        force=args.force,
-        progress=not args.json,
-    )
+    summary = _train_with_workers(args, data, config) if _distributed(args) else _train_alone(args, data, config)
+    if not summary:  # a torchrun worker other than the leader: the leader reports
+        return 0
     if args.json:
         print_json(summary)
     else:
@@ -172,6 +171,43 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distributed(args: argparse.Namespace) -> bool:
+    """Whether to train in a process group: asked for with --workers N > 1, or launched by torchrun."""
+    if args.workers is not None and args.workers < 1:
+        raise MovierecError(f"--workers must be a positive integer, got {args.workers}")
+    from movierec.trainer.distributed import launched_by_torchrun
+
+    wanted = launched_by_torchrun() or (args.workers or 1) > 1
+    if wanted and args.model == "graphsage":
+        raise MovierecError("--workers and torchrun train lightgcn or ngcf; graphsage trains in one process")
+    return wanted
+
+
+def _train_alone(args: argparse.Namespace, data: Path, config: Any) -> dict[str, Any]:
+    from movierec.trainer.pipeline import train_bundle
+
+    return train_bundle(
+        data,
+        args.out,
+        config,
+        data_format=args.fmt,
+        min_rating=args.min_rating,
+        force=args.force,
+        progress=not args.json,
+    )
+
+
+def _train_with_workers(args: argparse.Namespace, data: Path, config: Any) -> dict[str, Any]:
+    from movierec.trainer.distributed import TrainJob, launched_by_torchrun, train_spawned, train_under_torchrun
+
+    if args.out.exists() and not args.force:  # before any process starts
+        raise MovierecError(f"{args.out}: already exists (pass --force to replace it)")
+    job = TrainJob(data, args.out, config, args.fmt, args.min_rating, args.force, not args.json)
+    if launched_by_torchrun():
+        return train_under_torchrun(job, args.workers)
+    return train_spawned(job, args.workers)
+
+
 def _describe(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{name} {value}" for name, value in overrides.items()) or "the recipe's own settings"
 
@@ -179,6 +215,8 @@ def _describe(overrides: dict[str, Any]) -> str:
 def closing_lines(training: dict[str, Any]) -> list[str]:
     """What happened during training, in the order it happened, for the closing summary."""
     lines = []
+    if training.get("scale"):
+        lines.append(f"scale rules: {training['scale']['rules']}")
     if training.get("search"):
         tried = "; ".join(
             f"{_describe(trial['overrides'])}: {trial['best_valid_recall']:.4f} in {trial['epochs']} epochs"
@@ -197,6 +235,12 @@ def closing_lines(training: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("refit: none; the bundle holds the best validated vectors")
+    for worker, timing in enumerate(training.get("distributed", {}).get("per_worker", [])):
+        lines.append(
+            f"worker {worker}: {timing['steps']} steps, {timing['compute_ms_per_step']:.1f} ms compute + "
+            f"{timing['allreduce_ms_per_step']:.1f} ms all-reduce per step "
+            f"(communication {100 * timing['communication_share']:.1f} %)"
+        )
     lines.append(
         f"total: {training['epochs_run']} epochs, training {training['seconds']:.1f} s, "
         f"wall {training['wall_seconds']:.1f} s including loading, refit and writing; "
