@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -224,20 +220,6 @@ def test_one_reload_call_reaches_every_worker(store: Path, tmp_path: Path) -> No
                 os.kill(pid, signal.SIGKILL)
 
 
-_SERVE_WORKERS_WITH_HTTP = """
-import json, sys
-from pathlib import Path
-from movierec.server.app import ServerConfig
-from movierec.server.workers import serve_workers
-
-def announce(event):
-    print(json.dumps({"event": event.kind, "message": event.message, **event.data}), flush=True)
-
-config = ServerConfig(Path(sys.argv[1]), port=0, http_port=0, metrics_port=0, poll_seconds=0, grace_seconds=2)
-serve_workers(config, 2, announce)
-"""
-
-
 def _http_handled(metrics_dir: str, pid: int) -> float:
     """HTTP requests one worker answered, read from its own multiprocess counter file."""
     return sum(
@@ -251,14 +233,9 @@ def _http_handled(metrics_dir: str, pid: int) -> float:
 def test_http_port_0_is_one_port_for_every_worker(store: Path) -> None:
     """``--http-port 0 --workers 2``: the parent picks the HTTP port and both workers join it (fresh connections
     reach both, as on gRPC's port); the HTTP requests are counted, per worker, beside the gRPC calls."""
-    # `recctl serve` still refuses --http-port with --workers (clients/cli/serve_cmd.py), so the workers' server
-    # is started as the CLI starts it, through serve_workers, with the CLI's --json event lines.
-    serve = ServeProcess.__new__(ServeProcess)
-    serve.process = subprocess.Popen(
-        [sys.executable, "-c", _SERVE_WORKERS_WITH_HTTP, str(store)], stdout=subprocess.PIPE, text=True
+    serve = ServeProcess(
+        *("--index", str(store), "--workers", "2", "--http-port", "0"), *("--metrics-port", "0", "--poll", "0")
     )
-    serve.events = queue.Queue()
-    threading.Thread(target=serve._pump, args=(serve.process.stdout,), daemon=True).start()
     pids: list[int] = []
     try:
         events = serve.wait_serving()

@@ -102,7 +102,7 @@ def register(commands: Any) -> None:
         type=_port,
         metavar="PORT",
         help="also serve the HTTP/JSON API on HOST:PORT (POST /recommend, /similar, GET /health, /info; "
-        "OpenAPI docs at /docs; same token and TLS as gRPC; 0: any free port)",
+        "OpenAPI docs at /docs; same token and TLS as gRPC; every --workers process answers on it; 0: any free port)",
     )
     parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS only, with this certificate chain")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
@@ -218,8 +218,6 @@ def _serve(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise MovierecError("TLS needs both --tls-cert and --tls-key")
     check_index_path(args.index)
-    if args.workers > 1 and args.http_port is not None:
-        raise MovierecError("--http-port serves from one process: use it with --workers 1 (or run a replica for it)")
     try:
         if args.workers > 1:
             from movierec.server.workers import serve_workers
