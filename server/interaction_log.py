@@ -163,6 +163,7 @@ class InteractionLog:
         self._views: dict[int, UserView] = {}
         self._last_offset = 0
         self._read_through = 0  # every event at or below it has been read from the file (replay, refresh)
+        self._forgotten_through = 0  # the file's truncation point this instance's views already reflect
         self._calls_since_purge = 0
         try:
             with self._write_lock:
@@ -300,13 +301,17 @@ class InteractionLog:
 
         Only call it with an offset every retained index version holds
         (:func:`movierec.index.rollback.safe_truncation_offset`): this instance
-        forgets them too. Never moves backwards.
+        forgets them too. Never moves backwards. When another process already
+        truncated the file past ``offset``, nothing is deleted (0) but this
+        instance still forgets what the file no longer holds, so its per-user
+        cap stops counting compacted events.
         """
         if offset < 0:
             raise ValueError("offset must be >= 0")
         with self._write_lock:
             try:
                 if offset <= self._truncated_through():
+                    self._forget_truncated_locked()
                     return 0
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -323,7 +328,7 @@ class InteractionLog:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not truncate the log ({exc})", path=self.path) from None
-            self._views = forgotten_through(self._views, offset, self.like_threshold)
+            self._forget_through_locked(offset)
         return int(deleted)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -375,6 +380,15 @@ class InteractionLog:
             raise
         return last
 
+    def _forget_truncated_locked(self) -> None:
+        """Forget the events the file no longer holds (another process truncated it); one indexed read."""
+        self._forget_through_locked(self._truncated_through())
+
+    def _forget_through_locked(self, offset: int) -> None:
+        if offset > self._forgotten_through:
+            self._views = forgotten_through(self._views, offset, self.like_threshold)  # one swap for readers
+            self._forgotten_through = offset
+
     def _truncated_through(self) -> int:
         found = self._conn.execute("SELECT value FROM log_state WHERE name = 'truncated_through'").fetchone()
         return 0 if found is None else int(found[0])
@@ -386,11 +400,13 @@ class InteractionLog:
     def _replay_locked(self, after: int) -> None:
         """Build every user's view from the events after ``after`` (read in batches, grouped with numpy)."""
         try:
+            truncated = self._truncated_through()  # before the rows: a later truncation is refresh()'s
             columns = _read_columns(self._conn, after)
             top = self._sequence()
         except sqlite3.Error as exc:
             raise InteractionLogError(f"could not replay the log ({exc})", path=self.path) from None
         self._views = views_of(*columns, self.like_threshold)
+        self._forgotten_through = truncated
         self._last_offset = top
         self._read_through = max(after, int(columns[0][-1]) if columns[0].size else 0)
 
@@ -399,17 +415,23 @@ class InteractionLog:
 
         For several processes serving from one file (``recctl serve --workers``):
         a follower calls it every few milliseconds; with nothing new it is one
-        indexed range read. Events this instance recorded itself come back too
-        and change nothing (an item keeps its highest-offset event).
+        indexed range read and one single-row read. Events this instance
+        recorded itself come back too and change nothing (an item keeps its
+        highest-offset event). Events another process truncated away (it
+        compacted them into a version every retained one builds on) are
+        forgotten here too, so every process's views, and so its per-user cap,
+        hold what the file holds, as a restarted process's would.
         """
         with self._write_lock:
             try:
                 offsets, users, items, ratings = _read_columns(self._conn, self._read_through)
+                if offsets.size:
+                    self._views.update(folded_views(self._views, offsets, users, items, ratings, self.like_threshold))
+                self._forget_truncated_locked()
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not read new interactions ({exc})", path=self.path) from None
             if not offsets.size:
                 return 0
-            self._views.update(folded_views(self._views, offsets, users, items, ratings, self.like_threshold))
             self._read_through = int(offsets[-1])
             self._last_offset = max(self._last_offset, self._read_through)
         return int(offsets.size)

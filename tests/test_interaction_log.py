@@ -433,3 +433,27 @@ def test_refresh_applies_other_processes_events_once_and_keeps_each_items_newest
         first.record(2, [30])
         second.refresh()
         assert second.extra_seen(2).tolist() == [30] and second.last_offset == first.last_offset
+
+
+def test_a_truncation_by_another_process_is_forgotten_here_and_frees_the_per_user_cap(log_path: Path) -> None:
+    """Worker A truncates the shared file; worker B (its own handle) forgets those events on its next refresh, or
+    when it asks to truncate through a point the file is already past, so B's cap counts only live events."""
+    with (
+        InteractionLog(log_path, max_live_items_per_user=3) as first,
+        InteractionLog(log_path, max_live_items_per_user=3) as second,
+        InteractionLog(log_path, max_live_items_per_user=3) as third,
+    ):
+        compacted = first.record(1, [10, 20, 30])
+        for other in (second, third):
+            other.refresh()
+            assert other.extra_seen(1).tolist() == [10, 20, 30]
+            with pytest.raises(LiveEventCapExceeded):
+                other.record(1, [40])
+        assert first.truncate_through(compacted) == 3 and first.extra_seen(1).tolist() == []
+        assert second.refresh() == 0  # nothing new to read, yet the truncation point moved
+        assert second.extra_seen(1).tolist() == [] and second.users == 0
+        assert third.truncate_through(compacted) == 0  # already done by the first handle: nothing deleted here
+        assert third.extra_seen(1).tolist() == [] and third.users == 0
+        second.record(1, [40, 50, 60])  # room again: the cap counts only what the file still holds
+        third.refresh()
+        assert third.extra_seen(1).tolist() == [40, 50, 60]
