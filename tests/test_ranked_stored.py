@@ -150,7 +150,9 @@ def test_a_build_stores_checksummed_prefixes_that_a_load_maps_instead_of_computi
     monkeypatch.setattr(RankedPrefixes, "build", no_build)
     served = open_index(version, ranked_depth=24)
     assert served.ranked is not None and served.ranked.stored and served.ranked.depth == 24
-    assert isinstance(served.ranked.rows, np.memmap) and not served.ranked.rows.flags.writeable
+    rows = served.ranked.rows
+    assert type(rows) is np.ndarray and type(rows[:1]) is np.ndarray  # no memmap subclass on the request path
+    assert isinstance(rows.base, np.memmap) and not rows.flags.writeable  # still the file's read-only mapping
     monkeypatch.undo()
     assert_serves_like_the_scan(version, 24)
     assert_serves_like_the_scan(version, 9)  # a server asking for fewer places cuts the stored ones

@@ -69,12 +69,19 @@ def check_npy(path: Path, dtype: npt.DTypeLike, ndim: int) -> NpyHeader:
 
 
 def read_npy(path: Path, dtype: npt.DTypeLike, ndim: int, *, mmap: bool = False) -> npt.NDArray[Any]:
-    """The array in ``path`` after :func:`check_npy`; read-only memory-mapped when ``mmap``."""
+    """The array in ``path`` after :func:`check_npy`; with ``mmap``, a read-only view over the file's mapping.
+
+    The mapped array is a plain ``ndarray`` (its base keeps the mapping open),
+    not an ``np.memmap``: memmap's Python-level ``__array_finalize__`` runs on
+    every slice, and the request path slices mapped arrays (ranked prefixes,
+    model rows) on every call.
+    """
     check_npy(path, dtype, ndim)
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)  # type: ignore[no-any-return]
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise BundleError(f"not a readable .npy file ({_first_line(exc)})", path=path) from None
+    return np.asarray(array)
 
 
 def _first_line(exc: BaseException) -> str:
