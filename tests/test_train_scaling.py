@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_train import N_ITEMS, N_USERS, tiny_split
+from test_train import N_ITEMS, N_USERS, TINY_TRAIN, tiny_split, write_ratings
 
+from movierec.bundle import read_model_bundle
 from movierec.bundle.csr import CSR
+from movierec.clients.cli.main import main
 from movierec.trainer.config import TrainConfig, plan_for, resolve_config
 from movierec.trainer.data.split import Split
 from movierec.trainer.losses import softmax_loss
@@ -143,3 +146,14 @@ def test_training_under_the_large_data_rules_learns_and_records_them() -> None:
     assert result.user_vectors.shape[1] == 16
     chance = 20 / N_ITEMS  # a random top 20 of 40 items
     assert result.best_valid_recall > chance + 0.25
+
+
+def test_recctl_train_prints_the_rules_and_the_bundle_records_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = write_ratings(tmp_path / "data"), tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN]) == 0
+    rules = [line for line in capsys.readouterr().out.splitlines() if line.startswith("scale rules:")]
+    scale = read_model_bundle(out).config["scale"]
+    assert scale["steps_per_epoch"] == 3 and scale["batch_users"] == 32 and scale["negatives"] == 0
+    assert rules == [f"scale rules: {scale['rules']}"] and "3 steps of 32 per epoch, full softmax" in rules[0]
