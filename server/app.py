@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from movierec.server.http_api import HttpApi
 
 logger = logging.getLogger(__name__)
+_GOAWAY_SETTLE_S = 0.05
+"""How long after the gRPC stop begins "draining" is announced at the latest (see RecommenderServer.stop)."""
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 DEFAULT_GRACE_SECONDS = 10.0
 # Health is reported for the whole server ("") and for the service by name; both move together.
@@ -260,8 +262,13 @@ class RecommenderServer:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return engine
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING at once, refuse new calls, let in-flight calls finish within the grace period."""
+    async def stop(self, grace: float | None = None, *, on_draining: Callable[[], None] | None = None) -> None:
+        """NOT_SERVING at once, refuse new calls, let in-flight calls finish within the grace period.
+
+        ``on_draining`` runs once the gRPC server's shutdown has begun (its
+        first step closes the listeners and refuses new calls), so whoever it
+        tells that the server drains gets UNAVAILABLE for a new call, never an answer.
+        """
         await self.health.enter_graceful_shutdown()
         grace = self.config.grace_seconds if grace is None else grace
         # HTTP drains alongside gRPC: /health turns 503 now, requests in flight finish within the same grace.
@@ -269,7 +276,14 @@ class RecommenderServer:
         if self._watching is not None:
             self._watching.cancel()
             await asyncio.gather(self._watching, return_exceptions=True)
-        await self._server.stop(grace)
+        grpc_stopped = asyncio.create_task(self._server.stop(grace))
+        await asyncio.sleep(0)  # one step of the stop: grpc core's shutdown is called before it first waits
+        if on_draining is not None:
+            # Core tells open connections (HTTP/2 GOAWAY) on its own threads: a call that beats that message is
+            # cancelled, not refused. A moment (or the whole stop, when nothing is in flight) lets it arrive.
+            await asyncio.wait({grpc_stopped}, timeout=_GOAWAY_SETTLE_S)
+            on_draining()
+        await grpc_stopped
         if http_stopped is not None:
             await http_stopped
         if self._watching_events is not None:  # after the stop: the port closes no later than it used to
@@ -382,6 +396,12 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, reload_now)
     loading = asyncio.create_task(server.load() if loaded is None else _already(loaded))
     stopping = asyncio.create_task(stop_requested.wait())
+    on_draining: Callable[[], None] | None = None  # set once the stop is an orderly one (not a load failure)
+
+    def announce_draining() -> None:
+        message = f"shutting down: draining in-flight calls for up to {config.grace_seconds:g}s"
+        announce(ServerEvent("draining", message, {"grace_seconds": config.grace_seconds}))
+
     try:
         await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
@@ -395,18 +415,12 @@ async def serve(
                 )
             )
             await stopping
-        announce(
-            ServerEvent(
-                "draining",
-                f"shutting down: draining in-flight calls for up to {config.grace_seconds:g}s",
-                {"grace_seconds": config.grace_seconds},
-            )
-        )
+        on_draining = announce_draining
     finally:
         for task in (loading, stopping):
             task.cancel()
         await asyncio.gather(loading, stopping, return_exceptions=True)
-        await server.stop()
+        await server.stop(on_draining=on_draining)
         if metrics_http is not None:
             metrics_http.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

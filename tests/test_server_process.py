@@ -59,9 +59,9 @@ def test_sigterm_drains_the_open_stream_then_exits_zero(serve_process: ServeProc
         outgoing.put(pb.RecommendStreamRequest(request_id="during", user_id=user_id_of_row(1), k=3))
         during = next(responses)
         assert during.request_id == "during" and len(during.items) == 3 and during.error.code == 0
-        # ... while new calls are refused: once the listener is closed, a new caller gets UNAVAILABLE (retryable
-        # elsewhere). "draining" is announced just before the listener closes, and a call that lands in grpc
-        # core at the very instant of its shutdown is cancelled by the core (CANCELLED), so wait for the close.
+        # ... while new calls are refused: a new caller gets UNAVAILABLE (retryable elsewhere). "draining" is
+        # announced once grpc core's shutdown has begun; the listening socket itself closes on grpc's own
+        # threads a moment later, so wait for that before dialling a fresh connection.
         _wait_until_refused(listening["port"])
         with grpc.insecure_channel(target) as fresh, pytest.raises(grpc.RpcError) as refused:
             pb_grpc.RecommenderServiceStub(fresh).Recommend(pb.RecommendRequest(user_id=1, k=3), timeout=5)
@@ -72,6 +72,22 @@ def test_sigterm_drains_the_open_stream_then_exits_zero(serve_process: ServeProc
 
     assert serve_process.process.wait(15) == 0
     assert serve_process.next_event(5)["event"] == "stopped"
+
+
+@pytest.mark.slow
+def test_a_call_made_after_the_draining_line_is_unavailable_not_served(serve_process: ServeProcess) -> None:
+    """A client that saw "draining" and calls again on its open connection is refused (UNAVAILABLE: retry on
+    another replica), not answered: the line comes only after the server's shutdown has begun."""
+    port = serve_process.wait_serving()["listening"]["port"]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        assert len(stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(0), k=3), timeout=10).items) == 3
+        serve_process.process.send_signal(signal.SIGTERM)
+        assert serve_process.next_event(10)["event"] == "draining"
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(0), k=3), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert serve_process.process.wait(15) == 0
 
 
 def _wait_until_refused(port: int, timeout: float = 10.0) -> None:
