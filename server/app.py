@@ -139,8 +139,8 @@ class ServerConfig:
 
 
 def load_index(path: Path, ranked_depth: int = DEFAULT_RANKED_DEPTH) -> ServingIndex:
-    """Open with every checksum verified and the users' rankings precomputed, then warm up so the first
-    request is not the slow one."""
+    """Open with every checksum verified and the users' rankings at hand (mapped from the version, or
+    precomputed when it stores none), then warm up so the first request is not the slow one."""
     started = time.perf_counter()
     index = open_index(path, verify=True, ranked_depth=ranked_depth)
     if ranked_depth and index.ranked is None and index.n_users and index.n_items:
@@ -152,10 +152,11 @@ def load_index(path: Path, ranked_depth: int = DEFAULT_RANKED_DEPTH) -> ServingI
         )
     if index.ranked is not None:
         logger.info(
-            "index %s: %d places of %d users' rankings precomputed (%.1f MiB) in %.1f s",
+            "index %s: %d places of %d users' rankings %s (%.1f MiB) in %.1f s",
             index.version,
             index.ranked.depth,
             index.n_users,
+            "mapped from the version" if index.ranked.stored else "precomputed",
             index.ranked.nbytes / 2**20,
             time.perf_counter() - started,
         )

@@ -188,6 +188,19 @@ def test_a_version_without_stored_prefixes_still_loads_and_computes_them(tmp_pat
     assert_serves_like_the_scan(version, 16)
 
 
+def test_the_load_log_says_whether_the_prefixes_were_mapped_or_computed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from movierec.server.app import load_index
+
+    caplog.set_level(logging.INFO, logger="movierec.server.app")
+    for name, depth, how in (("stored", 16, "mapped from the version"), ("none", 0, "precomputed")):
+        caplog.clear()
+        load_index(write_store(tmp_path / name, ranked_depth=depth), ranked_depth=16)
+        (line,) = [r.getMessage() for r in caplog.records if "rankings" in r.getMessage()]
+        assert f"16 places of 50 users' rankings {how} (" in line, line
+
+
 def test_an_hnsw_version_stores_no_prefixes(tmp_path: Path) -> None:
     version = write_store(tmp_path, kind="hnsw", ranked_depth=16)
     assert "ranked" not in read_manifest(version, "index").meta
