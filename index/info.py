@@ -36,6 +36,8 @@ class VersionInfo:
     model_created_at: str | None = None
     events: int = 0
     events_through: int = 0
+    ranked_depth: int = 0
+    ranked_bytes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +87,8 @@ def describe_version(path: Path, *, current: bool, verify: bool = True) -> Versi
             model_created_at=model.created_at,
             events=meta.compacted_events,
             events_through=meta.events_through,
+            ranked_depth=meta.ranked_depth,
+            ranked_bytes=meta.ranked_bytes,
             metrics=dict(metrics) if isinstance(metrics, dict) else {},
         )
     except BundleError as exc:

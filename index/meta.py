@@ -44,6 +44,10 @@ class IndexMeta:
     """The interaction-log offset whose events this version has compacted (0: none)."""
     compacted_events: int
     """How many live events the version holds (known users' ones are merged into the seen sets)."""
+    ranked_depth: int = 0
+    """Places of every user's ranking the version stores (``ranked_*.npy``, memory-mapped at load; 0: none)."""
+    ranked_bytes: int = 0
+    """Bytes of those stored prefixes on disk (0: none)."""
 
     @property
     def model_version(self) -> str:
@@ -59,7 +63,13 @@ class IndexMeta:
         source = _mapping(meta.get("source_model"), "source_model", where)
         # Versions built before live events existed have no interactions block: they compacted none.
         interactions = _mapping(meta.get("interactions", {}), "interactions", where)
+        # Versions without stored ranked prefixes (HNSW, --ranked-depth 0, older builds) have no ranked block.
+        ranked = _mapping(meta.get("ranked", {}), "ranked", where)
         kind = _field(index, "kind", str, "index", where)
+        ranked_depth = _field(ranked, "depth", int, "ranked", where) if ranked else 0
+        ranked_bytes = _field(ranked, "bytes", int, "ranked", where) if ranked else 0
+        if ranked and (ranked_depth < 1 or ranked_bytes < 0):
+            raise BundleError("index manifest: ranked.depth must be >= 1 and ranked.bytes >= 0", path=where)
         if kind not in INDEX_KINDS:
             raise BundleError(f"unknown index kind {kind!r} (expected one of {', '.join(INDEX_KINDS)})", path=where)
         return cls(
@@ -74,6 +84,8 @@ class IndexMeta:
             source_model_sha256=_field(source, "manifest_sha256", str, "source_model", where),
             events_through=_field(interactions, "through_offset", int, "interactions", where, default=0),
             compacted_events=_field(interactions, "events", int, "interactions", where, default=0),
+            ranked_depth=ranked_depth,
+            ranked_bytes=ranked_bytes,
         )
 
 

@@ -78,6 +78,35 @@ def test_a_corrupt_model_is_one_line_naming_the_file(recctl: Run, model: Path, t
     assert VersionedStore(tmp_path / "index").versions() == []
 
 
+def test_ranked_depth_is_what_build_and_rebuild_store_and_info_shows(recctl: Run, model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    assert recctl("index", "build", "--model", model, "--out", root, "--ranked-depth", "5")[0] == 0
+    assert recctl("index", "build", "--model", model, "--out", root, "--ranked-depth", "0")[0] == 0
+    assert recctl("index", "rebuild", "--models", tmp_path, "--out", root, "--ranked-depth", "7")[0] == 0
+    code, out, _err = recctl("index", "info", "--index", root, "--json")
+    versions = json.loads(out)["versions"]
+    assert code == 0 and [v["ranked_depth"] for v in versions] == [5, 0, 7]
+    for version in versions:
+        stored = sorted((root / version["version"]).glob("ranked_*.npy"))
+        assert version["ranked_bytes"] == sum(path.stat().st_size for path in stored)
+        assert bool(stored) == bool(version["ranked_depth"])
+    code, out, _err = recctl("index", "info", "--index", root)
+    rows = {line.lstrip("* ").split()[0]: line for line in out.splitlines() if " v000" in line}
+    assert "depth 5, 0.0 MiB" in rows["v0001"] and "depth 7, 0.0 MiB" in rows["v0003"] and "MiB" not in rows["v0002"]
+    with pytest.raises(SystemExit) as caught:
+        recctl("index", "build", "--model", model, "--out", root, "--ranked-depth", "-1")
+    assert caught.value.code == 2
+
+
+def test_ranked_depth_help_shows_the_index_layer_default(recctl: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    from movierec.index.ranked import DEFAULT_DEPTH
+
+    for action in ("build", "rebuild"):
+        with pytest.raises(SystemExit):
+            recctl("index", action, "--help")
+        assert f"(default {DEFAULT_DEPTH})" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -67,6 +67,8 @@ def test_meta_and_versions_come_from_the_manifest(store: Path, index: ServingInd
     sha = raw["source_model"]["manifest_sha256"]
     assert index.model_version == f"{Path(raw['source_model']['path']).name}@{sha[:12]}"
     assert index.meta.events_through == index.events_through == 0
+    assert (index.meta.ranked_depth, index.meta.ranked_bytes) == (raw["ranked"]["depth"], raw["ranked"]["bytes"])
+    assert index.meta.ranked_depth > 0 and index.meta.ranked_bytes > 0
     with pytest.raises(TypeError):
         index.meta.params["m"] = 8  # type: ignore[index]  # frozen all the way down
 
@@ -79,6 +81,10 @@ def test_meta_and_versions_come_from_the_manifest(store: Path, index: ServingInd
         (("source_model", "manifest_sha256"), 12, "source_model.manifest_sha256 is missing or not a str"),
         (("n_items",), True, "meta.n_items is missing or not an integer"),
         (("interactions", "through_offset"), "3", "interactions.through_offset is missing or not an integer"),
+        (("ranked",), [], "ranked is missing or not an object"),
+        (("ranked", "depth"), "16", "ranked.depth is missing or not an integer"),
+        (("ranked", "bytes"), None, "ranked.bytes is missing or not an integer"),
+        (("ranked", "depth"), 0, "ranked.depth must be >= 1"),
     ],
 )
 def test_an_ill_typed_manifest_field_is_a_bundle_error(

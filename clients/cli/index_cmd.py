@@ -89,6 +89,14 @@ def _add_kind_options(parser: argparse.ArgumentParser, default_kind: str | None)
     if default_kind is None:
         kind_help = "flat or hnsw (default: the kind of the current version, else flat)"
     parser.add_argument("--kind", choices=("flat", "hnsw"), default=default_kind, help=kind_help)
+    parser.add_argument(
+        "--ranked-depth",
+        type=_non_negative,
+        default=None,  # movierec.index.ranked.DEFAULT_DEPTH, read when used: importing it here loads faiss
+        metavar="N",
+        help="places of every user's ranking a flat version stores, memory-mapped by servers instead of computed "
+        "at load (fewer under the memory cap); 0: none (default 256)",
+    )
     parser.add_argument("--hnsw-m", type=int, metavar="M", help="HNSW graph degree (default 32)")
     parser.add_argument("--ef-search", type=int, metavar="N", help="HNSW query beam width (default 128)")
     parser.add_argument("--ef-construction", type=int, metavar="N", help="HNSW build beam width (default 200)")
@@ -112,6 +120,7 @@ def _build(args: argparse.Namespace) -> int:
             kind=args.kind,
             make_current=not args.no_switch,
             progress=not args.json,
+            ranked_depth=_ranked_depth(args),
             **_hnsw_options(args),
         )
     )
@@ -130,6 +139,7 @@ def _rebuild(args: argparse.Namespace) -> int:
             make_current=not args.no_switch,
             progress=not args.json,
             new_events=events,
+            ranked_depth=_ranked_depth(args),
             **_hnsw_options(args),
         )
     )
@@ -196,6 +206,8 @@ def _report_built(path: Path, args: argparse.Namespace) -> int:
     else:
         switched = "CURRENT now points at it" if not args.no_switch else "CURRENT unchanged (--no-switch)"
         print(f"built {path} ({info.kind}, {info.n_items} items, dim {info.dim}); {switched}")
+        if info.ranked_depth:
+            print(f"ranked prefixes stored: {_ranked_summary(info.ranked_depth, info.ranked_bytes)}")
         if info.events:
             print(f"live events compacted: {info.events} (log offsets through {info.events_through})")
     return 0
@@ -254,11 +266,14 @@ def _info(args: argparse.Namespace) -> int:
             v.n_users if v.n_users is not None else "-",
             v.created_at or "-",
             v.source_model or "-",
+            _ranked_summary(v.ranked_depth, v.ranked_bytes) if v.ranked_depth else "-",
             _metrics_summary(v.metrics) if v.ok else f"CORRUPT: {v.problem}",
         ]
         for v in store.versions
     ]
-    print_table(["version", "kind", "dim", "items", "users", "created", "source model", "metrics / status"], rows)
+    print_table(
+        ["version", "kind", "dim", "items", "users", "created", "source model", "ranked", "metrics / status"], rows
+    )
     return 0
 
 
@@ -294,6 +309,24 @@ def _require_store(root: Path) -> None:
         raise MovierecError(
             f"a single bundle, not an index store: pass the store that holds it ({root.parent})", path=root
         )
+
+
+def _ranked_depth(args: argparse.Namespace) -> int:
+    from movierec.index.ranked import DEFAULT_DEPTH
+
+    return DEFAULT_DEPTH if args.ranked_depth is None else int(args.ranked_depth)
+
+
+def _ranked_summary(depth: int, size: int) -> str:
+    """Stored ranked prefixes as ``depth 256, 12.3 MiB``."""
+    return f"depth {depth}, {size / 2**20:.1f} MiB"
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _metrics_summary(metrics: dict[str, Any]) -> str:
