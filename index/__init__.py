@@ -11,7 +11,8 @@ An index store is a directory of immutable versions and a ``CURRENT`` pointer
                            meta.index {kind flat|hnsw, params, metric, faiss_version},
                            dim, n_items, n_users,
                            meta.source_model {path, manifest_sha256, created_at, dataset},
-                           meta.interactions {through_offset, events, merged_into_seen}
+                           meta.interactions {through_offset, events, merged_into_seen},
+                           meta.ranked {depth, rule, bytes, seconds} (only with stored prefixes)
         index.faiss        faiss.write_index of IndexFlatIP or IndexHNSWFlat (inner product),
                            vector i = item row i
         model/             a verified copy of the model bundle it was built from (its own
@@ -19,6 +20,10 @@ An index store is a directory of immutable versions and a ``CURRENT`` pointer
         events_user_ids.npy, events_item_ids.npy
                            every live "watched" event compacted so far (dataset ids), merged
                            into the seen sets at load; see movierec.index.events
+        ranked_rows.npy, ranked_scores.npy, ranked_lengths.npy
+                           a flat version's stored ranked prefixes (int32 item rows, float32
+                           scores, int32 places per user: n_users x depth), memory-mapped at
+                           load instead of computed; see movierec.index.ranked
 
 so a version is self-contained: deleting or retraining the source model never
 changes what a version serves. :func:`open_index` verifies both manifests and
@@ -34,9 +39,9 @@ fold-in, and the queries.
 Exactness (design §2) and the ranking rule are documented in
 :mod:`movierec.index.topk`; the HNSW path in :mod:`movierec.index.faiss_index`;
 genre and year filters (exact, applied inside the search) in
-:mod:`movierec.index.filters`; the per-user ranked prefixes a server precomputes
-so most requests skip the scan in :mod:`movierec.index.ranked`; the ``because`` item of a recommendation in
-:mod:`movierec.index.because`.
+:mod:`movierec.index.filters`; the per-user ranked prefixes a version stores (or a server
+computes at load) so most requests skip the scan in :mod:`movierec.index.ranked`; the
+``because`` item of a recommendation in :mod:`movierec.index.because`.
 :func:`prune_versions` deletes old versions (never the current one). A serving
 process calls :func:`limit_serving_threads` once (see :mod:`movierec.index.threads`).
 """
