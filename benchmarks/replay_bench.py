@@ -52,9 +52,8 @@ from movierec.server.interaction_log import (
     DEFAULT_MAX_LIVE_ITEMS_PER_USER,
     LOG_FILE_NAME,
     InteractionLog,
-    _merged,
-    _UserView,
 )
+from movierec.server.user_views import UserView, merged_view
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HISTORY_SIZES = (10, 100, 1_000, DEFAULT_MAX_LIVE_ITEMS_PER_USER)
@@ -173,17 +172,17 @@ def merge_costs(repeats: int) -> list[dict[str, Any]]:
     for h in HISTORY_SIZES:
         seen = np.sort(rng.choice(10 * h, size=h, replace=False)).astype(np.int64)
         ratings = rng.integers(1, 6, h).astype(np.float64)
-        view = _UserView(seen, ratings, np.arange(1, h + 1, dtype=np.int64), seen)
+        view = UserView(seen, ratings, np.arange(1, h + 1, dtype=np.int64), seen)
         latest = dict(zip(seen.tolist(), ratings.tolist(), strict=True))
         item, rating, offset = np.array([5 * h + 1]), np.array([5.0]), np.array([h + 1])
 
         def merge(
-            view: _UserView = view,
+            view: UserView = view,
             item: npt.NDArray[np.int64] = item,
             rating: npt.NDArray[np.float64] = rating,
             offset: npt.NDArray[np.int64] = offset,
         ) -> None:
-            _merged(view, item, rating, offset, DEFAULT_LIKE_THRESHOLD)
+            merged_view(view, item, rating, offset, DEFAULT_LIKE_THRESHOLD)
 
         def resort(latest: dict[int, float] = latest, item: int = int(item[0])) -> None:
             latest[item] = 5.0

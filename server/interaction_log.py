@@ -69,9 +69,6 @@ _PURGE_EVERY = 1024
 """Forget expired request ids once per this many stored calls (one indexed DELETE)."""
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.setflags(write=False)
-# benchmarks/replay_bench.py measures the merge under these names (the helpers live in movierec.server.user_views).
-_UserView = UserView
-_merged = merged_view
 
 _TABLES = {
     "interactions": """
