@@ -19,13 +19,10 @@ import numpy.typing as npt
 from movierec.bundle import MANIFEST_NAME, Manifest, ModelBundle, VersionedStore, read_manifest, sha256_file
 from movierec.bundle.manifest import listed_file
 from movierec.bundle.model import MODEL_KIND, read_model_bundle
-from movierec.bundle.npy import check_npy
 from movierec.errors import BundleError
 from movierec.index.because import BecauseExplainer
 from movierec.index.diversify import Diversifier, check_diversity, pool_size
 from movierec.index.events import (
-    EVENT_ITEMS_FILE,
-    EVENT_USERS_FILE,
     CompactedEvents,
     merge_into_seen,
     read_events,
@@ -41,7 +38,6 @@ from movierec.index.ranked import RankedPrefixes, affordable_depth
 from movierec.index.topk import ExactSearcher, Recommendation, as_exclusion, check_k
 
 WARM_UP_QUERIES = 64
-EVENT_FILES = (EVENT_USERS_FILE, EVENT_ITEMS_FILE)
 
 
 class Searcher(Protocol):
@@ -412,13 +408,8 @@ def open_index(path: Path, *, verify: bool = True, ranked_depth: int = 0) -> Ser
     # versions are never written after they are published.
     model = read_model_bundle(model_dir, verify=False, mmap=True)
     faiss_index = read_index(listed_file(manifest, directory, FAISS_FILE), model.item_vectors)
-    events = read_events(directory, meta.events_through) if _lists_events(manifest, directory) else None
-    held = len(events) if events is not None else 0
-    if held != meta.compacted_events:
-        raise BundleError(
-            f"index manifest says {meta.compacted_events} compacted events, the version holds {held}",
-            path=directory / MANIFEST_NAME,
-        )
+    # As the manifest lists them: both event files or neither, none unlisted, int64 vectors, as many as it says.
+    events = read_events(directory, meta.events_through, manifest)
     return ServingIndex(directory.name, directory, model, meta, faiss_index, events, ranked_depth=ranked_depth)
 
 
@@ -431,22 +422,3 @@ def _check_model_files_covered(index_manifest: Manifest, model_manifest: Manifes
                 f"{MODEL_DIR}/{rel} is not covered by the index manifest as the model manifest lists it",
                 path=directory / MANIFEST_NAME,
             )
-
-
-def _lists_events(manifest: Manifest, directory: Path) -> bool:
-    """Whether the version holds compacted events: both files listed (and so verified), int64 vectors.
-
-    Event files present but not listed would be read unverified, and one file without the other is half a
-    version: both are refused.
-    """
-    listed = [name in manifest.files for name in EVENT_FILES]
-    if not any(listed):
-        present = [name for name in EVENT_FILES if (directory / name).exists()]
-        if present:
-            raise BundleError(f"{', '.join(present)} present but not listed in the manifest", path=directory)
-        return False
-    if not all(listed):
-        raise BundleError(f"the manifest lists only some of {', '.join(EVENT_FILES)}", path=directory)
-    for name in EVENT_FILES:
-        check_npy(directory / name, np.int64, 1)
-    return True
