@@ -264,6 +264,13 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
             + ", ".join(f"{name} {ratio}x" for name, ratio in ratios.items())
             + f" — target <= {LINEAR_TARGET}x: {'met' if worst <= LINEAR_TARGET else 'NOT met'}."
         )
+        dims = {name: row["scale"]["dim"] for name, row in sets.items() if name in ratios}
+        if len(set(dims.values())) > 1:
+            lines.append(
+                "- The dim rule is part of that: "
+                + ", ".join(f"{name} trained at dim {dim}" for name, dim in dims.items())
+                + "; the propagation costs edges x dim, so a lower dim makes a large set cheaper per edge."
+            )
     for name, row in sets.items():
         lines.append(
             f"- {name}: plateau at epoch {row['plateau_epoch']} after {row['plateau_s']:.0f} s; stopped: "
@@ -337,7 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(DEFAULT_SETS), help="comma-separated: ml-1m, synth-1m, ...")
     parser.add_argument("--work", type=Path, default=Path("/tmp/movierec-scale"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--render", action="store_true", help="rewrite scale.md and scale.png from scale.json only")
     args = parser.parse_args(argv)
+    if args.render:
+        write_results(args.out, json.loads((args.out / f"{RESULTS_NAME}.json").read_text()))
+        return 0
     wanted = [name.strip() for name in args.sets.split(",") if name.strip()]
     unknown = [name for name in wanted if name != "ml-1m" and name not in SYNTHETIC]
     if unknown:
