@@ -128,15 +128,24 @@ def count_error(field: str, count: int, limit: int, limit_name: str) -> RequestE
     return invalid_argument(field, f"at most {limit:,} {field} are allowed ({limit_name}), got {count:,}")
 
 
+def request_id_error(request_id: str, limits: Limits) -> RequestError | None:
+    """INVALID_ARGUMENT naming ``request_id`` when it is longer than ``limits`` allow (every call that carries
+    one: it is echoed in the answer, and RecordInteractions stores it for a day); O(1)."""
+    if len(request_id) <= limits.max_request_id_length:
+        return None
+    return invalid_argument(
+        "request_id",
+        f"request_id is {len(request_id):,} characters; at most {limits.max_request_id_length} "
+        "are allowed (max_request_id_length)",
+    )
+
+
 def size_error(query: SizedQuery, limits: Limits) -> RequestError | None:
     """The first list or string of ``query`` longer than ``limits`` allow, as INVALID_ARGUMENT; O(1) whatever
     the sizes, so it can run on every message as it arrives."""
-    if len(query.request_id) > limits.max_request_id_length:
-        return invalid_argument(
-            "request_id",
-            f"request_id is {len(query.request_id):,} characters; at most {limits.max_request_id_length} "
-            "are allowed (max_request_id_length)",
-        )
+    error = request_id_error(query.request_id, limits)
+    if error is not None:
+        return error
     error = count_error(
         "exclude_item_ids", len(query.exclude_item_ids), limits.max_exclude_item_ids, "max_exclude_item_ids"
     )

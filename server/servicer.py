@@ -29,6 +29,7 @@ from movierec.server.admission import (
     DEFAULT_STREAM_BUFFER_BYTES,
     ByteBudget,
     StreamShare,
+    request_id_error,
     size_error,
 )
 from movierec.server.engine import Answer, ServingEngine
@@ -278,6 +279,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         engine = await self._engine_or_abort(context)
         ratings = list(request.ratings) if request.ratings else None
         times = list(request.times) if request.times else None
+        oversized_id = request_id_error(request.request_id, self._limits)  # stored for a day: bounded first
+        if oversized_id is not None:
+            await _abort(context, oversized_id)
         try:  # the call's shape first (the field at fault), then whether the catalogue knows its movies
             check_interactions(request.user_id, request.item_ids, ratings, times)
             engine.check_recordable(request.item_ids)

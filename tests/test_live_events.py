@@ -19,6 +19,7 @@ from movierec.index import build_index, open_index, prune_versions
 from movierec.index.fold_in import FoldIn
 from movierec.server.app import ServerConfig
 from movierec.server.interaction_log import InteractionLog
+from movierec.server.limits import DEFAULT_MAX_REQUEST_ID
 from movierec.server.live_events import truncation_point
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
@@ -114,7 +115,9 @@ def test_record_rejects_bad_input_with_invalid_argument_naming_the_field(
     stub: pb_grpc.RecommenderServiceStub,
 ) -> None:
     user, known, other = user_id_of_row(1), item_id_of_row(1), item_id_of_row(3)
+    too_long = "r" * (DEFAULT_MAX_REQUEST_ID + 1)  # the server runs with the default limits
     for request, field in (
+        (pb.RecordInteractionsRequest(request_id=too_long, user_id=user, item_ids=[known]), "request_id"),
         (pb.RecordInteractionsRequest(user_id=user), "item_ids"),
         (pb.RecordInteractionsRequest(user_id=user, item_ids=[known, 7]), "item_ids"),  # 7: not in the catalogue
         (pb.RecordInteractionsRequest(user_id=user, item_ids=[known, other], ratings=[4.0]), "ratings"),
@@ -127,6 +130,11 @@ def test_record_rejects_bad_input_with_invalid_argument_naming_the_field(
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert _blamed_field(refused.value) == field, request
     assert stub.GetInfo(pb.GetInfoRequest()).events_last_offset == 0, "a refused call stored something"
+    longest = too_long[:-1]
+    recorded = stub.RecordInteractions(
+        pb.RecordInteractionsRequest(request_id=longest, user_id=user, item_ids=[known]), timeout=5
+    )
+    assert recorded.request_id == longest and recorded.recorded == 1  # at the limit: stored
 
 
 def test_recommend_for_items_errors(stub: pb_grpc.RecommenderServiceStub) -> None:
