@@ -228,9 +228,7 @@ def read_model_bundle(path: Path, *, verify: bool = True, mmap: bool = False) ->
         raise BundleError("manifest meta.dataset is not an object", path=directory / MANIFEST_NAME)
 
     def array(name: str, dtype: type[np.generic], ndim: int) -> npt.NDArray[Any]:
-        # A mapped file comes back as a plain read-only ndarray over the mapping: np.memmap's Python-level
-        # __array_finalize__ would otherwise run on every slice the request path takes.
-        return np.asarray(read_npy(listed_file(manifest, directory, name), dtype, ndim, mmap=mmap))
+        return read_npy(listed_file(manifest, directory, name), dtype, ndim, mmap=mmap)
 
     csrs = {
         name: CSR(
