@@ -174,8 +174,8 @@ class SharedFileLog:
         return self._log.export(after)
 
     def truncate_through(self, offset: int) -> int:
-        """Delete the events the serving index now holds, and forget them here (other processes forget theirs
-        when they swap to that index)."""
+        """Delete the events the serving index now holds, and forget them here (other processes' followers see
+        the file's truncation point move and forget theirs within one poll)."""
         return self._log.truncate_through(offset)
 
     def close(self) -> None:
