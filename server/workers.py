@@ -23,7 +23,8 @@ What the workers share:
   temporary directory, which the parent serves summed on the one metrics port.
 
 The parent forwards SIGTERM/SIGINT (drain) and SIGHUP (reload) to every
-worker and waits for them; a ``ReloadIndex`` call, which reaches one worker,
+worker and waits for them (it says "draining" once every worker has begun its
+stop, so a client that sees the line is refused, never served); a ``ReloadIndex`` call, which reaches one worker,
 makes that worker send its parent SIGHUP, so every worker looks; a worker that dies after it was serving is
 replaced, one that fails before it serves stops the whole server with its
 error (a bad index fails every worker the same way).
@@ -66,6 +67,9 @@ _PR_SET_PDEATHSIG = 1
 _STOP_MARGIN_S = 15.0
 _RESPAWN_DELAY_S = 5.0
 """Beyond the drain grace, how long a worker may take to exit before it is killed."""
+_DRAINING_REPORT_WAIT_S = 1.0
+"""After SIGTERM, how long the parent waits for every worker to say its shutdown has begun before it says
+"draining" anyway (a worker still loading, or hung, never says it)."""
 
 
 def auto_workers() -> int:
@@ -118,10 +122,18 @@ class _WorkerSet:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.process.pid, signum)
 
-    def stop(self, grace_s: float) -> list[int | None]:
-        """SIGTERM every worker, wait for them to drain (killing stragglers), and return their exit codes."""
+    def stop(self, grace_s: float, on_draining: Callable[[], None]) -> list[int | None]:
+        """SIGTERM every worker, wait for them to drain (killing stragglers), and return their exit codes.
+
+        ``on_draining`` runs once every worker has begun its stop (said
+        "draining": its gRPC shutdown has begun, so it refuses new calls) or
+        exited, or after :data:`_DRAINING_REPORT_WAIT_S`: whoever it tells that
+        the server drains gets UNAVAILABLE for a new call, never an answer.
+        """
         self.signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace_s + _STOP_MARGIN_S
+        self._await_draining(time.monotonic() + _DRAINING_REPORT_WAIT_S)
+        on_draining()
         for worker in self.workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
@@ -130,6 +142,19 @@ class _WorkerSet:
                 worker.process.join(5)
             self._forget(worker)
         return [worker.process.exitcode for worker in self.workers]
+
+    def _await_draining(self, deadline: float) -> None:
+        """Until every worker has said "draining" or exited, or ``deadline`` (other events are dropped: stopping)."""
+        waiting = {worker.process.pid: worker for worker in self.workers}
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            try:
+                _slot, pid, kind, _message, _data = self.events.get(timeout=min(left, _POLL_S / 10))
+            except queue.Empty:
+                pass
+            else:
+                if kind == "draining":
+                    waiting.pop(pid, None)
+            waiting = {pid: worker for pid, worker in waiting.items() if worker.process.is_alive()}
 
     def _forget(self, worker: _Worker) -> None:
         if self._metrics_dir is not None and worker.process.pid is not None:
@@ -196,14 +221,12 @@ def serve_workers(config: ServerConfig, count: int, announce: Callable[[ServerEv
         _mind(workers, count, address, announce, stop_signal)
     finally:
         if workers is not None:
-            announce(
-                ServerEvent(
-                    "draining",
-                    f"shutting down: draining every worker's in-flight calls for up to {config.grace_seconds:g}s",
-                    {"grace_seconds": config.grace_seconds},
-                )
+            draining = ServerEvent(
+                "draining",
+                f"shutting down: draining every worker's in-flight calls for up to {config.grace_seconds:g}s",
+                {"grace_seconds": config.grace_seconds},
             )
-            codes = workers.stop(config.grace_seconds)
+            codes = workers.stop(config.grace_seconds, lambda: announce(draining))
             failed = [code for code in codes if code not in (0, None)]
             if failed:
                 logger.warning("workers exited with codes %s", codes)

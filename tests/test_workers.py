@@ -163,6 +163,29 @@ def test_sigterm_drains_every_worker(workers: Workers) -> None:
             os.kill(pid, 0)
 
 
+def test_a_call_made_after_the_draining_line_is_unavailable_on_every_worker(workers: Workers) -> None:
+    """A client that saw "draining" and calls again on any open connection is refused (UNAVAILABLE: retry on
+    another replica), not answered: the parent says it only once every worker's shutdown has begun."""
+    opened = channels(workers.port)
+    try:
+        stubs = [pb_grpc.RecommenderServiceStub(channel) for channel in opened]
+        for stub in stubs:
+            assert len(stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(0), k=3), timeout=10).items) == 3
+        per_worker = handled_by_pid(workers.events["metrics"]["multiprocess_dir"], workers.pids)
+        assert min(per_worker.values()) > 0, per_worker  # open connections to both workers
+        workers.serve.process.send_signal(signal.SIGTERM)
+        while workers.serve.next_event(10)["event"] != "draining":
+            pass
+        for stub in stubs:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Recommend(pb.RecommendRequest(user_id=user_id_of_row(0), k=3), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        for channel in opened:
+            channel.close()
+    assert workers.serve.process.wait(30) == 0
+
+
 def test_a_new_version_reaches_every_worker(workers: Workers, store: Path, tmp_path: Path) -> None:
     events = workers.events
     old = events["serving"]["index_version"]
