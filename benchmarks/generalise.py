@@ -232,6 +232,30 @@ def run_variant(variant: Variant, base: Dataset, seeds: Sequence[int], quick: bo
     }
 
 
+def _kept(run: dict[str, Any]) -> str:
+    """The settings the small-data search kept in one run (the trial with the best validation recall)."""
+    best = max(run["search"], key=lambda trial: trial["best_valid_recall"])
+    return ", ".join(f"{name} {value}" for name, value in best["overrides"].items()) or "the defaults"
+
+
+def standing(payload: dict[str, Any]) -> list[str]:
+    """Where ours stands against EASE and iALS over the suite, counted per dataset and metric (means)."""
+    lines = []
+    for rival in ("EASE", "iALS"):
+        behind = []
+        for result in payload["datasets"]:
+            ours, other = result["rows"]["ours"]["summary"], result["rows"][rival]["summary"]
+            lost = [metric for metric in METRICS if ours[metric]["mean"] <= other[metric]["mean"]]
+            if lost:
+                behind.append(f"{result['name']} ({'/'.join(lost)})")
+        total = len(payload["datasets"])
+        lines.append(
+            f"- Against {rival}: ahead on both metrics on {total - len(behind)} of {total} datasets"
+            + (f"; behind on {', '.join(behind)}." if behind else ".")
+        )
+    return lines
+
+
 def _cell(summary: dict[str, float]) -> str:
     if summary["min"] == summary["max"]:
         return f"{summary['mean']:.4f}"
@@ -267,7 +291,8 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         "Split: random 80/20 of the positives with seed 42 unless noted, 10 % of train as validation; "
         "test: full ranking over all items, each user's train positives masked, averaged over users with test "
         "items. *Ours* = `TrainConfig()`, what `recctl train` runs with no options (on data whose fit slice has at "
-        "most `search_max_positives` positives that includes its search of the temperature on validation), one "
+        "most `search_max_positives` positives that includes its search of temperature and depth on validation), "
+        "one "
         "run per training seed; EASE's λ and iALS's factors/regularisation are tuned on the "
         "validation slice, then refitted on train (iALS once per seed). Cells: mean (min-max over seeds).",
         "",
@@ -289,6 +314,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
             f"| {result['name']} | {shape['users']:,} | {shape['items']:,} | {shape['positives']:,} "
             f"| {shape['density']:.4f} | " + " | ".join(cells) + " |"
         )
+    lines += ["", "## Standing", "", *standing(payload)]
     lines += ["", "## Ours against the tuned peers (mean differences, Recall@20 / NDCG@20)", ""]
     for result in payload["datasets"]:
         rows = result["rows"]
@@ -299,7 +325,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
             f"`{result['command']}`): {verdict(result)}. EASE λ {rows['EASE']['params']['l2']:g}; "
             f"iALS {rows['iALS']['params']}; ours' epochs (selection, refit) {[run['epochs'] for run in ours]}, "
             f"seconds {[run['seconds'] for run in ours]}"
-            + (f", temperature kept {[run['temperature'] for run in ours]}" if "temperature" in ours[0] else "")
+            + (f"; the search kept {[_kept(run) for run in ours]}" if ours[0].get("search") else "")
             + "."
         )
     lines.append("")
