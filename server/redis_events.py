@@ -23,6 +23,10 @@ every key of a namespace in one Redis Cluster slot, as the scripts require):
 * ``{ns}:trimmed`` -- the highest offset compacted away: events at or below it
   are deleted. ``XTRIM`` removes whole entries, so a call that straddles the
   point keeps its entry and readers skip its compacted events.
+* ``{ns}:trims`` -- a stream of at most one entry, added whenever the trim
+  point moves: it wakes every replica's follower (blocked in ``XREAD``), which
+  then reads ``{ns}:trimmed``. (A ``BLOCK`` timeout cannot stand in for it:
+  Redis ends blocked reads on its ``hz`` clock, every 100 ms by default.)
 * ``{ns}:rid:<user>:<request_id>`` -- the offset a ``request_id`` was stored
   at, with a TTL (default 24 h): a retried call within the TTL is stored once.
 
@@ -51,7 +55,11 @@ Replicas: each keeps a local per-user view (immutable sorted arrays, a lock-free
 read path; writes merged in by binary search, :mod:`movierec.server.user_views`)
 and a background thread follows the stream with ``XREAD BLOCK``, so another
 replica's write is visible here within milliseconds; ``record``
-applies its own events at once. Applying is keyed by offset (an item keeps its
+applies its own events at once. The thread also waits on ``{ns}:trims`` and
+reads ``{ns}:trimmed`` after every read: when another replica (or ``recctl
+index rebuild``) truncates, this replica forgets the compacted events within
+milliseconds, so its views and per-user cap hold what Redis holds, as a
+restarted replica's would. Applying is keyed by offset (an item keeps its
 newest event), so the thread and ``record`` may deliver an event twice in any
 order. While Redis is unreachable, ``record`` raises :class:`EventStoreUnavailable`
 (nothing acknowledged that is not stored), reads go on from the local view
@@ -83,6 +91,7 @@ import numpy.typing as npt
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.typing import KeyT, StreamIdT
 
 from movierec.errors import MovierecError
 from movierec.index.events import SeenEvents
@@ -106,7 +115,7 @@ DEFAULT_SOCKET_TIMEOUT_S = 2.0
 """A write to a Redis that hangs (not closed: e.g. paused) fails after this long, as UNAVAILABLE."""
 
 _FOLLOW_BLOCK_MS = 200
-"""``XREAD BLOCK`` returns at once on a new entry; this only bounds how long ``close`` waits for the thread."""
+"""``XREAD BLOCK`` returns at once on a new entry (or trim notice); this only bounds how long ``close`` waits."""
 _PAGE = 1000
 _BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.05, 1.0
 _WRITE_LOCK_STRIPES = 64
@@ -153,13 +162,17 @@ end
 return top
 """
 
-# KEYS: stream, counter, trim point. ARGV: offset, first id kept. Returns the trim point before this call.
+# KEYS: stream, counter, trim point, trim notices. ARGV: offset, first id kept. Returns the trim point before
+# this call.
 _TRIM_SCRIPT = """
 local offset = tonumber(ARGV[1])
 local top = tonumber(redis.call('GET', KEYS[2]) or '0')
 if top < offset then redis.call('SET', KEYS[2], ARGV[1]) end
 local before = tonumber(redis.call('GET', KEYS[3]) or '0')
-if before < offset then redis.call('SET', KEYS[3], ARGV[1]) end
+if before < offset then
+    redis.call('SET', KEYS[3], ARGV[1])
+    redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'p', ARGV[1])
+end
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
 return before
 """
@@ -286,6 +299,7 @@ class RedisEventStore:
         self._stream_key = f"{{{namespace}}}:events"
         self._counter_key = f"{{{namespace}}}:seq"
         self._trimmed_key = f"{{{namespace}}}:trimmed"
+        self._trims_key = f"{{{namespace}}}:trims"
         self._request_key_prefix = f"{{{namespace}}}:rid:"
         self._client = _connect(self.target, socket_timeout_s)
         self._record_script = self._client.register_script(_RECORD_SCRIPT)
@@ -431,22 +445,22 @@ class RedisEventStore:
     def truncate_through(self, offset: int) -> int:
         """Delete the events with offset <= ``offset`` (now part of a bundle); return how many were deleted.
 
-        Only this replica forgets them too (it must already serve a bundle that
-        holds them); other replicas keep theirs until they truncate themselves.
+        This replica forgets them at once (it must already serve a bundle that
+        holds them; when Redis was already trimmed further, it forgets through
+        that point too); every other replica's follower sees ``{ns}:trimmed``
+        move (woken by ``{ns}:trims``) and forgets them within milliseconds.
         """
         if offset < 0:
             raise ValueError("offset must be >= 0")
         try:
             doomed = list(self._entries(self._trim_point(), offset))
             doomed += self._entries_from(offset + 1, count=1)  # one call may straddle the point
-            keys = [self._stream_key, self._counter_key, self._trimmed_key]
+            keys = [self._stream_key, self._counter_key, self._trimmed_key, self._trims_key]
             before = int(cast(int, self._trim_script(keys=keys, args=[offset, f"{offset + 1}-0"])))
         except redis.RedisError as exc:
             raise self._unavailable("could not truncate the events", exc) from None
         deleted = sum(int(np.count_nonzero((e.offsets > before) & (e.offsets <= offset))) for e in doomed)
-        with self._state_lock:
-            self._trimmed_through = max(self._trimmed_through, offset)
-            self._views = forgotten_through(self._views, offset, self.like_threshold)  # one swap for readers
+        self._forget_through(max(offset, before))
         return deleted
 
     @property
@@ -549,12 +563,18 @@ class RedisEventStore:
         follower = _connect(self.target, _FOLLOW_BLOCK_MS / 1000 + DEFAULT_SOCKET_TIMEOUT_S)
         delay = _BACKOFF_FIRST_S
         failing = False
+        trims_seen = "0-0"  # the newest trim notice read (the first read returns the standing one: harmless)
         try:
             while not self._stop.is_set():
                 try:
                     if failing:
                         self._check_not_rewound(follower)
-                    reply = follower.xread({self._stream_key: f"{self._cursor}-0"}, count=_PAGE, block=_FOLLOW_BLOCK_MS)
+                    streams: dict[KeyT, StreamIdT] = {
+                        self._stream_key: f"{self._cursor}-0",
+                        self._trims_key: trims_seen,
+                    }
+                    reply = follower.xread(streams, count=_PAGE, block=_FOLLOW_BLOCK_MS)
+                    trim_point = int(cast(bytes | None, follower.get(self._trimmed_key)) or 0)  # after: the newest
                 except redis.RedisError as exc:
                     if not failing:
                         logger.error("live events: lost Redis at %s (%s); retrying", self.target.display, exc)
@@ -568,8 +588,12 @@ class RedisEventStore:
                     failing, delay = False, _BACKOFF_FIRST_S
                 self._last_error = None
                 try:
-                    for _stream, raw_entries in cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, Any]]]]], reply):
-                        self._take(raw_entries)
+                    for stream, raw_entries in cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, Any]]]]], reply):
+                        if stream.decode() == self._trims_key:
+                            trims_seen = raw_entries[-1][0].decode()
+                        else:
+                            self._take(raw_entries)
+                    self._forget_through(trim_point)
                 except Exception as exc:  # a bug here must not end following for good: log it, retry later
                     logger.exception("live events: could not apply entries after offset %d", self._cursor)
                     self._last_error = f"applying followed events failed: {exc!r}"
@@ -590,6 +614,13 @@ class RedisEventStore:
             self._apply_locked(entries)
         if raw_entries:
             self._cursor = int(raw_entries[-1][0].split(b"-", 1)[0])
+
+    def _forget_through(self, offset: int) -> None:
+        """Forget the events at or below ``offset`` (compacted away in Redis); never moves backwards."""
+        with self._state_lock:
+            if offset > self._trimmed_through:
+                self._trimmed_through = offset
+                self._views = forgotten_through(self._views, offset, self.like_threshold)  # one swap for readers
 
     def _check_not_rewound(self, follower: redis.Redis) -> None:
         """After an outage: say loudly if Redis came back without events this replica had already seen."""

@@ -266,7 +266,8 @@ def test_compaction_by_another_handle_leaves_a_serving_replica_whole(server: Red
             assert rebuild.export(after=merged.last_offset).item_ids.tolist() == [12]
             assert rebuild.truncate_through(merged.last_offset) == 3
             assert rebuild.export().item_ids.tolist() == [12]
-        assert serving.extra_seen(1).tolist() == [10, 11, 12]  # still on the old bundle: nothing forgotten
+        # Every retained version holds what was trimmed: the serving replica's follower forgets it too.
+        assert _wait_until(_shows(serving, 1, [12], exactly=True), timeout_s=0.1)
         assert serving.truncate_through(merged.last_offset) == 0  # its own swap: already trimmed in Redis
         assert serving.extra_seen(1).tolist() == [12] and serving.extra_seen(2).size == 0
     with RedisEventStore(server.url, replay_after=merged.last_offset) as restarted:
@@ -371,6 +372,34 @@ def test_a_replica_counts_the_other_replicas_events_towards_the_cap(server: Redi
         with pytest.raises(LiveEventCapExceeded):
             second.record(1, [40])
         assert len(first.export()) == 3
+
+
+def test_a_truncation_by_another_replica_is_forgotten_within_100_ms_and_frees_the_cap(server: RedisServer) -> None:
+    """Replica A truncates after its swap; replica B never calls truncate_through (truncate_safely skips it, the
+    trim point being already past), yet its follower sees ``{ns}:trimmed`` move and forgets the compacted events
+    within 100 ms, with no new entry to wake it: B's views and per-user cap hold what Redis holds."""
+    with (
+        RedisEventStore(server.url, max_live_items_per_user=3) as first,
+        RedisEventStore(server.url, max_live_items_per_user=3) as second,
+    ):
+        first.record(1, [10])
+        straddling = first.record(1, [20, 30])  # one entry: the trim point falls inside it
+        first.record(2, [40])
+        assert _wait_until(_shows(second, 1, [10, 20, 30], exactly=True), timeout_s=2.0)
+        assert _wait_until(_shows(second, 2, [40], exactly=True), timeout_s=2.0)
+        with pytest.raises(LiveEventCapExceeded):
+            second.record(1, [50])
+        time.sleep(0.3)  # B's follower is idle, blocked in XREAD
+        started = time.perf_counter()
+        assert first.truncate_through(straddling - 1) == 2
+        assert _wait_until(_shows(second, 1, [30], exactly=True), timeout_s=1.0), "B kept compacted events"
+        lag = time.perf_counter() - started
+        assert lag < 0.1, f"B forgot {lag * 1000:.1f} ms after A truncated"
+        assert second.extra_seen(2).tolist() == [40], "an event after the trim point was forgotten"
+        assert second.record(1, [50, 60]) > straddling  # room again: 30, 50, 60
+        with pytest.raises(LiveEventCapExceeded):
+            second.record(1, [70])
+        assert _wait_until(_shows(first, 1, [30, 50, 60], exactly=True), timeout_s=2.0)
 
 
 def test_the_truncation_point_is_shared_and_read_by_the_continuity_check(server: RedisServer) -> None:
