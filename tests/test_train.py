@@ -65,7 +65,8 @@ def write_ratings(folder: Path) -> Path:
     disliked = [(u % 20 + 20 if u % 2 == 0 else u % 20) for u in range(N_USERS)]  # from the other group
     lines += [f"{u + 1}::{disliked[u] + 1}::2::978400000" for u in range(N_USERS)]
     (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
-    movies = [f"{i + 1}::Movie {i + 1} (19{50 + i})::Drama" for i in range(N_ITEMS)]
+    genres = ("Drama", "Comedy", "Comedy|Drama", "Horror")  # varied, so genre diversity within a list is not 0
+    movies = [f"{i + 1}::Movie {i + 1} (19{50 + i})::{genres[i % len(genres)]}" for i in range(N_ITEMS)]
     (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
     return folder
 
@@ -254,6 +255,26 @@ def test_cli_trains_a_readable_bundle_and_evaluate_recomputes_its_metrics(
     for name in ("recall@10", "ndcg@20", "precision@10", "seed_recall@20", "users_evaluated"):
         assert evaluated[name] == pytest.approx(bundle.metrics[name])
     assert evaluated["protocol"]["seed"] == 42 and evaluated["protocol"]["positives"] == "rating >= 4"
+
+
+BEYOND_ACCURACY = ("coverage", "novelty", "average_popularity", "gini_index", "tail_percentage", "intra_list_diversity")
+
+
+def test_evaluate_reports_beyond_accuracy_metrics_as_training_stored_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = write_ratings(tmp_path / "data"), tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN, "--json"]) == 0
+    capsys.readouterr()
+    stored = read_model_bundle(out).metrics
+    assert main(["evaluate", "--model", str(out), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    for name in (f"{metric}@{k}" for metric in BEYOND_ACCURACY for k in (10, 20)):
+        assert evaluated[name] == pytest.approx(stored[name]), name
+    assert 0 < evaluated["coverage@20"] <= 1 and 0 < evaluated["intra_list_diversity@20"] <= 1
+    assert main(["evaluate", "--model", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert all(f"{metric}@20" in table for metric in BEYOND_ACCURACY)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,16 @@ CURVE_NAME = "training_curve.png"
 SPLIT_SEED = 42  # the standard split's seed (see movierec.trainer.data.split); the training seed is separate
 
 
-def test_metrics(result: TrainResult, split: Split) -> dict[str, Any]:
-    """Test-set metrics of the kept vectors, with every training item masked, plus the protocol."""
-    metrics: dict[str, Any] = dict(evaluate_vectors(result.user_vectors, result.item_vectors, split.train, split.test))
+def test_metrics(
+    result: TrainResult, split: Split, item_genres: Sequence[Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """Test-set metrics of the kept vectors, with every training item masked, plus the protocol.
+
+    ``item_genres`` (one list per item row) adds the lists' genre diversity, as ``recctl evaluate`` reports it.
+    """
+    metrics: dict[str, Any] = dict(
+        evaluate_vectors(result.user_vectors, result.item_vectors, split.train, split.test, item_genres=item_genres)
+    )
     metrics["protocol"] = protocol_summary(split)
     return metrics
 
@@ -74,14 +82,15 @@ def train_bundle(
     result = train_model(split, config, progress=progress and coordinator.leader, coordinator=coordinator)
     if not coordinator.leader:
         return {}
-    metrics = test_metrics(result, split)
+    items = item_metadata(dataset, split.item_ids)
+    metrics = test_metrics(result, split, items.genres)
     metrics["training"] = training_summary(result)
     bundle = ModelBundle(
         user_vectors=result.user_vectors,
         item_vectors=result.item_vectors,
         user_ids=split.user_ids,
         item_ids=split.item_ids,
-        items=item_metadata(dataset, split.item_ids),
+        items=items,
         seen=split.seen,
         train=split.train,
         valid=split.valid,

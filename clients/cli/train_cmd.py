@@ -25,6 +25,18 @@ METRIC_ORDER = (
     "precision@20",
     "seed_recall@10",
     "seed_recall@20",
+    *(
+        f"{name}@{k}"
+        for name in (
+            "coverage",
+            "novelty",
+            "average_popularity",
+            "gini_index",
+            "tail_percentage",
+            "intra_list_diversity",
+        )
+        for k in (10, 20)
+    ),
     "users_evaluated",
 )
 
@@ -259,7 +271,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     bundle = read_model_bundle(args.model)
     metrics: dict[str, Any] = dict(
-        evaluate_vectors(bundle.user_vectors, bundle.item_vectors, bundle.train, bundle.test)
+        evaluate_vectors(
+            bundle.user_vectors, bundle.item_vectors, bundle.train, bundle.test, item_genres=bundle.items.genres
+        )
     )
     metrics["protocol"] = bundle.config.get("protocol", {})
     if args.json:
@@ -296,7 +310,8 @@ def _evaluate_cold_items(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
-    print_table(("metric", "value"), [(name, metrics[name]) for name in METRIC_ORDER])
+    # intra_list_diversity is absent when no item has a genre (a ratings file without movie metadata).
+    print_table(("metric", "value"), [(name, metrics[name]) for name in METRIC_ORDER if name in metrics])
     protocol = metrics.get("protocol", {})
     if protocol:
         print(
