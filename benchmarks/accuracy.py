@@ -21,6 +21,11 @@ Protocol (design notes §4, written into the results with every number):
 Usage::
 
     .venv/bin/python benchmarks/accuracy.py [--data DIR] [--out benchmarks/results] [--rows ease,ials] [--merge]
+        [--keep-bundles DIR] [--reuse-bundles DIR]
+
+``--reuse-bundles DIR`` re-evaluates a CLI row's kept bundle (``DIR/<row name>``, as ``--keep-bundles`` wrote
+it) instead of retraining, after the same split checks; its training wall time and command stay those of the
+run that trained it (from the merged results), so only the evaluation is new.
 
 Needs the ``peers`` extra (scikit-surprise, implicit, pyspark + Java 17) for the
 library rows; a row whose library is missing is reported as not run.
@@ -29,6 +34,7 @@ library rows; a row whose library is missing is reported as not run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -49,8 +55,15 @@ from peers.inputs import training_data
 from peers.machine import describe_machine
 from peers.popularity import Popularity
 from peers.puresvd import PureSvd
-from peers.recctl import RecctlRow, RecctlRowError, run_recctl_row, split_differences
-from peers.report import write_chart, write_json, write_markdown
+from peers.recctl import (
+    RecctlRow,
+    RecctlRowError,
+    bundle_folder_name,
+    evaluate_recctl_bundle,
+    run_recctl_row,
+    split_differences,
+)
+from peers.report import write_chart, write_coverage_chart, write_json, write_markdown
 from peers.spark_als import SparkAls, local_spark
 from peers.surprise_svd import SurpriseSvd
 from peers.tuning import Params, Trial, grid_search
@@ -58,7 +71,7 @@ from tqdm import tqdm
 
 from movierec.bundle import read_model_bundle
 from movierec.paths import default_ml1m_dir
-from movierec.trainer.data import load_dataset, make_split
+from movierec.trainer.data import item_metadata, load_dataset, make_split
 from movierec.trainer.data.split import Split
 from movierec.trainer.evaluate import evaluate_ranking
 
@@ -77,6 +90,7 @@ class PeerRow:
     name: str
     make: Callable[..., Peer]
     grid: tuple[Params, ...]
+    library: str | None = None  # the module a third-party peer needs, to say why a kept row was not re-run
 
 
 def _grid(**axes: Sequence[float | int]) -> tuple[Params, ...]:
@@ -100,6 +114,7 @@ def peer_rows(spark: Callable[[], SparkSession]) -> list[PeerRow]:
             "SVD (Surprise)",
             SurpriseSvd,
             ({"factors": 100, "epochs": 20, "lr": 0.005, "reg": 0.02},),  # Surprise's defaults, as the seed ran it
+            library="surprise",
         ),
         PeerRow(
             "spark-als",
@@ -111,12 +126,14 @@ def peer_rows(spark: Callable[[], SparkSession]) -> list[PeerRow]:
                 {"rank": 64, "reg": 0.5, "alpha": 1.0},
                 {"rank": 64, "reg": 0.1, "alpha": 3.0},
             ),
+            library="pyspark",
         ),
         PeerRow(
             "ials",
             "iALS (implicit)",
             ImplicitAls,
             _grid(factors=(64, 128, 256), reg=(50.0, 100.0), alpha=(10.0,)),
+            library="implicit",
         ),
         PeerRow("ease", "EASE (λ tuned)", Ease, _grid(l2=(100.0, 250.0, 500.0, 1000.0, 2000.0))),
         PeerRow("puresvd", "PureSVD (factors tuned)", PureSvd, _grid(factors=(16, 32, 64, 128))),
@@ -163,6 +180,9 @@ RECCTL_ROWS = [
         RecctlRow(f"lightgcn-ours-seed{seed}", f"{OURS_PREFIX}, training seed {seed})", ("--seed", str(seed)))
         for seed in (1, 2)
     ),
+    # PyG SAGEConv with movie and user features, neighbourhood-sampled mini-batches (SageConfig defaults,
+    # early stopping on valid); benchmarks/results/graphsage.md has its training curve and a second run.
+    RecctlRow("graphsage", "GraphSAGE (movie + user features)", ("--model", "graphsage")),
 ]
 
 
@@ -194,8 +214,15 @@ def _provenance() -> dict[str, Any]:
     return {"started_at": _utc_now(), "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
 
 
-def run_peer(row: PeerRow, fit_data: TrainingData, train_data: TrainingData, split: Split) -> dict[str, Any]:
-    """Tune on valid (when the grid has several points), refit on train, evaluate on test."""
+def run_peer(
+    row: PeerRow,
+    fit_data: TrainingData,
+    train_data: TrainingData,
+    split: Split,
+    item_genres: Sequence[Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Tune on valid (when the grid has several points), refit on train, evaluate on test (``item_genres``:
+    one genre list per item row, for the lists' genre diversity)."""
     provenance = _provenance()
     trials: list[Trial] = []
     started = time.perf_counter()
@@ -217,7 +244,7 @@ def run_peer(row: PeerRow, fit_data: TrainingData, train_data: TrainingData, spl
     fit_started = time.perf_counter()
     peer.fit(train_data)
     train_seconds = time.perf_counter() - fit_started
-    metrics = evaluate_ranking(peer.score, split.train, split.test)
+    metrics = evaluate_ranking(peer.score, split.train, split.test, item_genres=item_genres)
     return {
         "name": row.name,
         "key": row.key,
@@ -323,6 +350,19 @@ PREAMBLE = [
 ]
 
 
+BEYOND_PREAMBLE = [
+    "The same rows' top-20 lists, beyond whether they hit the test set (definitions in "
+    "`movierec.trainer.evaluate`; where RecBole defines a measure — ItemCoverage, AveragePopularity, "
+    "GiniIndex, TailPercentage — ours is its definition, differences named there). Coverage = share of the "
+    "catalogue in anyone's top 20; novelty = mean -log2 of an item's share of the training interactions; "
+    "Gini = inequality of how often items are recommended (0 = evenly); average popularity = mean training "
+    "interactions of a recommended item; tail % = share of list slots given to the 10 % least interacted items; "
+    "genre ILD = mean pairwise genre Jaccard distance within a list. Peers are scored by `evaluate_ranking` with "
+    "the movies' genres, the `recctl` rows by `recctl evaluate --json` on their bundle (same evaluator). "
+    "[accuracy_coverage.png](accuracy_coverage.png) plots NDCG@20 against Coverage@20 for every model.",
+]
+
+
 def _load_previous(path: Path) -> dict[str, Any]:
     """The results of an earlier run, to merge with (``--merge``); empty when there are none."""
     if not path.is_file():
@@ -402,18 +442,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="write the CLI rows' model bundles here and keep them (default: a temporary folder)",
     )
+    parser.add_argument(
+        "--reuse-bundles",
+        type=Path,
+        metavar="DIR",
+        help="re-evaluate a CLI row's bundle kept in DIR (by --keep-bundles) instead of retraining it",
+    )
     parser.add_argument("--recctl-timeout", type=float, default=1800.0, help="seconds per recctl command")
     return parser.parse_args(argv)
 
 
 def _run_peer_rows(
-    rows: Sequence[PeerRow], fit_data: TrainingData, train_data: TrainingData, split: Split
+    rows: Sequence[PeerRow],
+    fit_data: TrainingData,
+    train_data: TrainingData,
+    split: Split,
+    item_genres: Sequence[Sequence[str]],
 ) -> Iterator[dict[str, Any]]:
     progress = tqdm(rows, desc="peers", unit="row")
     for row in progress:
         progress.set_postfix_str(row.name)
         try:
-            outcome = run_peer(row, fit_data, train_data, split)
+            outcome = run_peer(row, fit_data, train_data, split, item_genres)
         except ImportError as error:
             outcome = {"name": row.name, "error": f"library missing ({error}); install the peers extra"}
         tqdm.write(f"{row.name}: {_summary(outcome)}")
@@ -427,6 +477,8 @@ def _run_cli_rows(
     expected_users: int,
     timeout: float,
     keep_in: Path | None,
+    reuse_from: Path | None = None,
+    previous: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     with ExitStack() as stack:
         if keep_in is None:
@@ -437,7 +489,12 @@ def _run_cli_rows(
         for row in rows:
             provenance = _provenance()
             try:
-                outcome = run_recctl_row(row, data_dir, Path(work_dir), split.protocol, expected_users, timeout)
+                kept = reuse_from / bundle_folder_name(row) if reuse_from is not None else None
+                if kept is not None and kept.is_dir():
+                    outcome = _reevaluated(row, kept, split, expected_users, timeout, (previous or {}).get(row.name))
+                    provenance = {}  # the row's training provenance is the run that trained the bundle
+                else:
+                    outcome = run_recctl_row(row, data_dir, Path(work_dir), split.protocol, expected_users, timeout)
                 bundle = read_model_bundle(Path(outcome.pop("bundle")))
                 differences = split_differences(bundle, split)
                 if differences:
@@ -449,6 +506,45 @@ def _run_cli_rows(
                 result = {"name": row.name, "error": str(error)}
             tqdm.write(f"{row.name}: {_summary(result)}")
             yield result
+
+
+def _reevaluated(
+    row: RecctlRow,
+    bundle: Path,
+    split: Split,
+    expected_users: int,
+    timeout: float,
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A kept bundle's ``recctl evaluate``, with the training facts of the run that trained it.
+
+    Those come from the merged results when the row is there, else from the bundle's own metrics.json
+    (its training loop's seconds, without process start and data loading: labelled so).
+    """
+    outcome = evaluate_recctl_bundle(row, bundle, split.protocol, expected_users, timeout)
+    outcome["reevaluated_bundle"] = str(bundle)
+    if previous is not None and "train_seconds" in previous:
+        carried = ("train_seconds", "train_command", "train_report", "started_at", "load_average_1min_at_start")
+        return {**{key: previous[key] for key in carried if key in previous}, **outcome}
+    training = read_model_bundle(bundle).metrics.get("training", {})
+    outcome["train_seconds"] = training.get("seconds")
+    outcome["train_seconds_source"] = "the bundle's metrics.json training seconds (loop only)"
+    return outcome
+
+
+def _beyond_accuracy_gaps(rows: Sequence[dict[str, Any]], peers: Sequence[PeerRow]) -> None:
+    """Say, on each row kept without the beyond-accuracy metrics, why it was not re-measured."""
+    library_of = {row.name: row.library for row in peers}
+    for row in rows:
+        if "metrics" not in row or "coverage@20" in row["metrics"]:
+            continue
+        library = library_of.get(row["name"])
+        if library is not None and importlib.util.find_spec(library) is None:
+            row["beyond_accuracy_missing"] = (
+                f"accuracy kept from an earlier run; `{library}` is not installed here to re-run it"
+            )
+        else:
+            row["beyond_accuracy_missing"] = "accuracy kept from an earlier run, not re-run since"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -463,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit_data = training_data(dataset.ratings, split.user_ids, split.item_ids, split.fit, [split.valid, split.test])
     train_data = training_data(dataset.ratings, split.user_ids, split.item_ids, split.train, [split.test])
     expected_users = int((split.test.row_lengths() > 0).sum())
+    item_genres = item_metadata(dataset, split.item_ids).genres
 
     previous = _load_previous(args.out / f"{RESULTS_NAME}.json") if args.merge else {"rows": [], "runs": []}
     for other in map(_load_previous, args.merge_from):
@@ -472,9 +569,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = peer_rows(_lazy_spark(stack))
         keys = _selected(args.rows, [row.key for row in rows] + [row.key for row in RECCTL_ROWS])
         chosen = [row for row in rows if row.key in keys]
-        measured |= {outcome["name"]: outcome for outcome in _run_peer_rows(chosen, fit_data, train_data, split)}
+        peer_outcomes = _run_peer_rows(chosen, fit_data, train_data, split, item_genres)
+        measured |= {outcome["name"]: outcome for outcome in peer_outcomes}
     chosen_cli = [row for row in RECCTL_ROWS if row.key in keys]
-    cli_outcomes = _run_cli_rows(chosen_cli, data_dir, split, expected_users, args.recctl_timeout, args.keep_bundles)
+    cli_outcomes = _run_cli_rows(
+        chosen_cli,
+        data_dir,
+        split,
+        expected_users,
+        args.recctl_timeout,
+        args.keep_bundles,
+        args.reuse_bundles,
+        dict(measured),
+    )
     measured |= {outcome["name"]: outcome for outcome in cli_outcomes}
 
     order = [row.name for row in rows] + [row.name for row in RECCTL_ROWS]
@@ -490,12 +597,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": list(_ordered_rows(measured, order)),
     }
     result["notes"] = standing_notes(result["rows"])
+    _beyond_accuracy_gaps(result["rows"], rows)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{RESULTS_NAME}.json", result)
-    write_markdown(args.out / f"{RESULTS_NAME}.md", result, PREAMBLE)
+    write_markdown(args.out / f"{RESULTS_NAME}.md", result, PREAMBLE, BEYOND_PREAMBLE)
     title = "MovieLens-1M, random 80/20 split of ratings >= 4 (seed 42), full ranking"
     write_chart(args.out / f"{RESULTS_NAME}.png", result["rows"], title)
-    print(f"wrote {args.out / RESULTS_NAME}.md/.json/.png in {run['total_seconds']:.0f} s")
+    write_coverage_chart(args.out / f"{RESULTS_NAME}_coverage.png", result["rows"], f"NDCG@20 vs coverage@20: {title}")
+    print(f"wrote {args.out / RESULTS_NAME}.md/.json/.png, {RESULTS_NAME}_coverage.png in {run['total_seconds']:.0f} s")
     return 0
 
 

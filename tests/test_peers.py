@@ -28,7 +28,7 @@ from peers.ease import Ease
 from peers.inputs import explicit_ratings_outside
 from peers.popularity import Popularity
 from peers.puresvd import PureSvd
-from peers.report import markdown_table
+from peers.report import beyond_accuracy_table, markdown_table, write_coverage_chart
 from peers.tuning import grid_search
 
 
@@ -278,6 +278,39 @@ def test_markdown_table_shows_why_a_row_was_not_run() -> None:
     assert "| 1.5 |" in lines[2]
     assert "l2=500" in lines[2]
     assert lines[3].startswith("| **NGCF** | not run |") and lines[3].endswith("recctl train exited 2 |")
+
+
+def test_a_kept_bundle_is_reevaluated_without_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluation = _evaluation(**{"coverage@20": 0.4, "intra_list_diversity@20": 0.8})
+    monkeypatch.setattr(recctl, "recctl_executable", lambda: _fake_recctl(tmp_path, evaluation))
+    bundle = tmp_path / recctl.bundle_folder_name(ROW)
+    outcome = recctl.evaluate_recctl_bundle(ROW, bundle, PROTOCOL, 6000, timeout=60)
+    assert outcome["metrics"] == {"recall@20": 0.3, "ndcg@20": 0.31, "coverage@20": 0.4, "intra_list_diversity@20": 0.8}
+    assert (tmp_path / "calls.txt").read_text().splitlines() == [f"evaluate --model {bundle} --json"]
+    with pytest.raises(recctl.RecctlRowError, match="seed: 42 != 7"):  # the bundle says 42, the benchmark 7
+        recctl.evaluate_recctl_bundle(ROW, bundle, dict(PROTOCOL, seed=7), 6000, timeout=60)
+
+
+def test_beyond_accuracy_table_says_which_rows_were_not_measured() -> None:
+    full = {"ndcg@20": 0.33, "coverage@20": 0.4, "novelty@20": 9.87, "gini_index@20": 0.9}
+    full |= {"average_popularity@20": 812.4, "tail_percentage@20": 0.001, "intra_list_diversity@20": 0.75}
+    lines = beyond_accuracy_table(
+        [
+            {"name": "EASE", "metrics": full},
+            {"name": "Spark", "metrics": {"ndcg@20": 0.3}, "beyond_accuracy_missing": "pyspark missing"},
+            {"name": "NGCF", "error": "recctl train exited 2"},
+        ]
+    )
+    assert lines[2] == "| **EASE** | 0.3300 | 0.4000 | 9.87 | 0.9000 | 812 | 0.0010 | 0.7500 |"
+    assert lines[3].startswith("| **Spark** | 0.3000 | not measured: pyspark missing |")
+    assert lines[4].startswith("| **NGCF** | not run |")
+
+
+def test_coverage_chart_plots_the_rows_that_have_both_metrics(tmp_path: Path) -> None:
+    path = tmp_path / "coverage.png"
+    rows = [{"name": "A", "metrics": {"ndcg@20": 0.3, "coverage@20": 0.4}}, {"name": "B", "metrics": {"ndcg@20": 0.2}}]
+    write_coverage_chart(path, rows, "title")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_split_differences_compare_id_maps_and_exact_positives() -> None:

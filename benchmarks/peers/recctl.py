@@ -130,11 +130,33 @@ def run_recctl_row(
 ) -> dict[str, Any]:
     """Train and evaluate one row; the metrics, the wall time of ``recctl train`` and both JSON reports."""
     recctl = str(recctl_executable())
-    bundle = work_dir / row.name.replace(" ", "_").replace("/", "_")
+    bundle = work_dir / bundle_folder_name(row)
     train_command = [recctl, "train", "--data", str(data_dir), "--out", str(bundle), *row.train_args, "--json"]
     started = time.perf_counter()
     train_report = _run_json(train_command, timeout)
     train_seconds = time.perf_counter() - started
+    return {
+        **evaluate_recctl_bundle(row, bundle, expected_protocol, expected_users, timeout),
+        "train_seconds": train_seconds,
+        "train_command": " ".join(["recctl", *train_command[1:]]),
+        "train_report": train_report,
+    }
+
+
+def bundle_folder_name(row: RecctlRow) -> str:
+    """The folder a row's bundle is written to (and found in, when a kept bundle is re-evaluated)."""
+    return row.name.replace(" ", "_").replace("/", "_")
+
+
+def evaluate_recctl_bundle(
+    row: RecctlRow, bundle: Path, expected_protocol: Mapping[str, Any], expected_users: int, timeout: float
+) -> dict[str, Any]:
+    """``recctl evaluate`` on a trained bundle: its metrics, if it reports the expected protocol and users.
+
+    Used after training and, alone, on a kept bundle (``accuracy.py --reuse-bundles``), so a row's newer
+    metrics come from the very vectors its accuracy numbers came from, without retraining.
+    """
+    recctl = str(recctl_executable())
     evaluation = _run_json([recctl, "evaluate", "--model", str(bundle), "--json"], timeout)
     reported_protocol = evaluation.get("protocol", {})
     mismatches = protocol_mismatches(
@@ -146,11 +168,4 @@ def run_recctl_row(
     if mismatches:
         raise RecctlRowError(f"{row.name} was evaluated on another protocol ({'; '.join(mismatches)})")
     metrics = {key: float(value) for key, value in evaluation.items() if "@" in key}
-    return {
-        "bundle": str(bundle),
-        "metrics": metrics,
-        "train_seconds": train_seconds,
-        "train_command": " ".join(["recctl", *train_command[1:]]),
-        "train_report": train_report,
-        "evaluate_report": evaluation,
-    }
+    return {"bundle": str(bundle), "metrics": metrics, "evaluate_report": evaluation}

@@ -18,6 +18,15 @@ TABLE_METRICS = (
     ("seed_recall@20", "seed_recall@20"),
 )
 CHART_METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10")
+# What the lists look like beyond hitting the test set (movierec.trainer.evaluate's module docstring defines each).
+BEYOND_METRICS = (
+    ("coverage@20", "Coverage@20", "{:.4f}"),
+    ("novelty@20", "Novelty@20 (bits)", "{:.2f}"),
+    ("gini_index@20", "Gini@20", "{:.4f}"),
+    ("average_popularity@20", "Avg popularity@20", "{:.0f}"),
+    ("tail_percentage@20", "Tail %@20", "{:.4f}"),
+    ("intra_list_diversity@20", "Genre ILD@20", "{:.4f}"),
+)
 
 
 def _params_text(params: Any) -> str:
@@ -60,6 +69,28 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def beyond_accuracy_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The same rows' beyond-accuracy metrics beside NDCG@20; a row measured before they existed says so."""
+    header = ["Model", "NDCG@20", *(label for _, label, _ in BEYOND_METRICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        metrics = row.get("metrics", {})
+        if "error" in row:
+            cells = [f"**{row['name']}**", *(["not run"] * (len(header) - 1))]
+        elif not any(key in metrics for key, _, _ in BEYOND_METRICS):
+            reason = row.get("beyond_accuracy_missing", "measured before these metrics existed")
+            cells = [f"**{row['name']}**", f"{metrics['ndcg@20']:.4f}", f"not measured: {reason}"]
+            cells += [""] * (len(header) - len(cells))
+        else:
+            cells = [
+                f"**{row['name']}**",
+                f"{metrics['ndcg@20']:.4f}",
+                *(form.format(metrics[key]) if key in metrics else "—" for key, _, form in BEYOND_METRICS),
+            ]
+        lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in cells) + " |")
+    return lines
+
+
 def tuning_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Every grid point tried on the validation slice, with its validation Recall@20 / NDCG@20."""
     lines: list[str] = []
@@ -93,12 +124,20 @@ def _run_lines(run: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_markdown(path: Path, result: dict[str, Any], preamble: Sequence[str]) -> None:
-    """``accuracy.md``: the table, the runs that produced it (with their machine), then the tuning grids."""
+def write_markdown(
+    path: Path, result: dict[str, Any], preamble: Sequence[str], beyond_preamble: Sequence[str] = ()
+) -> None:
+    """``accuracy.md``: the tables, the runs that produced them (with their machine), then the tuning grids."""
     lines = [
         *preamble,
         "",
         *markdown_table(result["rows"]),
+        "",
+        "## Beyond accuracy",
+        "",
+        *beyond_preamble,
+        "",
+        *beyond_accuracy_table(result["rows"]),
         "",
         *(
             ["## Notes on these numbers", "", *(f"- {note}" for note in result["notes"]), ""]
@@ -146,6 +185,28 @@ def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
     axes.set_title(title)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_coverage_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
+    """NDCG@20 against Coverage@20, one labelled point per model that has both: accuracy vs catalogue reach."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [row for row in rows if "ndcg@20" in row.get("metrics", {}) and "coverage@20" in row["metrics"]]
+    figure, axes = plt.subplots(figsize=(9, 6))
+    for row in measured:
+        x, y = row["metrics"]["coverage@20"], row["metrics"]["ndcg@20"]
+        axes.scatter([x], [y], s=36)
+        axes.annotate(row["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    axes.set_xlabel("Coverage@20 (share of the catalogue in anyone's top 20)")
+    axes.set_ylabel("NDCG@20 (test split, full ranking, train items masked)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
