@@ -36,7 +36,7 @@ meta, id -> row lookups (dense tables, :mod:`movierec.index.id_lookup`), the
 catalog's display data, the compacted events of users the model never saw,
 fold-in, and the queries.
 
-Exactness (design §2) and the ranking rule are documented in
+Exactness (README: "The exclusion contract") and the ranking rule are documented in
 :mod:`movierec.index.topk`; the HNSW path in :mod:`movierec.index.faiss_index`;
 genre and year filters (exact, applied inside the search) in
 :mod:`movierec.index.filters`; the per-user ranked prefixes a version stores (or a server

@@ -39,12 +39,11 @@ liked item contributes its direction, weighted by degree.
 A user's ranking is invariant to scaling their vector, so ``1/sqrt(|N_u|)``
 does not change which items come first; what distinguishes the rule from a
 plain mean of the liked vectors is the ``1/sqrt(|N_i|)`` weight, which
-discounts popular items. ``benchmarks/cold_start.py`` measures both
-(``benchmarks/results/cold_start.md``). On a dot-product LightGCN bundle the
-rule beat the mean by 0.02-0.035 NDCG@20 from 20 liked items up, in every
-fold, and trailed it by under 0.01 with 5. On a cosine bundle (the default
-recipe) the served vectors carry no popularity in their norms, the extra
-discount overshoots, and the mean wins in every fold by 0.05-0.10 NDCG@20.
+discounts popular items. ``benchmarks/cold_start.py --bundle B`` measures both
+on a bundle. On a cosine bundle (the default recipe) the served vectors carry
+no popularity in their norms, the extra discount overshoots, and the mean wins
+in every fold (``benchmarks/results/cold_start.md``); on dot-product bundles,
+whose norms do carry popularity, the rule's discount is the point of it.
 So the default follows the bundle: ``mean`` for cosine-scored bundles,
 ``propagation`` otherwise (:meth:`FoldIn.from_model`).
 """

@@ -1,4 +1,4 @@
-"""Exact top-K with per-query exclusions: the brute-force answer the product promises (design §2).
+"""Exact top-K with per-query exclusions: the brute-force answer promised (README, "The exclusion contract").
 
 The ranking rule, stated once and used by every search path:
 

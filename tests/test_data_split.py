@@ -1,4 +1,4 @@
-"""The standard split (design §4) and the temporal option, on small generated datasets."""
+"""The standard split (README: "Accuracy") and the temporal option, on small generated datasets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exclusion is exact (design §2): answers equal a float64 brute-force reference, property-tested.
+"""Exclusion is exact (README, "The exclusion contract"): equal to a float64 brute-force reference, property-tested.
 
 The reference ranks the catalog minus the excluded items by float64 score,
 ties by lower row. FAISS/BLAS float32 scores can differ from it by rounding,

@@ -29,7 +29,7 @@ COMMAND_MODULES = (
 
 
 DESCRIPTION = """\
-recctl trains LightGCN movie recommenders on MovieLens ratings, indexes them
+recctl trains LightGCN (or NGCF, GraphSAGE) movie recommenders on MovieLens ratings, indexes them
 with FAISS and serves them over gRPC: from a ratings folder to a running
 service and its answers, one command per step."""
 
