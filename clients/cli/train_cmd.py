@@ -71,7 +71,7 @@ def _preset_values(field: str) -> str:
 
 
 def register(commands: Any) -> None:
-    train = commands.add_parser("train", help="train LightGCN (or NGCF) and write a model bundle")
+    train = commands.add_parser("train", help="train LightGCN (or NGCF, GraphSAGE) and write a model bundle")
     train.add_argument("--data", type=Path, metavar="DIR", help="ratings folder (default: the MovieLens-1M copy)")
     train.add_argument("--format", dest="fmt", metavar="F", help="ratings format (default: detect)")
     train.add_argument("--out", type=Path, required=True, metavar="BUNDLE", help="bundle directory to create")
@@ -106,7 +106,7 @@ def register(commands: Any) -> None:
     )
     train.add_argument("--seed", type=int, metavar="S", help="training seed (the split always uses seed 42)")
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long, keep the best")
-    train.add_argument("--min-rating", type=float, default=4.0, metavar="R", help="positives: rating >= R (4)")
+    train.add_argument("--min-rating", type=float, default=4.0, metavar="R", help="positives: rating >= R")
     train.add_argument(
         "--workers",
         type=int,
