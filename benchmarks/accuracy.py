@@ -347,6 +347,12 @@ PREAMBLE = [
     "1e-4 under a 480 s budget; a wider NGCF search could do better, so the NGCF rows are a lower bound on "
     "what NGCF can reach on this split. *LightGCN (ours, training seed N)* repeat our row with other "
     "training seeds (same split) to show how much of a margin is seed noise.",
+    "- *GraphSAGE*: `recctl train --model graphsage` (PyG `SAGEConv`, mean aggregation, 2 layers, 64-d, "
+    "neighbourhood-sampled mini-batches; movie genres and year, user gender, age and occupation as node "
+    "features; early stopping on valid, no refit), evaluated like the other `recctl` rows; "
+    "[graphsage.md](graphsage.md) has its training curve and a second same-seed run (the run-to-run spread).",
+    "- A `recctl` row re-evaluated from a kept bundle (`--reuse-bundles`) keeps the training wall time of "
+    "the run that trained it; the JSON names the bundle (`reevaluated_bundle`).",
 ]
 
 
