@@ -13,10 +13,25 @@ The current version's model bundle (verified) is rewritten with the new movies m
 indexed by :func:`movierec.index.build.build_index` like any other model: same kind and parameters as the
 current version, live events carried forward, verified, staged, and CURRENT moved by atomic rename, so a
 running server hot-swaps to it on its next poll. No user vector changes; nobody has seen the new movies.
+
+``recctl index refresh-items`` (:func:`refresh_items`) then moves each added movie toward the users who
+interacted with it, from the live events (those compacted into the current version plus the log's):
+
+    v = (c · v_features + n · mean of the n users' vectors) / (c + n)
+
+normalised when the bundle is cosine-scored (then each user vector is normalised before the mean too), with
+``c`` = :data:`SHRINKAGE` and ``n`` the distinct users the model knows (event order, at most
+:data:`MAX_INTERACTIONS`). Served scores are inner products with user vectors, so users whose vectors
+resemble the first raters' see the movie rise. ``v_features`` is recomputed from the bundle's feature model
+every time and the compacted events are all carried forward, so a refresh starts from the features again
+(never compounds) and two refreshes over the same events give the same vector. A movie with training
+positives, or not added by ``add-items``, keeps its vector bit for bit. Past :data:`MAX_INTERACTIONS` users
+the vector stops moving: a mean of first raters is a stopgap, and retraining learns the movie from its edges.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +45,15 @@ from movierec.bundle import CSR, ItemMetadata, ModelBundle, VersionedStore, read
 from movierec.bundle.model import CSR_NAMES, write_model_bundle
 from movierec.errors import BundleError
 from movierec.index.build import build_index
+from movierec.index.events import CompactedEvents, SeenEvents, read_events, rows_of
 from movierec.index.layout import INDEX_KIND, MODEL_DIR
 from movierec.index.meta import IndexMeta
 from movierec.item_features import ItemEncoder, ItemFeatureModel, fit_ridge, read_item_feature_model
+
+# refresh-items: the feature vector weighs as much as this many interacting users (shrinkage toward features).
+SHRINKAGE = 5.0
+# refresh-items: users per movie blended in at most; past this, retraining is the answer (module docstring).
+MAX_INTERACTIONS = 50
 
 # Files write_model_bundle writes itself; anything else the manifest lists (training curve, item tower) is carried.
 _BUNDLE_FILES = {
@@ -67,6 +88,22 @@ class AddedItems:
         return {"version": str(self.version), "added": self.added, "vectors_from": self.vectors_from}
 
 
+@dataclass(frozen=True)
+class RefreshedItems:
+    version: Path
+    users_blended: dict[int, int]  # added movie id -> interacting users folded into its vector (0: features only)
+    past_cap: list[int]  # added movies with more than MAX_INTERACTIONS users: retrain to learn the rest
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": str(self.version),
+            "users_blended": {str(item): n for item, n in self.users_blended.items()},
+            "past_cap": self.past_cap,
+            "shrinkage": SHRINKAGE,
+            "max_interactions": MAX_INTERACTIONS,
+        }
+
+
 def add_items(index_root: Path, movies: NewMovies, *, progress: bool = False) -> AddedItems:
     """Write a new version of ``index_root`` holding ``movies`` too and make it CURRENT (module docstring)."""
     index_root = Path(index_root)
@@ -88,6 +125,82 @@ def add_items(index_root: Path, movies: NewMovies, *, progress: bool = False) ->
         params = dict(meta.params) if meta.kind == "hnsw" else {}
         version = build_index(stage / "model", index_root, kind=meta.kind, progress=progress, **params)
     return AddedItems(version, len(movies.item_ids), features.source)
+
+
+def refresh_items(index_root: Path, new_events: SeenEvents | None, *, progress: bool = False) -> RefreshedItems:
+    """Write a new version whose added movies' vectors blend features and first raters (module docstring);
+    ``new_events`` are compacted into it as by ``rebuild --events``, and CURRENT moves to it."""
+    index_root = Path(index_root)
+    current = VersionedStore(index_root).current()
+    if current is None:
+        raise BundleError("no current index version to refresh", path=index_root)
+    manifest = read_manifest(current, INDEX_KIND, verify=False)
+    meta = IndexMeta.from_manifest(manifest, current)
+    model = read_model_bundle(current / MODEL_DIR, verify=True)
+    rows = added_rows(model)
+    if rows.size == 0:
+        raise BundleError("the current version holds no movie added by add-items without training interactions")
+    events = read_events(current, meta.events_through, manifest, verify=True)
+    if new_events is not None:
+        events = events.extended(new_events)
+    features = feature_model_for(model, current / MODEL_DIR)
+    from_features = features.vectors([model.items.genres[r] for r in rows], [model.items.years[r] for r in rows])
+    vectors, users = blended_vectors(model, rows, from_features, events, cosine=features.tower.normalize)
+    ids = [int(i) for i in model.item_ids[rows]]
+    blended = {item: min(n, MAX_INTERACTIONS) for item, n in zip(ids, users, strict=True)}
+    users_blended = {str(item): n for item, n in blended.items()}
+    record = {"shrinkage": SHRINKAGE, "max_interactions": MAX_INTERACTIONS, "users_blended": users_blended}
+    refreshed = dataclasses.replace(model, item_vectors=vectors, config={**model.config, "refreshed_items": record})
+    with tempfile.TemporaryDirectory(prefix="movierec-refresh-items-") as scratch:
+        carried = {name: current / MODEL_DIR / name for name in _carried_files(model)}
+        write_model_bundle(refreshed, Path(scratch) / "model", attachments=carried)
+        params = dict(meta.params) if meta.kind == "hnsw" else {}
+        version = build_index(
+            Path(scratch) / "model", index_root, kind=meta.kind, progress=progress, new_events=new_events, **params
+        )
+    past_cap = [item for item, n in zip(ids, users, strict=True) if n > MAX_INTERACTIONS]
+    return RefreshedItems(version, blended, past_cap)
+
+
+def added_rows(model: ModelBundle) -> npt.NDArray[np.int64]:
+    """Rows of the movies ``add-items`` put into this bundle that still have no training positives."""
+    ids = [int(i) for record in model.config.get("added_items", []) for i in record.get("item_ids", [])]
+    rows = rows_of(model.item_ids, np.asarray(ids, dtype=np.int64))
+    rows = np.unique(rows[rows >= 0])
+    untrained = np.bincount(model.train.indices, minlength=model.n_items)[rows] == 0
+    return np.asarray(rows[untrained], dtype=np.int64)
+
+
+def blended_vectors(
+    model: ModelBundle,
+    rows: npt.NDArray[np.int64],
+    from_features: npt.NDArray[np.float32],
+    events: CompactedEvents,
+    *,
+    cosine: bool,
+) -> tuple[npt.NDArray[np.float32], list[int]]:
+    """``model.item_vectors`` with ``rows`` set to the shrunk blend (module docstring); also, per row, how many
+    distinct known users interacted (uncapped). A row nobody interacted with keeps its stored vector exactly."""
+    vectors = model.item_vectors.copy()
+    user_rows = rows_of(model.user_ids, events.user_ids)
+    item_rows = rows_of(model.item_ids, events.item_ids)
+    counts = []
+    for row, feature_vector in zip(rows.tolist(), from_features, strict=True):
+        raters = user_rows[(item_rows == row) & (user_rows >= 0)]
+        distinct, first = np.unique(raters, return_index=True)
+        raters = distinct[np.argsort(first, kind="stable")]  # event order: the first raters are kept past the cap
+        counts.append(int(raters.size))
+        if raters.size == 0:
+            continue
+        users = model.user_vectors[raters[:MAX_INTERACTIONS]].astype(np.float64)
+        if cosine:
+            users /= np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
+        n = users.shape[0]
+        vector = (SHRINKAGE * feature_vector.astype(np.float64) + n * users.mean(axis=0)) / (SHRINKAGE + n)
+        if cosine:
+            vector /= max(float(np.linalg.norm(vector)), 1e-12)
+        vectors[row] = vector.astype(np.float32)
+    return vectors, counts
 
 
 def _fresh(directory: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,12 @@ from server_harness import ServerThread
 
 from movierec.bundle import CSR, ItemMetadata, ModelBundle, VersionedStore, read_model_bundle, write_model_bundle
 from movierec.clients.cli.main import main
-from movierec.index import build_index, open_index
+from movierec.index import ServingIndex, build_index, open_index
+from movierec.index.add_items import SHRINKAGE
+from movierec.index.ranked import DEFAULT_DEPTH
 from movierec.item_features import ItemEncoder, ItemFeatureModel, ItemTower
 from movierec.server.app import ServerConfig
+from movierec.server.interaction_log import InteractionLog
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -147,3 +151,67 @@ def test_graphsage_bundle_uses_its_own_item_tower(tmp_path: Path, store: Path) -
     index = open_index(tmp_path / "sage_index")
     row = int(np.searchsorted(index.model.item_ids, NEW_ID))
     np.testing.assert_allclose(index.model.item_vectors[row], tower.vectors([["Horror"]], [2024])[0], rtol=1e-6)
+
+
+def _rank(index: ServingIndex, user_id: int, item_id: int) -> int | None:
+    """Place (0 = best) of ``item_id`` in the user's full served ranking; None when it is excluded."""
+    row = int(np.searchsorted(index.model.user_ids, user_id))
+    ranking = index.recommend([row], index.n_items)[0]
+    places = np.flatnonzero(index.model.item_ids[ranking.item_rows] == item_id)
+    return int(places[0]) if places.size else None
+
+
+def test_refresh_items_moves_an_added_movie_toward_its_first_users_only(
+    tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A Drama movie by its features; two Horror fans (users 4 and 8) like it, Horror fans 12 and 16 have not seen it.
+    movies = write_movies(
+        tmp_path / "movies.dat", [(NEW_ID, "Quiet Dread (2024)", "Drama"), (MIDDLE_ID, "Slapstick (1999)", "Comedy")]
+    )
+    assert main(["index", "add-items", "--index", str(store), "--movies", str(movies)]) == 0
+    before = open_index(store / "v0002", ranked_depth=DEFAULT_DEPTH)  # served from stored prefixes, as servers do
+    log_path = tmp_path / "events.sqlite"
+    with InteractionLog(log_path) as log:
+        for user in (4, 8):
+            log.record(user, [NEW_ID])
+    capsys.readouterr()
+    assert main(["index", "refresh-items", "--index", str(store), "--events", str(log_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["users_blended"] == {str(NEW_ID): 2, str(MIDDLE_ID): 0} and report["past_cap"] == []
+    assert VersionedStore(store).current_version() == "v0003"
+    after = open_index(store / "v0003", ranked_depth=DEFAULT_DEPTH)
+    assert after.ranked is not None  # the build stored ranked prefixes for the new vectors
+
+    for user in (12, 16):  # same taste as the raters, did not interact: the movie rises
+        old, new = _rank(before, user, NEW_ID), _rank(after, user, NEW_ID)
+        assert old is not None and new is not None and new < old
+    for user in (3, 7, 11, 15):  # Drama fans, whom its features alone served best: it falls or stays
+        old, new = _rank(before, user, NEW_ID), _rank(after, user, NEW_ID)
+        assert old is not None and new is not None and new >= old
+    for user in (4, 8):  # the raters: compacted into the seen sets, never recommended
+        assert _rank(before, user, NEW_ID) is not None and _rank(after, user, NEW_ID) is None
+
+    # The blend is exactly the documented formula; every other movie keeps its vector bit for bit.
+    new_row = int(np.searchsorted(after.model.item_ids, NEW_ID))
+    raters = after.model.user_vectors[np.searchsorted(after.model.user_ids, [4, 8])]
+    feature_vector = before.model.item_vectors[new_row].astype(np.float64)
+    expected = SHRINKAGE * feature_vector + 2 * raters.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(after.model.item_vectors[new_row], expected / np.linalg.norm(expected), rtol=1e-5)
+    others = np.arange(after.n_items) != new_row
+    assert np.array_equal(after.model.item_vectors[others], before.model.item_vectors[others])
+    assert after.model.config["refreshed_items"]["users_blended"][str(NEW_ID)] == 2
+
+    # The log was truncated (v0003 holds its events); a second refresh starts from the features again: same vector.
+    assert main(["index", "refresh-items", "--index", str(store), "--events", str(log_path)]) == 0
+    again = open_index(store / "v0004")
+    assert np.array_equal(again.model.item_vectors, after.model.item_vectors)
+
+
+def test_refresh_items_refused_without_added_movies(
+    tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with InteractionLog(tmp_path / "events.sqlite") as log:
+        log.record(4, [2])
+    assert main(["index", "refresh-items", "--index", str(store), "--events", str(tmp_path / "events.sqlite")]) != 0
+    assert "no movie added by add-items" in capsys.readouterr().err
+    assert VersionedStore(store).versions() == ["v0001"]

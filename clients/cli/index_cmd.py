@@ -1,4 +1,5 @@
-"""``recctl index build | rebuild | prune | rollback | info | add-items``: versioned FAISS index bundles, CURRENT."""
+"""``recctl index build | rebuild | prune | rollback | info | add-items | refresh-items``: versioned FAISS index
+bundles, CURRENT."""
 
 from __future__ import annotations
 
@@ -82,6 +83,22 @@ def register(commands: Any) -> None:
     )
     add_items.add_argument("--json", action="store_true", help="machine-readable output")
     add_items.set_defaults(func=_add_items)
+
+    refresh = actions.add_parser(
+        "refresh-items",
+        help="move movies added by add-items toward the users who interacted with them (live events), compact the "
+        "events into a new version, switch CURRENT",
+    )
+    refresh.add_argument("--index", type=Path, required=True, metavar="ROOT", help="index store")
+    refresh.add_argument(
+        "--events",
+        type=events_spec,
+        required=True,
+        metavar="LOG|URL",
+        help="live events: the server's SQLite file, or the redis://HOST:PORT/DB event store",
+    )
+    refresh.add_argument("--json", action="store_true", help="machine-readable output")
+    refresh.set_defaults(func=_refresh_items)
 
 
 def _add_kind_options(parser: argparse.ArgumentParser, default_kind: str | None) -> None:
@@ -298,6 +315,28 @@ def _add_items(args: argparse.Namespace) -> int:
             f"added {added.added} movie(s) to {added.version} (vectors from the {added.vectors_from} item features); "
             "CURRENT now points at it, running servers swap to it on their next poll"
         )
+    return 0
+
+
+def _refresh_items(args: argparse.Namespace) -> int:
+    from movierec.index.add_items import MAX_INTERACTIONS, SHRINKAGE, refresh_items
+
+    _require_store(args.index)
+    refreshed = refresh_items(args.index, _read_events(args.events), progress=not args.json)
+    if args.json:
+        print_json(refreshed.to_json())
+    else:
+        moved = {item: n for item, n in refreshed.users_blended.items() if n}
+        print(
+            f"built {refreshed.version}: {len(moved)} of {len(refreshed.users_blended)} added movie(s) moved toward "
+            f"their first users (shrinkage {SHRINKAGE:g}); CURRENT now points at it"
+        )
+        if refreshed.past_cap:
+            print(
+                f"{len(refreshed.past_cap)} movie(s) have more than {MAX_INTERACTIONS} users, only the first "
+                f"{MAX_INTERACTIONS} are blended: retrain (recctl train) to learn them from all their interactions"
+            )
+    _truncate_events(args.events, args.index, quiet=args.json)
     return 0
 
 
