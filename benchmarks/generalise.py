@@ -32,7 +32,10 @@ Usage::
 
 ``--quick`` runs smaller tuning grids and, unless ``--seeds`` is given, one
 training seed; ``--merge`` keeps the datasets of the existing results that
-this run does not repeat.
+this run does not repeat. ``--set NAME=VALUE`` (repeatable) is for sweeps
+(``benchmarks/results/sweeps.md``): only ours is trained, with those
+``TrainConfig`` fields changed, its validation and test scores are printed,
+and the results files are left alone (they describe the defaults).
 """
 
 from __future__ import annotations
@@ -156,19 +159,37 @@ def test_scores(metrics: dict[str, float]) -> dict[str, float]:
     return {name: round(float(metrics[name]), 4) for name in METRICS}
 
 
-def run_ours(split: Split, seeds: Sequence[int]) -> dict[str, Any]:
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` for one ``TrainConfig`` field, the value converted to the type of the field's default."""
+    from movierec.trainer.config import TrainConfig
+
+    name, _, value = text.partition("=")
+    defaults = TrainConfig().to_json()
+    if not value or name not in defaults or name in ("search_space", "preset"):
+        raise SystemExit(f"--set wants NAME=VALUE with NAME a TrainConfig field, got {text!r}")
+    kind = type(defaults[name])
+    if kind is bool:
+        return name, value.lower() in ("1", "true", "yes")
+    try:
+        return name, kind(value)
+    except ValueError:
+        raise SystemExit(f"--set {name}: {value!r} is not a {kind.__name__}") from None
+
+
+def run_ours(split: Split, seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from movierec.trainer.config import TrainConfig
     from movierec.trainer.train import train_model
 
     runs = []
     for seed in seeds:
         started = time.perf_counter()
-        result = train_model(split, replace(TrainConfig(), seed=seed), progress=False)
+        result = train_model(split, replace(TrainConfig(), **(overrides or {}), seed=seed), progress=False)
         metrics = evaluate_vectors(result.user_vectors, result.item_vectors, split.train, split.test)
         runs.append(
             {
                 "seed": seed,
                 "test": test_scores(metrics),
+                "best_valid_recall": round(result.best_valid_recall, 4),
                 "seconds": round(time.perf_counter() - started, 1),
                 "epochs": [result.selection_epochs, result.refit_epochs],
                 "temperature": result.config.temperature if result.config else None,
@@ -340,6 +361,13 @@ def main() -> int:
     parser.add_argument("--datasets", default=",".join(v.name for v in VARIANTS), help="comma-separated subset")
     parser.add_argument("--quick", action="store_true", help="smaller tuning grids and, unless --seeds, one seed")
     parser.add_argument("--merge", action="store_true", help="keep the other datasets of the existing results")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a sweep: train only ours with this TrainConfig field changed (repeatable); writes no results",
+    )
     args = parser.parse_args()
     if args.data is None:
         raise SystemExit("no --data and no MovieLens-1M copy found")
@@ -351,6 +379,13 @@ def main() -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started, load_at_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     base = load_dataset(args.data)
+    if args.set:
+        overrides = dict(parse_setting(text) for text in args.set)
+        for variant in (v for v in VARIANTS if v.name in names):
+            split = make_split(variant.build(base), min_rating=variant.min_rating, method=variant.method)
+            print(f"[generalise] {variant.name} with {overrides}: {describe(split)}", flush=True)
+            run_ours(split, seeds, overrides)
+        return 0
     previous = args.out / f"{RESULTS_NAME}.json"
     kept = json.loads(previous.read_text())["datasets"] if args.merge and previous.is_file() else []
     order = [v.name for v in VARIANTS]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from movierec.trainer.data import Dataset, Ratings
 
@@ -79,3 +80,12 @@ def test_the_verdict_names_the_metric_we_trail_on() -> None:
     text = generalise.verdict(result)
     assert "vs EASE +0.0100 / -0.0100 (behind on ndcg@20" in text
     assert "vs iALS +0.0200 / +0.0300 (ahead" in text
+
+
+def test_a_sweep_setting_takes_the_type_of_the_field() -> None:
+    assert generalise.parse_setting("temperature=0.12") == ("temperature", 0.12)
+    assert generalise.parse_setting("layers=2") == ("layers", 2)
+    assert generalise.parse_setting("refit=false") == ("refit", False)
+    for bad in ("layers", "colour=red", "layers=two", "search_space=x"):
+        with pytest.raises(SystemExit):
+            generalise.parse_setting(bad)
