@@ -27,6 +27,11 @@ every time and the compacted events are all carried forward, so a refresh starts
 (never compounds) and two refreshes over the same events give the same vector. A movie with training
 positives, or not added by ``add-items``, keeps its vector bit for bit. Past :data:`MAX_INTERACTIONS` users
 the vector stops moving: a mean of first raters is a stopgap, and retraining learns the movie from its edges.
+
+``recctl index rebuild`` indexes a newly trained bundle, which lacks the added movies unless it was trained on
+their ratings; :func:`carried_bundle` merges each one it lacks into it, its vector computed in the new model's
+space exactly as here (the new bundle's item tower, or a ridge fitted on the new bundle), its metadata kept and
+recorded again in ``added_items`` (with ``carried_from``), so the catalogue never silently shrinks.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from movierec.bundle import CSR, ItemMetadata, ModelBundle, VersionedStore, read_manifest, read_model_bundle
+from movierec.bundle.manifest import load_json
 from movierec.bundle.model import CSR_NAMES, write_model_bundle
 from movierec.errors import BundleError
 from movierec.index.build import build_index
@@ -125,6 +131,50 @@ def add_items(index_root: Path, movies: NewMovies, *, progress: bool = False) ->
         params = dict(meta.params) if meta.kind == "hnsw" else {}
         version = build_index(stage / "model", index_root, kind=meta.kind, progress=progress, **params)
     return AddedItems(version, len(movies.item_ids), features.source)
+
+
+def carried_bundle(current: Path | None, model_dir: Path, scratch: Path) -> Path:
+    """The bundle ``rebuild`` should index (module docstring; :func:`carried_items` lists what it carried).
+
+    ``model_dir`` itself when the ``current`` version holds no movie added by ``add-items`` that ``model_dir``
+    lacks (a movie it holds was retrained and keeps its trained vector); else a merged copy written under
+    ``scratch``.
+    """
+    if current is None:
+        return model_dir
+    config = load_json(current / MODEL_DIR / "config.json")
+    records = config.get("added_items", []) if isinstance(config, dict) else []
+    if not records:  # the common case: nothing to read beyond the config
+        return model_dir
+    old = read_model_bundle(current / MODEL_DIR, verify=True)
+    new = read_model_bundle(model_dir, verify=True)
+    ids = np.asarray([int(i) for record in records for i in record.get("item_ids", [])], dtype=np.int64)
+    rows = rows_of(old.item_ids, np.unique(ids))
+    rows = rows[rows >= 0]
+    rows = rows[~np.isin(old.item_ids[rows], new.item_ids)]
+    if rows.size == 0:
+        return model_dir
+    movies = NewMovies(
+        item_ids=[int(i) for i in old.item_ids[rows]],
+        titles=[old.items.titles[r] for r in rows.tolist()],
+        years=[old.items.years[r] for r in rows.tolist()],
+        genres=[list(old.items.genres[r]) for r in rows.tolist()],
+    )
+    features = feature_model_for(new, model_dir)
+    vectors = features.vectors(movies.genres, movies.years)
+    merged = merged_bundle(new, movies, vectors, features.source, carried_from=current.name)
+    carried = {name: model_dir / name for name in _carried_files(new)}
+    if features.source == "ridge":  # fitted on the new bundle: stored so later additions use the same regressor
+        carried.update({p.name: p for p in features.write(_fresh(scratch / "features"))})
+    write_model_bundle(merged, scratch / "model", attachments=carried)
+    return scratch / "model"
+
+
+def carried_items(version: Path) -> list[int]:
+    """Ids of the added movies a rebuild carried forward into ``version`` (what ``rebuild`` reports)."""
+    config = load_json(Path(version) / MODEL_DIR / "config.json")
+    records = config.get("added_items", []) if isinstance(config, dict) else []
+    return [int(i) for record in records if "carried_from" in record for i in record.get("item_ids", [])]
 
 
 def refresh_items(index_root: Path, new_events: SeenEvents | None, *, progress: bool = False) -> RefreshedItems:
@@ -249,8 +299,16 @@ def ridge_for(items: ItemMetadata, vectors: npt.NDArray[np.float32], train: CSR)
     return fit_ridge(ItemEncoder.fit(genres, years), genres, years, vectors[trained])
 
 
-def merged_bundle(model: ModelBundle, movies: NewMovies, vectors: npt.NDArray[np.float32], source: str) -> ModelBundle:
-    """``model`` with the new movies merged into its ascending id order; CSR columns renumbered."""
+def merged_bundle(
+    model: ModelBundle,
+    movies: NewMovies,
+    vectors: npt.NDArray[np.float32],
+    source: str,
+    *,
+    carried_from: str | None = None,
+) -> ModelBundle:
+    """``model`` with the new movies merged into its ascending id order; CSR columns renumbered. ``carried_from``
+    names the version a rebuild carried them forward from (recorded with them)."""
     all_ids = np.concatenate([model.item_ids, np.asarray(movies.item_ids, dtype=np.int64)])
     order = np.argsort(all_ids, kind="stable")
     new_row = np.empty_like(order)
@@ -264,7 +322,9 @@ def merged_bundle(model: ModelBundle, movies: NewMovies, vectors: npt.NDArray[np
     genres = [*model.items.genres, *(list(g) for g in movies.genres)]
     rows = order.tolist()
     added = model.config.get("added_items", [])
-    record = {"item_ids": [int(i) for i in movies.item_ids], "vectors_from": source}
+    record: dict[str, Any] = {"item_ids": [int(i) for i in movies.item_ids], "vectors_from": source}
+    if carried_from is not None:
+        record["carried_from"] = carried_from
     return ModelBundle(
         user_vectors=model.user_vectors,
         item_vectors=np.ascontiguousarray(np.concatenate([model.item_vectors, vectors])[order], dtype=np.float32),

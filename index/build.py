@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,21 +226,27 @@ def rebuild_index(
 ) -> Path:
     """Build a new version from the newest model bundle; by default with the current version's kind/params.
 
-    ``new_events`` (the interaction log's events) are compacted into it, see :func:`build_index`.
+    ``new_events`` (the interaction log's events) are compacted into it, see :func:`build_index`. Movies the
+    current version holds from ``add-items`` that the new bundle lacks are carried forward into it
+    (:func:`movierec.index.add_items.carried_bundle`; their ids are then in its config's ``added_items``).
     """
+    from movierec.index.add_items import carried_bundle  # add_items builds through build_index: import late
+
     model_dir = newest_model_bundle(models_root)
     if kind is None:
         kind, hnsw_params = _current_settings(Path(index_root), hnsw_params)
-    return build_index(
-        model_dir,
-        index_root,
-        kind=kind,
-        make_current=make_current,
-        progress=progress,
-        new_events=new_events,
-        ranked_depth=ranked_depth,
-        **hnsw_params,
-    )
+    with tempfile.TemporaryDirectory(prefix="movierec-rebuild-") as scratch:
+        model_dir = carried_bundle(VersionedStore(index_root).current(), model_dir, Path(scratch))
+        return build_index(
+            model_dir,
+            index_root,
+            kind=kind,
+            make_current=make_current,
+            progress=progress,
+            new_events=new_events,
+            ranked_depth=ranked_depth,
+            **hnsw_params,
+        )
 
 
 def _current_settings(index_root: Path, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import grpc
@@ -215,3 +216,106 @@ def test_refresh_items_refused_without_added_movies(
     assert main(["index", "refresh-items", "--index", str(store), "--events", str(tmp_path / "events.sqlite")]) != 0
     assert "no movie added by add-items" in capsys.readouterr().err
     assert VersionedStore(store).versions() == ["v0001"]
+
+
+def _retrained(model: ModelBundle, extra_id: int | None = None) -> ModelBundle:
+    """A "newly trained" bundle: same users and movies, rotated vectors (a different embedding space); with
+    ``extra_id`` it also holds that movie (trained on its ratings), its vector distinct from any feature vector."""
+    rotation = np.linalg.qr(np.random.default_rng(7).standard_normal((DIM, DIM)))[0].astype(np.float32)
+    bundle = dataclass_replace(
+        model,
+        user_vectors=np.ascontiguousarray(model.user_vectors @ rotation),
+        item_vectors=np.ascontiguousarray(model.item_vectors @ rotation),
+    )
+    if extra_id is None:
+        return bundle
+    from movierec.index.add_items import NewMovies, merged_bundle
+
+    movie = NewMovies([extra_id], ["Night Terror"], [2024], [["Horror"]])
+    trained = merged_bundle(bundle, movie, np.full((1, DIM), DIM**-0.5, np.float32), "trained")
+    return dataclass_replace(trained, config={"train": {"model": "lightgcn"}})
+
+
+def test_rebuild_carries_added_movies_the_new_bundle_lacks_and_takes_trained_vectors_for_the_rest(
+    tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    movies = write_movies(
+        tmp_path / "movies.dat", [(NEW_ID, "Night Terror (2024)", "Horror"), (MIDDLE_ID, "Slapstick (1999)", "Comedy")]
+    )
+    assert main(["index", "add-items", "--index", str(store), "--movies", str(movies)]) == 0
+    added = read_model_bundle(store / "v0002" / "model")
+    write_model_bundle(_retrained(taste_bundle()), tmp_path / "models" / "new")
+    capsys.readouterr()
+    assert main(["index", "rebuild", "--models", str(tmp_path / "models"), "--out", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["carried_items"] == 2
+    assert VersionedStore(store).current_version() == "v0003"
+    index = open_index(store)
+    model = index.model
+    assert model.n_items == added.n_items and model.item_ids.tolist() == added.item_ids.tolist()
+    for item_id in (NEW_ID, MIDDLE_ID):  # metadata intact
+        old_row, row = (int(np.searchsorted(m.item_ids, item_id)) for m in (added, model))
+        assert (model.items.titles[row], model.items.years[row]) == (
+            added.items.titles[old_row],
+            added.items.years[old_row],
+        )
+        assert list(model.items.genres[row]) == list(added.items.genres[old_row])
+    record = model.config["added_items"][-1]
+    assert sorted(record["item_ids"]) == [MIDDLE_ID, NEW_ID]
+    assert record["carried_from"] == "v0002" and record["vectors_from"] == "ridge"
+    # Vectors in the new model's space (the ridge refitted on the new bundle), not the old version's copies.
+    row = int(np.searchsorted(model.item_ids, NEW_ID))
+    assert not np.allclose(model.item_vectors[row], added.item_vectors[row], atol=1e-3)
+    horror_users = [u for u in range(1, N_USERS + 1) if (u - 1) % 4 == 3]
+    for user in horror_users:  # still recommendable: the Horror fans still get it near the top
+        rank = _rank(index, user, NEW_ID)
+        assert rank is not None and rank < 5
+    # A later rebuild without add-items in between carries them again (their record travels).
+    assert main(["index", "rebuild", "--models", str(tmp_path / "models"), "--out", str(store)]) == 0
+    assert "carried forward (not in the new bundle): 2" in capsys.readouterr().out
+    assert open_index(store).model.item_ids.tolist() == added.item_ids.tolist()
+
+    # A bundle retrained with NEW_ID's ratings holds it: its trained vector wins, only MIDDLE_ID is carried.
+    write_model_bundle(_retrained(taste_bundle(), NEW_ID), tmp_path / "models" / "newer")
+    assert main(["index", "rebuild", "--models", str(tmp_path / "models"), "--out", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["carried_items"] == 1
+    model = open_index(store).model
+    row = int(np.searchsorted(model.item_ids, NEW_ID))
+    np.testing.assert_array_equal(model.item_vectors[row], np.full(DIM, DIM**-0.5, np.float32))
+    assert [r["item_ids"] for r in model.config["added_items"]] == [[MIDDLE_ID]]
+
+
+def test_rebuild_without_added_movies_indexes_the_new_bundle_bit_for_bit(
+    tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_model_bundle(_retrained(taste_bundle()), tmp_path / "models" / "new")
+    assert main(["index", "rebuild", "--models", str(tmp_path / "models"), "--out", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["carried_items"] == 0
+    names = ("manifest.json", "item_vectors.npy", "user_vectors.npy", "item_ids.npy", "items.json", "config.json")
+    for name in names:  # the manifest too: its created_at shows the bundle was copied, not rewritten
+        assert (store / "v0002" / "model" / name).read_bytes() == (tmp_path / "models" / "new" / name).read_bytes()
+
+
+def _sage_bundle(directory: Path, seed: int) -> ItemFeatureModel:
+    """A GraphSAGE-like bundle at ``directory``: the taste bundle plus an item tower drawn from ``seed``."""
+    encoder = ItemEncoder.fit([[g] for g in GENRES], [1990, 2000])
+    weight = np.random.default_rng(seed).standard_normal((DIM, encoder.width)).astype(np.float32)
+    tower = ItemFeatureModel(encoder, ItemTower((weight,), (np.zeros(DIM, np.float32),), normalize=True), "graphsage")
+    (directory.parent / f"tower{seed}").mkdir()
+    files = tower.write(directory.parent / f"tower{seed}")
+    write_model_bundle(taste_bundle(), directory, attachments={p.name: p for p in files})
+    return tower
+
+
+def test_rebuild_from_a_graphsage_bundle_carries_added_movies_through_its_own_tower(tmp_path: Path) -> None:
+    _sage_bundle(tmp_path / "sage", seed=1)
+    build_index(tmp_path / "sage", tmp_path / "index")
+    movies = write_movies(tmp_path / "m.dat", [(NEW_ID, "Night Terror (2024)", "Horror")])
+    assert main(["index", "add-items", "--index", str(tmp_path / "index"), "--movies", str(movies)]) == 0
+    (tmp_path / "models").mkdir()
+    retrained = _sage_bundle(tmp_path / "models" / "sage2", seed=2)
+    assert main(["index", "rebuild", "--models", str(tmp_path / "models"), "--out", str(tmp_path / "index")]) == 0
+    model = open_index(tmp_path / "index").model
+    row = int(np.searchsorted(model.item_ids, NEW_ID))
+    np.testing.assert_allclose(model.item_vectors[row], retrained.vectors([["Horror"]], [2024])[0], rtol=1e-6)
+    assert model.config["added_items"][-1]["vectors_from"] == "graphsage"
+    assert "item_tower_w0.npy" in (model.manifest.files if model.manifest else {})  # the tower travels on

@@ -160,7 +160,9 @@ def _rebuild(args: argparse.Namespace) -> int:
             **_hnsw_options(args),
         )
     )
-    status = _report_built(path, args)
+    from movierec.index.add_items import carried_items
+
+    status = _report_built(path, args, carried_items=len(carried_items(path)))
     if args.events is not None:
         _truncate_events(args.events, args.out, quiet=args.json)
     return status
@@ -214,12 +216,13 @@ def _guarded(action: Callable[[], T]) -> T:
         raise MovierecError(str(exc)) from None
 
 
-def _report_built(path: Path, args: argparse.Namespace) -> int:
+def _report_built(path: Path, args: argparse.Namespace, *, carried_items: int | None = None) -> int:
+    """``carried_items`` (rebuild only): movies added by add-items that the new bundle lacked, carried forward."""
     from movierec.index.info import describe_version
 
     info = describe_version(path, current=not args.no_switch, verify=False)
     if args.json:
-        print_json(info.to_json())
+        print_json(info.to_json() | ({} if carried_items is None else {"carried_items": carried_items}))
     else:
         switched = "CURRENT now points at it" if not args.no_switch else "CURRENT unchanged (--no-switch)"
         print(f"built {path} ({info.kind}, {info.n_items} items, dim {info.dim}); {switched}")
@@ -227,6 +230,8 @@ def _report_built(path: Path, args: argparse.Namespace) -> int:
             print(f"ranked prefixes stored: {_ranked_summary(info.ranked_depth, info.ranked_bytes)}")
         if info.events:
             print(f"live events compacted: {info.events} (log offsets through {info.events_through})")
+        if carried_items:
+            print(f"movies added by add-items carried forward (not in the new bundle): {carried_items}")
     return 0
 
 
