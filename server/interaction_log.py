@@ -51,6 +51,7 @@ from movierec.errors import MovierecError
 from movierec.index.events import SeenEvents
 from movierec.server.live_limits import DEFAULT_MAX_ITEMS_PER_CALL as DEFAULT_MAX_ITEMS_PER_CALL
 from movierec.server.live_limits import DEFAULT_MAX_LIVE_ITEMS_PER_USER as DEFAULT_MAX_LIVE_ITEMS_PER_USER
+from movierec.server.live_limits import check_store_settings
 from movierec.server.user_views import UserView, folded_views, forgotten_through, merged_view, views_of
 
 LOG_FILE_NAME = "interactions.sqlite3"
@@ -142,12 +143,11 @@ class InteractionLog:
         max_live_items_per_user: int = DEFAULT_MAX_LIVE_ITEMS_PER_USER,
         request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S,
     ) -> None:
-        if replay_after < 0:
-            raise ValueError("replay_after must be >= 0")
-        if max_items_per_call < 1:
-            raise ValueError("max_items_per_call must be >= 1")
-        if max_live_items_per_user < 1:
-            raise ValueError("max_live_items_per_user must be >= 1")
+        check_store_settings(
+            replay_after=replay_after,
+            max_items_per_call=max_items_per_call,
+            max_live_items_per_user=max_live_items_per_user,
+        )
         if request_id_ttl_s <= 0:
             raise ValueError("request_id_ttl_s must be > 0")
         self.path = Path(path)

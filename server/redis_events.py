@@ -104,6 +104,7 @@ from movierec.server.interaction_log import (
     check_live_cap,
     validated_rows,
 )
+from movierec.server.live_limits import check_store_settings
 from movierec.server.user_views import UserView, folded_views, forgotten_through, views_of
 
 logger = logging.getLogger(__name__)
@@ -281,12 +282,11 @@ class RedisEventStore:
         socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
         follow: bool = True,
     ) -> None:
-        if replay_after < 0:
-            raise ValueError("replay_after must be >= 0")
-        if max_items_per_call < 1:
-            raise ValueError("max_items_per_call must be >= 1")
-        if max_live_items_per_user < 1:
-            raise ValueError("max_live_items_per_user must be >= 1")
+        check_store_settings(
+            replay_after=replay_after,
+            max_items_per_call=max_items_per_call,
+            max_live_items_per_user=max_live_items_per_user,
+        )
         if request_id_ttl_s < 0.001:
             raise ValueError("request_id_ttl_s must be at least 0.001 (one millisecond)")
         if not namespace or any(c in namespace for c in "{}"):
