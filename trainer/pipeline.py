@@ -11,10 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from movierec.bundle import ModelBundle, write_model_bundle
+import numpy as np
+import numpy.typing as npt
+
+from movierec.bundle import ItemMetadata, ModelBundle, write_model_bundle
 from movierec.errors import BundleError
 from movierec.trainer.config import TrainConfig
-from movierec.trainer.data import item_metadata, load_dataset
+from movierec.trainer.data import Dataset, item_metadata, load_dataset
 from movierec.trainer.data.split import Split, make_split
 from movierec.trainer.evaluate import evaluate_vectors
 from movierec.trainer.plot import plot_training_curve
@@ -47,6 +50,44 @@ def protocol_summary(split: Split) -> dict[str, Any]:
         "ranking": "full ranking over all items, each user's training items masked",
         "users": "users with >= 1 test item",
     }
+
+
+def trained_bundle(
+    user_vectors: npt.NDArray[np.float32],
+    item_vectors: npt.NDArray[np.float32],
+    dataset: Dataset,
+    split: Split,
+    items: ItemMetadata,
+    min_rating: float,
+    *,
+    train_config: dict[str, Any],
+    extra_config: dict[str, Any],
+    metrics: dict[str, Any],
+) -> ModelBundle:
+    """The bundle every trainer writes: its vectors with the split's ids, seen sets and protocol and the dataset's
+    identity, so LightGCN and GraphSAGE bundles serve, evaluate and rebuild alike.
+
+    ``extra_config`` is the model's own part of the config, stored after the shared keys.
+    """
+    return ModelBundle(
+        user_vectors=user_vectors,
+        item_vectors=item_vectors,
+        user_ids=split.user_ids,
+        item_ids=split.item_ids,
+        items=items,
+        seen=split.seen,
+        train=split.train,
+        valid=split.valid,
+        test=split.test,
+        config={
+            "train": train_config,
+            "data": {"path": str(dataset.path), "format": dataset.format, "min_rating": min_rating},
+            "protocol": protocol_summary(split),
+            **extra_config,
+        },
+        metrics=metrics,
+        dataset={"name": dataset.name, "sha256": dataset.checksum, "path": str(dataset.path), "min_rating": min_rating},
+    )
 
 
 def train_bundle(
@@ -85,30 +126,19 @@ def train_bundle(
     items = item_metadata(dataset, split.item_ids)
     metrics = test_metrics(result, split, items.genres)
     metrics["training"] = training_summary(result)
-    bundle = ModelBundle(
-        user_vectors=result.user_vectors,
-        item_vectors=result.item_vectors,
-        user_ids=split.user_ids,
-        item_ids=split.item_ids,
-        items=items,
-        seen=split.seen,
-        train=split.train,
-        valid=split.valid,
-        test=split.test,
-        config={
-            "train": (result.config or config).to_json(),  # the search's choice when the search ran
-            "data": {"path": str(dataset.path), "format": dataset.format, "min_rating": min_rating},
-            "protocol": protocol_summary(split),
+    bundle = trained_bundle(
+        result.user_vectors,
+        result.item_vectors,
+        dataset,
+        split,
+        items,
+        min_rating,
+        train_config=(result.config or config).to_json(),  # the search's choice when the search ran
+        extra_config={
             "scale": scale_summary(result),  # what the scale rules chose (movierec.trainer.config.plan_for)
             "workers": coordinator.world,  # training processes (recctl train --workers / torchrun)
         },
         metrics=metrics,
-        dataset={
-            "name": dataset.name,
-            "sha256": dataset.checksum,
-            "path": str(dataset.path),
-            "min_rating": min_rating,
-        },
     )
     with tempfile.TemporaryDirectory(prefix="movierec-train-") as scratch:
         curve = Path(scratch) / CURVE_NAME

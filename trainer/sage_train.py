@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from movierec.bundle import ModelBundle, write_model_bundle
+from movierec.bundle import write_model_bundle
 from movierec.bundle.csr import CSR
 from movierec.errors import BundleError
 from movierec.item_features import ItemFeatureModel
@@ -40,7 +40,7 @@ from movierec.trainer.features import NodeFeatures, node_features
 from movierec.trainer.models.graph import bipartite_edge_index
 from movierec.trainer.models.graphsage import GraphSAGE
 from movierec.trainer.neighbours import NeighbourSampler
-from movierec.trainer.pipeline import CURVE_NAME, SPLIT_SEED, peak_rss_mb, protocol_summary
+from movierec.trainer.pipeline import CURVE_NAME, SPLIT_SEED, peak_rss_mb, protocol_summary, trained_bundle
 from movierec.trainer.plot import plot_training_curve
 from movierec.trainer.sage_config import SageConfig
 from movierec.trainer.train import EpochRecord, progress_bar
@@ -201,24 +201,16 @@ def train_sage_bundle(
         "history": [vars(record) for record in result.history],
     }
     metrics["training"] = training
-    bundle = ModelBundle(
-        user_vectors=result.user_vectors,
-        item_vectors=result.item_vectors,
-        user_ids=split.user_ids,
-        item_ids=split.item_ids,
-        items=items,
-        seen=split.seen,
-        train=split.train,
-        valid=split.valid,
-        test=split.test,
-        config={
-            "train": config.to_json(),
-            "data": {"path": str(dataset.path), "format": dataset.format, "min_rating": min_rating},
-            "protocol": protocol_summary(split),
-            "user_features": list(features.user_columns),
-        },
+    bundle = trained_bundle(
+        result.user_vectors,
+        result.item_vectors,
+        dataset,
+        split,
+        items,
+        min_rating,
+        train_config=config.to_json(),
+        extra_config={"user_features": list(features.user_columns)},
         metrics=metrics,
-        dataset={"name": dataset.name, "sha256": dataset.checksum, "path": str(dataset.path), "min_rating": min_rating},
     )
     with tempfile.TemporaryDirectory(prefix="movierec-sage-") as scratch:
         curve = Path(scratch) / CURVE_NAME
