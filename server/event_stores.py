@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,6 +32,7 @@ from movierec.server.interaction_log import (
     InteractionLogError,
 )
 from movierec.server.live_events import LiveEventStore
+from movierec.server.user_views import EventRatings, EventTimes, ItemIds
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +162,9 @@ class SharedFileLog:
     def record(
         self,
         user_id: int,
-        item_ids: Sequence[int] | npt.NDArray[np.integer],
-        ratings: Sequence[float | None] | None = None,
-        times: Sequence[int] | npt.NDArray[np.integer] | None = None,
+        item_ids: ItemIds,
+        ratings: EventRatings | None = None,
+        times: EventTimes | None = None,
         *,
         request_id: str | None = None,
     ) -> int:

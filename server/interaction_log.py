@@ -40,7 +40,6 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -52,7 +51,16 @@ from movierec.index.events import SeenEvents
 from movierec.server.live_limits import DEFAULT_MAX_ITEMS_PER_CALL as DEFAULT_MAX_ITEMS_PER_CALL
 from movierec.server.live_limits import DEFAULT_MAX_LIVE_ITEMS_PER_USER as DEFAULT_MAX_LIVE_ITEMS_PER_USER
 from movierec.server.live_limits import check_store_settings
-from movierec.server.user_views import UserView, folded_views, forgotten_through, merged_view, views_of
+from movierec.server.user_views import (
+    EventRatings,
+    EventTimes,
+    ItemIds,
+    UserView,
+    folded_views,
+    forgotten_through,
+    merged_view,
+    views_of,
+)
 
 LOG_FILE_NAME = "interactions.sqlite3"
 """The log's file name beside the index root (plus SQLite's ``-wal``/``-shm`` companions)."""
@@ -209,9 +217,9 @@ class InteractionLog:
     def record(
         self,
         user_id: int,
-        item_ids: Sequence[int] | npt.NDArray[np.integer],
-        ratings: Sequence[float | None] | None = None,
-        times: Sequence[int] | npt.NDArray[np.integer] | None = None,
+        item_ids: ItemIds,
+        ratings: EventRatings | None = None,
+        times: EventTimes | None = None,
         *,
         request_id: str | None = None,
     ) -> int:
@@ -536,9 +544,9 @@ def _create(conn: sqlite3.Connection, tables: dict[str, str]) -> None:
 
 def check_interactions(
     user_id: int,
-    item_ids: Sequence[int] | npt.NDArray[np.integer],
-    ratings: Sequence[float | None] | None,
-    times: Sequence[int] | npt.NDArray[np.integer] | None,
+    item_ids: ItemIds,
+    ratings: EventRatings | None,
+    times: EventTimes | None,
 ) -> None:
     """Raise :class:`InvalidInteractions` for a call no store would take, whatever its per-call limit (which
     the store checks): lets a server report the field at fault before it looks the items up."""
@@ -567,9 +575,9 @@ def check_live_cap(
 
 def validated_rows(
     user_id: int,
-    item_ids: Sequence[int] | npt.NDArray[np.integer],
-    ratings: Sequence[float | None] | None,
-    times: Sequence[int] | npt.NDArray[np.integer] | None,
+    item_ids: ItemIds,
+    ratings: EventRatings | None,
+    times: EventTimes | None,
     max_items: int,
 ) -> list[tuple[int, int, float | None, int, float]]:
     """One call's rows ``(user, item, rating or None, event time, now)``, or InvalidInteractions naming the first
@@ -603,7 +611,7 @@ def validated_rows(
     ]
 
 
-def _int64_list(values: Sequence[int] | npt.NDArray[np.integer], name: str) -> list[int]:
+def _int64_list(values: ItemIds | EventTimes, name: str) -> list[int]:
     """``values`` as Python ints, refusing floats, booleans and anything outside int64."""
     array = np.asarray(values)
     if array.size == 0:

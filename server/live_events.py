@@ -21,7 +21,6 @@ events (:func:`repair_gap`), or the version is refused with the reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +32,7 @@ from movierec.errors import MovierecError
 from movierec.index.events import CompactedEvents, SeenEvents
 from movierec.index.rollback import newest_events_holding, retained_versions, safe_truncation_offset
 from movierec.server.interaction_log import InteractionLog
+from movierec.server.user_views import EventRatings, EventTimes, ItemIds
 
 logger = logging.getLogger(__name__)
 REPAIR_CHUNK = 1000
@@ -54,9 +54,9 @@ class LiveEventStore(Protocol):
     def record(
         self,
         user_id: int,
-        item_ids: Sequence[int] | npt.NDArray[np.integer],
-        ratings: Sequence[float | None] | None = None,
-        times: Sequence[int] | npt.NDArray[np.integer] | None = None,
+        item_ids: ItemIds,
+        ratings: EventRatings | None = None,
+        times: EventTimes | None = None,
         *,
         request_id: str | None = None,
     ) -> int:

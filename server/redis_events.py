@@ -80,7 +80,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
@@ -105,7 +105,15 @@ from movierec.server.interaction_log import (
     validated_rows,
 )
 from movierec.server.live_limits import check_store_settings
-from movierec.server.user_views import UserView, folded_views, forgotten_through, views_of
+from movierec.server.user_views import (
+    EventRatings,
+    EventTimes,
+    ItemIds,
+    UserView,
+    folded_views,
+    forgotten_through,
+    views_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -355,9 +363,9 @@ class RedisEventStore:
     def record(
         self,
         user_id: int,
-        item_ids: Sequence[int] | npt.NDArray[np.integer],
-        ratings: Sequence[float | None] | None = None,
-        times: Sequence[int] | npt.NDArray[np.integer] | None = None,
+        item_ids: ItemIds,
+        ratings: EventRatings | None = None,
+        times: EventTimes | None = None,
         *,
         request_id: str | None = None,
     ) -> int:

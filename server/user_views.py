@@ -13,10 +13,19 @@ changes nothing, and all stores answer alike for the same events.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+
+ItemIds: TypeAlias = Sequence[int] | npt.NDArray[np.integer]
+"""One call's item ids, as every store's ``record`` takes them (a list from gRPC, an array from a rebuild)."""
+EventRatings: TypeAlias = Sequence[float | None]
+"""One rating per item id, None for an event without one."""
+EventTimes: TypeAlias = Sequence[int] | npt.NDArray[np.integer]
+"""One unix time (seconds) per item id."""
 
 
 @dataclass(frozen=True)
