@@ -8,12 +8,13 @@ exactly like an outside client; ``stop`` always tears it down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -26,6 +27,7 @@ from movierec.server.app import RecommenderServer, ServerConfig, load_index
 T = TypeVar("T")
 RECCTL = str(Path(sys.executable).with_name("recctl"))
 STARTUP_TIMEOUT = 60.0
+LOAD_TIMEOUT = 30.0
 
 
 def make_index(root: Path, **bundle_shape: int) -> Path:
@@ -67,6 +69,17 @@ class ServerThread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             self._loop.close()
+
+
+@contextlib.contextmanager
+def serving(config: ServerConfig, **server_options: Any) -> Iterator[ServerThread]:
+    """A :class:`ServerThread` whose index has loaded, stopped on the way out (also when loading fails)."""
+    thread = ServerThread(config, **server_options)
+    try:
+        thread.start_loading().result(LOAD_TIMEOUT)
+        yield thread
+    finally:
+        thread.stop()
 
 
 async def _create(

@@ -19,7 +19,7 @@ import pytest
 from bundle_factory import make_model_bundle, user_id_of_row
 from bundle_tamper import read_json, reseal_version, rewrite_array, write_json
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_harness import ServerThread
+from server_harness import ServerThread, serving
 
 from movierec.bundle import VersionedStore
 from movierec.errors import BundleError
@@ -166,12 +166,8 @@ def test_each_kind_of_damage_is_a_one_line_bundle_error_and_the_old_version_stay
 
 @pytest.fixture()
 def server(store: Path) -> Iterator[ServerThread]:
-    thread = ServerThread(ServerConfig(index_path=store, poll_seconds=POLL_SECONDS))
-    try:
-        thread.start_loading().result(30)
+    with serving(ServerConfig(index_path=store, poll_seconds=POLL_SECONDS)) as thread:
         yield thread
-    finally:
-        thread.stop()
 
 
 def _wait_for(condition: Callable[[], bool], what: str) -> None:

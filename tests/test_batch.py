@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from bundle_factory import item_id_of_row, user_id_of_row
-from server_harness import RECCTL, ServerThread, make_index
+from server_harness import RECCTL, ServerThread, make_index, serving
 
 from movierec.clients.client import (
     InvalidArgumentError,
@@ -36,12 +36,8 @@ UNKNOWN_USER = 2  # the factory gives users odd ids
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     root = make_index(tmp_path_factory.mktemp("batch"), n_users=N_USERS, n_items=N_ITEMS, dim=8, seen_per_user=10)
     config = ServerConfig(root, limits=Limits(max_k=MAX_K, max_exclude_item_ids=20), max_batch_size=MAX_BATCH)
-    running = ServerThread(config)
-    try:
-        running.start_loading().result(30)
+    with serving(config) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

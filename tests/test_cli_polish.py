@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from bundle_factory import item_id_of_row, make_bundle, user_id_of_row
-from server_harness import ServerThread
+from server_harness import ServerThread, serving
 
 from movierec.bundle import write_model_bundle
 from movierec.clients.cli import main as cli
@@ -33,12 +33,8 @@ def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(index_root: Path) -> Iterator[ServerThread]:
-    running = ServerThread(ServerConfig(index_root, poll_seconds=0))
-    try:
-        running.start_loading().result(30)
+    with serving(ServerConfig(index_root, poll_seconds=0)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

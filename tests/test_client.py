@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from bundle_factory import item_id_of_row, user_id_of_row
-from server_harness import ServerThread, make_index
+from server_harness import ServerThread, make_index, serving
 
 from movierec.clients import (
     InvalidArgumentError,
@@ -41,12 +41,8 @@ def index(index_root: Path) -> ServingIndex:
 
 @pytest.fixture(scope="module")
 def server(index_root: Path) -> Iterator[ServerThread]:
-    running = ServerThread(ServerConfig(index_root, limits=Limits(max_k=MAX_K, max_exclude_item_ids=5)))
-    try:
-        running.start_loading().result(30)
+    with serving(ServerConfig(index_root, limits=Limits(max_k=MAX_K, max_exclude_item_ids=5))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from bundle_factory import item_id_of_row, user_id_of_row
-from server_harness import ServerThread, make_index
+from server_harness import ServerThread, make_index, serving
 
 from movierec.clients import InvalidArgumentError, ItemFilter, NotFoundError, RecommenderClient, StreamQuery
 from movierec.clients.cli.main import main
@@ -26,12 +26,8 @@ def index_root(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def server(index_root: Path) -> Iterator[ServerThread]:
-    running = ServerThread(ServerConfig(index_root, poll_seconds=0))
-    try:
-        running.start_loading().result(30)
+    with serving(ServerConfig(index_root, poll_seconds=0)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import pytest
 from bundle_factory import GENRES, item_id_of_row, make_bundle, user_id_of_row
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import ServerThread
+from server_harness import ServerThread, serving
 
 from movierec.bundle import write_model_bundle
 from movierec.clients import RecommenderClient, RecommenderError, StreamQuery
@@ -192,12 +192,8 @@ def test_the_engine_groups_by_diversity_and_refuses_a_bad_one(index: ServingInde
 
 @pytest.fixture(scope="module")
 def server(index: ServingIndex) -> Iterator[ServerThread]:
-    running = ServerThread(ServerConfig(index.path.parent, limits=Limits(max_k=50)))
-    try:
-        running.start_loading().result(30)
+    with serving(ServerConfig(index.path.parent, limits=Limits(max_k=50))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_over_grpc_unary_stream_batch_and_recctl(

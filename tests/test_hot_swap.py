@@ -14,7 +14,7 @@ import grpc
 import pytest
 from bundle_factory import make_model_bundle, user_id_of_row
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_harness import ServeProcess, ServerThread
+from server_harness import ServeProcess, ServerThread, serving
 
 from movierec.bundle import VersionedStore
 from movierec.index import ServingIndex, build_index, open_index, prune_versions
@@ -40,12 +40,8 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def server(store: Path) -> Iterator[ServerThread]:
-    thread = ServerThread(ServerConfig(index_path=store, poll_seconds=POLL_SECONDS))
-    try:
-        thread.start_loading().result(30)
+    with serving(ServerConfig(index_path=store, poll_seconds=POLL_SECONDS)) as thread:
         yield thread
-    finally:
-        thread.stop()
 
 
 def _wait_for(condition: object, what: str) -> None:

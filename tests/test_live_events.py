@@ -13,7 +13,7 @@ import pytest
 from bundle_factory import item_id_of_row, make_model_bundle, user_id_of_row
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from server_harness import ServeProcess, ServerThread
+from server_harness import ServeProcess, ServerThread, serving
 
 from movierec.index import build_index, open_index, prune_versions
 from movierec.index.fold_in import FoldIn
@@ -37,12 +37,8 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def server(store: Path) -> Iterator[ServerThread]:
-    thread = ServerThread(ServerConfig(index_path=store, poll_seconds=0.02))
-    try:
-        thread.start_loading().result(30)
+    with serving(ServerConfig(index_path=store, poll_seconds=0.02)) as thread:
         yield thread
-    finally:
-        thread.stop()
 
 
 @pytest.fixture()

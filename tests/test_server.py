@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from server_harness import ServerThread, make_index
+from server_harness import ServerThread, make_index, serving
 
 from movierec.index import ServingIndex, open_index
 from movierec.server.app import ServerConfig, load_index
@@ -48,12 +48,8 @@ def index(index_root: Path) -> ServingIndex:
 @pytest.fixture(scope="module")
 def server(index_root: Path) -> Iterator[ServerThread]:
     config = ServerConfig(index_root, limits=Limits(max_k=MAX_K, max_exclude_item_ids=MAX_EXCLUDE), max_stream_batch=8)
-    running = ServerThread(config)
-    try:
-        running.start_loading().result(30)
+    with serving(config) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from bundle_factory import user_id_of_row
-from server_harness import ServerThread, make_index
+from server_harness import make_index, serving
 
 from movierec.index import ItemFilter, ServingIndex, open_index
 from movierec.server.app import ServerConfig
@@ -30,13 +30,11 @@ def index(index_root: Path) -> ServingIndex:
 
 @pytest.fixture(scope="module")
 def stub(index_root: Path) -> Iterator[pb_grpc.RecommenderServiceStub]:
-    server = ServerThread(ServerConfig(index_path=index_root, poll_seconds=0))
-    try:
-        server.start_loading().result(30)
-        with grpc.insecure_channel(server.target) as channel:
-            yield pb_grpc.RecommenderServiceStub(channel)
-    finally:
-        server.stop()
+    with (
+        serving(ServerConfig(index_path=index_root, poll_seconds=0)) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        yield pb_grpc.RecommenderServiceStub(channel)
 
 
 def test_filtered_answers_equal_the_index_reference(index: ServingIndex, stub: pb_grpc.RecommenderServiceStub) -> None:
