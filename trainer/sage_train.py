@@ -187,7 +187,9 @@ def train_sage_bundle(
     items = item_metadata(dataset, split.item_ids)
     features = node_features(dataset, items, split.user_ids)
     result = train_sage(split, features, config, progress=progress)
-    metrics: dict[str, Any] = dict(evaluate_vectors(result.user_vectors, result.item_vectors, split.train, split.test))
+    metrics: dict[str, Any] = dict(
+        evaluate_vectors(result.user_vectors, result.item_vectors, split.train, split.test, item_genres=items.genres)
+    )
     metrics["protocol"] = protocol_summary(split)
     training = {
         "best_epoch": result.best_epoch,
