@@ -42,7 +42,11 @@ plain grpcio sync channel, requests pre-serialised once, answers taken as
 bytes and never parsed, the stream fed by a generator thread and read by the
 main thread): a second opinion built differently, whose client CPU column says
 whether it had headroom. Both are run against the floors and the shipped
-server in the same round and reported side by side.
+server in the same round and reported side by side. The independent one
+measures its four servers (all up at once) in alternating slices, the order
+rotated each slice (:func:`measure_raw_paired`): on a shared machine a
+server measured alone, seconds after another, sees different background
+load, and single 1-second measurements then differ by 4x between rounds.
 
 Before the rounds, the work our server adds to the floor is timed in process
 (no gRPC): answering one request, the index search inside it (from the prefix
@@ -115,6 +119,9 @@ SERVICE = "movierec.v1.RecommenderService"
 RECOMMEND_STREAM = f"/{SERVICE}/RecommendStream"
 K = 10
 STREAM_IN_FLIGHT = 64
+# The independent generator measures the floors and ours in alternating slices (order rotated each slice), all
+# servers up at once, so a change in background load hits every server alike instead of whichever came last.
+RAW_SLICES = 4
 EXCLUSION_LEVELS = (0, 100, 2000)
 # HTTP/JSON scenarios on the shipped server -> the client library that sends them; ratios use the first.
 HTTP_SCENARIOS = {"http-stdlib": "stdlib", "http-httpx": "httpx"}
@@ -510,14 +517,7 @@ def measure_raw_unary(target: str, payloads: Sequence[bytes], seconds: float, cp
                 errors += 1
             latencies.append(time.perf_counter_ns() - now)
         usage = cpu.stop(len(latencies))
-    millis = np.asarray(latencies, dtype=np.float64) / 1e6
-    return {
-        "calls": len(latencies),
-        "errors": errors,
-        "p50_ms": float(np.percentile(millis, 50)),
-        "p99_ms": float(np.percentile(millis, 99)),
-        **usage,
-    }
+    return {"calls": len(latencies), "errors": errors, "latencies_ns": latencies, **usage}
 
 
 def measure_raw_stream(target: str, payloads: Sequence[bytes], seconds: float, cpu: CpuWindow) -> dict[str, Any]:
@@ -556,7 +556,53 @@ def measure_raw_stream(target: str, payloads: Sequence[bytes], seconds: float, c
             stop.set()
             responses.cancel()  # type: ignore[no-untyped-call]
         usage = cpu.stop(received - counted)
-    return {"messages": received - counted, "errors": errors, **usage}
+    return {"calls": received - counted, "errors": errors, **usage}
+
+
+def combined_slices(slices: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One measurement from its slices: rates and CPU over the summed wall time, latency percentiles over every
+    call of every slice."""
+    calls = sum(int(s["calls"]) for s in slices)
+    wall = sum(s["calls"] / s["per_second"] for s in slices if s["per_second"] > 0)
+    result: dict[str, Any] = {
+        "calls": calls,
+        "errors": sum(int(s["errors"]) for s in slices),
+        "per_second": calls / wall,
+        "client_cpu": sum(s["client_cpu"] * s["calls"] / s["per_second"] for s in slices) / wall,
+        "server_cpu": sum(s["server_cpu"] * s["calls"] / s["per_second"] for s in slices) / wall,
+        "server_cpu_us_per_call": sum(s["server_cpu_us_per_call"] * s["calls"] for s in slices) / max(calls, 1),
+    }
+    if "latencies_ns" in slices[0]:
+        millis = np.concatenate([np.asarray(s["latencies_ns"], dtype=np.float64) for s in slices]) / 1e6
+        result["p50_ms"] = float(np.percentile(millis, 50))
+        result["p99_ms"] = float(np.percentile(millis, 99))
+    return result
+
+
+def measure_raw_paired(
+    servers: dict[str, tuple[str, int]], index_dir: Path, seconds: float
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The independent generator's scenarios against every server in ``servers`` (kind -> target, pid), in
+    RAW_SLICES alternating slices of ``seconds / RAW_SLICES`` each, the order rotated every slice."""
+    index = open_index(index_dir, verify=False)
+    workload = Workload(index.model.user_ids[:512].tolist(), index.model.item_ids.tolist())
+    payloads = {
+        "raw-unary": [r.SerializeToString() for r in workload.unary_requests(0)],
+        "raw-stream": [r.SerializeToString() for r in workload.stream_requests()],
+    }
+    measure = {"raw-unary": measure_raw_unary, "raw-stream": measure_raw_stream}
+    kinds = list(servers)
+    results: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in kinds}
+    for scenario in RAW_SCENARIOS:
+        slices: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        for slice_number in range(RAW_SLICES):
+            for kind in kinds[slice_number % len(kinds) :] + kinds[: slice_number % len(kinds)]:
+                target, pid = servers[kind]
+                one = measure[scenario](target, payloads[scenario], seconds / RAW_SLICES, CpuWindow(pid))
+                slices[kind].append(one)
+        for kind in kinds:
+            results[kind][scenario] = combined_slices(slices[kind])
+    return results
 
 
 def run_client(
@@ -575,12 +621,6 @@ def run_client(
             results[scenario] = asyncio.run(
                 measure_stream(target, workload.stream_requests(), seconds, CpuWindow(server_pid))
             )
-        elif scenario == "raw-unary":
-            payloads = [r.SerializeToString() for r in workload.unary_requests(0)]
-            results[scenario] = measure_raw_unary(target, payloads, seconds, CpuWindow(server_pid))
-        elif scenario == "raw-stream":
-            payloads = [r.SerializeToString() for r in workload.stream_requests()]
-            results[scenario] = measure_raw_stream(target, payloads, seconds, CpuWindow(server_pid))
         elif scenario in HTTP_SCENARIOS:
             assert http_target is not None, "the server announced no HTTP port"
             requests = workload.unary_requests(0)
@@ -696,6 +736,18 @@ def client_process(server: ServerProcess, index_dir: Path, scenarios: list[str],
     return dict(json.loads(out.stdout))
 
 
+def paired_client_process(
+    servers: dict[str, ServerProcess], index_dir: Path, seconds: float
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The independent load generator, in a process of its own, against every server in ``servers`` at once."""
+    pairs = ",".join(f"{kind}={server.target}={server.process.pid}" for kind, server in servers.items())
+    command = [sys.executable, __file__, "--role", "paired-client", "--paired", pairs, "--index", str(index_dir)]
+    command += ["--seconds", str(seconds)]
+    timeout = 60 + 4 * seconds * len(servers) * len(RAW_SCENARIOS)
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=timeout)
+    return dict(json.loads(out.stdout))
+
+
 def scenarios_for(kind: str) -> list[str]:
     if kind == SHIPPED:
         return [f"unary-{n}" for n in EXCLUSION_LEVELS] + ["stream"]
@@ -705,19 +757,28 @@ def scenarios_for(kind: str) -> list[str]:
 def run_rounds(index_dir: Path, rounds: int, seconds: float) -> dict[str, dict[str, list[dict[str, Any]]]]:
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {} for kind in SERVER_KINDS}
     for round_number in range(1, rounds + 1):
-        for kind in SERVER_KINDS:
-            print(f"round {round_number}/{rounds}: {kind}", file=sys.stderr, flush=True)
-            server = ServerProcess(kind, index_dir)
-            try:
-                for scenario, result in client_process(server, index_dir, scenarios_for(kind), seconds).items():
+        kept: dict[str, ServerProcess] = {}  # the independent generator's servers, up until the round ends
+        try:
+            for kind in SERVER_KINDS:
+                print(f"round {round_number}/{rounds}: {kind}", file=sys.stderr, flush=True)
+                server = ServerProcess(kind, index_dir)
+                if kind in RAW_KINDS:
+                    kept[kind] = server
+                try:
+                    for scenario, result in client_process(server, index_dir, scenarios_for(kind), seconds).items():
+                        raw[kind].setdefault(scenario, []).append(result)
+                    if kind == SHIPPED:  # a load generator of its own (see http_section)
+                        for scenario, result in client_process(server, index_dir, [*HTTP_SCENARIOS], seconds).items():
+                            raw[kind].setdefault(scenario, []).append(result)
+                finally:
+                    if kind not in RAW_KINDS:
+                        server.stop()
+            print(f"round {round_number}/{rounds}: independent load generator", file=sys.stderr, flush=True)
+            for kind, scenarios in paired_client_process(kept, index_dir, seconds).items():
+                for scenario, result in scenarios.items():
                     raw[kind].setdefault(scenario, []).append(result)
-                if kind in RAW_KINDS:  # the independent load generator, in a process of its own
-                    for scenario, result in client_process(server, index_dir, [*RAW_SCENARIOS], seconds).items():
-                        raw[kind].setdefault(scenario, []).append(result)
-                if kind == SHIPPED:  # a load generator of its own (see http_section)
-                    for scenario, result in client_process(server, index_dir, [*HTTP_SCENARIOS], seconds).items():
-                        raw[kind].setdefault(scenario, []).append(result)
-            finally:
+        finally:
+            for server in kept.values():
                 server.stop()
     return raw
 
@@ -935,7 +996,9 @@ def generators_section(summary: dict[str, Any], meta: dict[str, Any]) -> list[st
         "",
         "This script's load generator parses every answer (grpcio blocking stub for unary, a `grpc.aio` stream); "
         "the independent one (own process, plain grpcio sync channel) sends pre-serialised requests and takes "
-        "answers as bytes, never parsed (its client CPU column says whether it had headroom). Floors: echo-sync "
+        "answers as bytes, never parsed (its client CPU column says whether it had headroom), and measures the "
+        f"four servers, all up, in {RAW_SLICES} alternating slices each, the order rotated every slice, so that "
+        "background load hits them alike. Floors: echo-sync "
         f"and echo-aio answer with a real {K}-item response ({meta['response_bytes']} bytes, as ours), "
         f"echo-aio-empty with the request id alone ({meta['empty_response_bytes']} bytes). Rates are medians over "
         "rounds; shares are medians of per-round ratios (ours / floor).",
@@ -1063,8 +1126,9 @@ def load_generator_note(summary: dict[str, Any]) -> str:
         else ", so it was never saturated"
     )
     return (
-        f"Load generator: one process per measurement; its CPU use peaked at {summary['max_client_cpu']:.0%} of "
-        f"one core{saturation}. Against the no-op servers it reached up to "
+        "Load generators: one process per server and round (the independent one: one per round); their CPU use "
+        f"peaked at {summary['max_client_cpu']:.0%} of "
+        f"one core{saturation}. Against the no-op servers this script's reached up to "
         f"{best['unary-0']:,.0f} calls/s and {best['stream']:,.0f} msg/s, {verdict}. With fewer free cores than "
         "busy processes, client and server also compete for CPU, which slows every row alike."
     )
@@ -1088,7 +1152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per scenario (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--role", choices=("main", "server", "client"), default="main", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--role", choices=("main", "server", "client", "paired-client"), default="main", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--paired", help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=SERVER_KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--http-target", help=argparse.SUPPRESS)
@@ -1101,6 +1168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_sync_server(args.kind, args.index)
         else:
             asyncio.run(run_aio_server(args.kind, args.index))
+        return 0
+    if args.role == "paired-client":
+        servers = {}
+        for pair in args.paired.split(","):
+            kind, target, pid = pair.split("=")
+            servers[kind] = (target, int(pid))
+        print(json.dumps(measure_raw_paired(servers, args.index, args.seconds)))
         return 0
     if args.role == "client":
         scenarios = args.scenarios.split(",")
