@@ -493,11 +493,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise InteractionLogError(f"cannot open the interaction log ({exc})", path=path) from None
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise InteractionLogError(f"SQLite refused WAL mode (got {mode!r})", path=path)
-        conn.execute("PRAGMA synchronous=FULL")
-        _ensure_schema(conn, path)
+        _set_up(conn, path)
     except sqlite3.Error as exc:
         conn.close()
         raise InteractionLogError(f"not a readable interaction log ({exc})", path=path) from None
@@ -505,6 +501,31 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _set_up(conn: sqlite3.Connection, path: Path) -> None:
+    """WAL mode, fsync on commit and the schema, retried while another process holds the lock.
+
+    Worker processes open one log at the same moment. Switching a new file to
+    WAL takes a lock that SQLite's busy handler does not wait for (the pragma
+    fails at once with "database is locked"), so the set-up itself waits and
+    retries, within the same budget as every other locked statement.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise InteractionLogError(f"SQLite refused WAL mode (got {mode!r})", path=path)
+            conn.execute("PRAGMA synchronous=FULL")
+            _ensure_schema(conn, path)
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:

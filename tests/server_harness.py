@@ -14,6 +14,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -103,7 +104,8 @@ class ServeProcess:
         )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         assert self.process.stdout is not None
-        threading.Thread(target=self._pump, args=(self.process.stdout,), daemon=True).start()
+        self._pumping = threading.Thread(target=self._pump, args=(self.process.stdout,), daemon=True)
+        self._pumping.start()
 
     def _pump(self, stream: IO[str]) -> None:
         for line in stream:
@@ -120,7 +122,21 @@ class ServeProcess:
     def wait_serving(self) -> dict[str, dict[str, Any]]:
         """Read lifecycle events up to "serving"; returns them by kind ("listening" carries the port)."""
         events: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         while "serving" not in events:
-            event = self.next_event()
+            try:
+                event = self.events.get(timeout=0.2)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    self._pumping.join(5)  # every line it printed is queued once its stdout is drained
+                    if self.events.empty():
+                        raise AssertionError(self._exited_before_serving()) from None
+                elif time.monotonic() > deadline:
+                    raise
+                continue
             events[event["event"]] = event
         return events
+
+    def _exited_before_serving(self) -> str:
+        stderr = self.process.stderr.read() if self.process.stderr is not None else ""
+        return f"recctl serve exited with code {self.process.returncode} before serving: {stderr[-2000:]}"

@@ -457,3 +457,31 @@ def test_a_truncation_by_another_process_is_forgotten_here_and_frees_the_per_use
         second.record(1, [40, 50, 60])  # room again: the cap counts only what the file still holds
         third.refresh()
         assert third.extra_seen(1).tolist() == [40, 50, 60]
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from movierec.server.interaction_log import InteractionLog
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+with InteractionLog(Path(sys.argv[1])):
+    pass
+"""
+
+
+def test_processes_opening_a_new_log_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    """Worker processes open one new log together: switching it to WAL must wait for the lock, not fail."""
+    for attempt in range(5):
+        path = tmp_path / f"log{attempt}.sqlite3"
+        start = time.time() + 1.0
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AT_ONCE, str(path), str(start)], stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(6)
+        ]
+        for child in children:
+            _, stderr = child.communicate(timeout=60)
+            assert child.returncode == 0, stderr
