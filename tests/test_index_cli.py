@@ -11,22 +11,8 @@ import pytest
 from bundle_factory import make_bundle, make_model_bundle
 
 from movierec.bundle import VersionedStore, write_model_bundle
-from movierec.clients.cli import main as cli
 
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def recctl(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run ``recctl`` with only the index commands registered (the others belong to other layers)."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("movierec.clients.cli.index_cmd",))
-
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        code = cli.main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture

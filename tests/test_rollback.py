@@ -15,7 +15,6 @@ from bundle_factory import item_id_of_row, make_model_bundle, user_id_of_row
 from server_harness import ServerThread
 
 from movierec.bundle import VersionedStore
-from movierec.clients.cli import main as cli
 from movierec.errors import BundleError
 from movierec.index import build_index, prune_versions
 from movierec.index.events import EVENT_USERS_FILE
@@ -30,19 +29,6 @@ USER = user_id_of_row(0)  # user id 1
 NEW_USER = 2  # the factory's user ids are odd: a user the model never saw
 N_ITEMS = 40
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def recctl(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    """``recctl`` through its real entry point, with the index commands registered."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("movierec.clients.cli.index_cmd",))
-
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        code = cli.main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture
