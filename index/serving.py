@@ -193,6 +193,12 @@ class ServingIndex:
         the model cannot recommend is a no-op). Takes a protobuf repeated field as it is."""
         return self._items.known_rows(item_ids)
 
+    def unknown_item_ids(self, item_ids: Sequence[int] | npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
+        """The ``item_ids`` not in the catalogue, in the given order (the same id lookup as :meth:`item_rows`)."""
+        ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+        unknown: npt.NDArray[np.int64] = ids[self._items.rows(ids) < 0]
+        return unknown
+
     def catalog(self) -> list[CatalogItem]:
         """Every item's display data (id, title, genres, year), by item row."""
         items = self.model.items

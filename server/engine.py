@@ -29,7 +29,6 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from movierec.index import FilterError, ItemFilter, Recommendation, ServingIndex
 from movierec.index.diversify import check_diversity
-from movierec.index.events import rows_of
 from movierec.server.admission import count_error, size_error
 from movierec.server.errors import RequestError, invalid_argument, not_found
 from movierec.server.limits import Limits
@@ -205,8 +204,7 @@ class ServingEngine:
         """INVALID_ARGUMENT naming a few of ``item_ids`` the served catalogue does not know (O(len) lookups):
         a watched event for a movie no version can recommend is a client's mistake, not something to store."""
         named = 5  # the message names this many of the unknown ids, so it stays short whatever was sent
-        ids = np.array(item_ids, dtype=np.int64).reshape(-1)
-        unknown = ids[rows_of(self.index.item_ids, ids) < 0]
+        unknown = self.index.unknown_item_ids(item_ids)
         if unknown.size:
             shown = ", ".join(str(i) for i in unknown[:named].tolist())
             more = f" and {unknown.size - named} more" if unknown.size > named else ""

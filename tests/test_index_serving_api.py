@@ -44,6 +44,8 @@ def test_item_ids_map_to_rows_in_order_dropping_unknown_ones(
     assert index.item_rows(wanted).tolist() == [0, 7, N_ITEMS - 1, 7]
     assert index.item_rows(np.array(wanted, dtype=np.int64)).tolist() == [0, 7, N_ITEMS - 1, 7]
     assert index.item_rows([]).size == 0
+    assert index.unknown_item_ids(wanted).tolist() == unknown
+    assert index.unknown_item_ids(known).size == 0
 
 
 @pytest.mark.parametrize("dense_table", [True, False], ids=["dense-table", "binary-search"])
