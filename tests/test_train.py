@@ -167,6 +167,27 @@ def test_the_refit_anneals_the_learning_rate_to_zero(monkeypatch: pytest.MonkeyP
     assert rates[-1] < 0.04 * 0.05
 
 
+def test_a_selection_that_fell_below_its_best_is_not_refitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation more than overfit_drop below its best: the best validated parameters are kept, no refit."""
+    from movierec.trainer import train as train_module
+
+    config = resolve_config("fast", search_max_positives=0, dim=8, layers=1, epochs=6, eval_every=2, overfit_drop=0.2)
+    falling = iter([0.5, 0.45, 0.3])  # the last is 40 % below the best: past overfit_drop
+    monkeypatch.setattr(train_module, "evaluate_vectors", lambda *args, **kwargs: {"recall@20": next(falling)})
+    result = train_model(tiny_split(), config, progress=False)
+    assert not result.refitted and result.best_epoch == 2
+    assert result.stop_reason.endswith("no refit: validation fell more than 20% below its best")
+
+
+def test_a_plateau_inside_the_overfit_drop_is_refitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.trainer import train as train_module
+
+    config = resolve_config("fast", search_max_positives=0, dim=8, layers=1, epochs=6, eval_every=2, overfit_drop=0.2)
+    plateau = iter([0.5, 0.45, 0.41])  # 18 % below the best: inside overfit_drop
+    monkeypatch.setattr(train_module, "evaluate_vectors", lambda *args, **kwargs: {"recall@20": next(plateau)})
+    assert train_model(tiny_split(), config, progress=False).refitted
+
+
 def test_only_a_real_gain_restarts_the_patience_count() -> None:
     from movierec.trainer.train import _BestSoFar
 

@@ -26,6 +26,7 @@ def test_ml1m_sized_data_keeps_the_recipe() -> None:
     plan = plan_for(TrainConfig(), 6040, 3706, 414_000)
     assert (plan.dim, plan.batch_users, plan.steps_per_epoch, plan.negatives) == (256, 1024, 6, 0)
     assert plan.users_per_epoch == 6040
+    assert plan.cosine and plan.lr == TrainConfig().lr and "cosine scores" in plan.describe()
 
 
 @pytest.mark.parametrize("users", [100_000, 138_000, 1_000_000])
@@ -37,7 +38,31 @@ def test_large_data_steps_are_bounded_and_the_softmax_sampled(users: int) -> Non
     assert plan.users_per_epoch == min(users, plan.batch_users * plan.steps_per_epoch)
     assert plan.negatives == config.sampled_negatives
     assert plan.dim == config.large_dim
-    assert "sampled softmax" in plan.describe()
+    assert not plan.cosine and plan.lr == config.dot_lr  # past cosine_max_items: dot products at dot_lr
+    assert "sampled softmax" in plan.describe() and "dot-product scores" in plan.describe()
+
+
+def test_the_score_rule_follows_the_catalogue_size_and_never_turns_cosine_on() -> None:
+    config = TrainConfig()
+    assert plan_for(config, 6040, config.cosine_max_items, 400_000).cosine
+    assert not plan_for(config, 6040, config.cosine_max_items + 1, 400_000).cosine
+    dot = plan_for(replace(config, cosine=False), 6040, 100, 400_000)
+    assert not dot.cosine and dot.lr == config.lr  # a dot-product recipe of one's own keeps its rate
+    assert plan_for(replace(config, lr=0.001), 6040, 100_000, 400_000).lr == 0.001  # dot_lr is a ceiling
+
+
+def test_sampled_negatives_mix_uniform_draws_so_every_item_is_drawn() -> None:
+    """With half the draws uniform, the rarest item's probability is at least half of 1/items."""
+    split = tiny_split()
+    config = resolve_config("fast", dim=8, layers=1, search_max_positives=0)
+    model = LightGCN(split.n_users, split.n_items, 8, 1)
+    stepper = _Stepper(config, split.fit, model, normalized_adjacency(split.fit))
+    assert stepper.sampling_p.sum() == pytest.approx(1.0)
+    assert stepper.sampling_p.min() >= 0.5 / split.n_items
+    popular = np.argmax(np.bincount(split.fit.indices, minlength=split.n_items))
+    assert stepper.sampling_p[popular] == stepper.sampling_p.max()
+    alone = _Stepper(replace(config, uniform_negatives_share=0.0), split.fit, model, normalized_adjacency(split.fit))
+    assert alone.sampling_p.min() < stepper.sampling_p.min()
 
 
 def _grown_split(copies: int) -> Split:

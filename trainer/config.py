@@ -89,6 +89,11 @@ class TrainConfig:
     eval_every: int = 2
     # Evaluations without a gain before the selection phase stops (4 x 2 = 8 epochs past the last gain).
     patience: int = 4
+    # When the selection's last validation is more than this fraction below its best, the epochs after the
+    # best overfit (seen on large sparse data: dot-product Recall@20 fell by a third within 20 epochs), so
+    # there is no refit and the best validated parameters are kept. A plateau's noise stays well inside it
+    # (ML-1M's seeds end within 1 % of their best).
+    overfit_drop: float = 0.05
     # A gain is validation Recall@20 above the best so far by more than this fraction of it (0.5 %):
     # past its rise the curve is a noisy plateau, and chasing noise doubled training time for nothing.
     min_gain: float = 0.005
@@ -121,6 +126,19 @@ class TrainConfig:
     # sampled_negatives items shared by the step, drawn by fit popularity, with the logQ correction.
     full_softmax_max_items: int = 8_192
     sampled_negatives: int = 4_096
+    # Catalogues with more items than this are scored by dot products, whatever ``cosine`` says. On 100k
+    # synthetic users x 20k items the cosine model learned slowly (validation Recall@20 0.059 after 240 s, a
+    # third of popularity's) where the dot product passed popularity within 40 s; a full softmax showed the
+    # same two curves, so the sampling is not the cause (benchmarks/results/sweeps.md, section 7).
+    cosine_max_items: int = 8_192
+    # Adam learning rate (at most) for dot-product scores: with lr 3e-2 the dot-product model overfit within a
+    # few epochs there (validation Recall@20 peaked at 0.166 on epoch 4, then fell), with 1e-2 it was still
+    # rising at 0.181 on epoch 12 (sweeps.md, section 7).
+    dot_lr: float = 1e-2
+    # Share of those negatives drawn uniformly over the catalogue, the rest by fit popularity (the logQ
+    # correction uses the mixture). Popularity alone almost never draws a rare item, so nothing ever pushes
+    # a rare item's score down and it can drift to the top of every list.
+    uniform_negatives_share: float = 0.5
     # Fit slices with more positives than this train at min(dim, large_dim): the propagation's cost is
     # edges x dim, and at 5 M ratings dim 256 costs ~10 s a step on 2 cores (dim 64: ~2 s).
     large_positives: int = 2_000_000
@@ -173,14 +191,18 @@ class ScalePlan:
     steps_per_epoch: int
     users_per_epoch: int  # < users: each epoch is a fresh random sample of this many
     negatives: int  # 0: full softmax over every item
+    cosine: bool  # score = cosine of the final embeddings (else their dot product)
+    lr: float  # Adam learning rate (dot products: at most dot_lr)
     valid_users: int  # ceiling on validation users ranked per evaluation
 
     def describe(self) -> str:
         softmax = "full softmax" if self.negatives == 0 else f"sampled softmax ({self.negatives} negatives, logQ)"
+        score = "cosine" if self.cosine else "dot-product"
         sample = "" if self.users_per_epoch >= self.users else f", a sample of {self.users_per_epoch:,} users"
         return (
             f"{self.users:,} users x {self.items:,} items, {self.fit_positives:,} fit positives: dim {self.dim}, "
             f"{self.steps_per_epoch} steps of {self.batch_users:,} per epoch{sample}, {softmax}, "
+            f"{score} scores (lr {self.lr:g}), "
             f"validation on <= {self.valid_users:,} users"
         )
 
@@ -188,16 +210,31 @@ class ScalePlan:
 def plan_for(config: TrainConfig, users: int, items: int, fit_positives: int) -> ScalePlan:
     """Apply the scale rules of ``config`` to the counts of a fit slice (see the fields' comments)."""
     dim = min(config.dim, config.large_dim) if fit_positives > config.large_positives else config.dim
+    cosine = config.cosine and items <= config.cosine_max_items
+    # A rule for the scores it changed: the paper's dot-product recipe keeps its own rate.
+    lr = min(config.lr, config.dot_lr) if config.cosine and not cosine else config.lr
     if config.loss != "softmax":  # the paper's BPR recipe keeps its pairs-per-step epoch (a reference)
         steps = max(1, -(-fit_positives // config.batch_size))
-        return ScalePlan(users, items, fit_positives, dim, config.batch_size, steps, users, 0, config.max_valid_users)
+        return ScalePlan(
+            users, items, fit_positives, dim, config.batch_size, steps, users, 0, cosine, lr, config.max_valid_users
+        )
     batch = config.batch_size
     if users > batch * config.max_steps_per_epoch:
         batch = min(-(-users // config.max_steps_per_epoch), max(config.max_batch_users, config.batch_size))
     steps = max(1, min(-(-users // batch), config.max_steps_per_epoch))
     negatives = config.sampled_negatives if items > config.full_softmax_max_items else 0
     return ScalePlan(
-        users, items, fit_positives, dim, batch, steps, min(users, batch * steps), negatives, config.max_valid_users
+        users,
+        items,
+        fit_positives,
+        dim,
+        batch,
+        steps,
+        min(users, batch * steps),
+        negatives,
+        cosine,
+        lr,
+        config.max_valid_users,
     )
 
 
@@ -247,7 +284,7 @@ def check_config(config: TrainConfig) -> None:
     ):
         if getattr(config, name) <= 0:
             raise MovierecError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(config, name)}")
-    for name in ("lr", "temperature", "init_std", "refit_fraction"):
+    for name in ("lr", "dot_lr", "temperature", "init_std", "refit_fraction"):
         if not getattr(config, name) > 0:
             raise MovierecError(f"{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
     searchable = {f.name for f in fields(TrainConfig)} - {"search_space", "search_max_positives", "preset"}
@@ -259,3 +296,8 @@ def check_config(config: TrainConfig) -> None:
         raise MovierecError(f"layers must be >= 0, got {config.layers}")
     if config.weight_decay < 0 or config.time_budget < 0 or config.min_gain < 0 or config.search_max_positives < 0:
         raise MovierecError("weight-decay, min-gain, time-budget and search-max-positives must not be negative")
+    if config.cosine_max_items < 0:
+        raise MovierecError(f"cosine-max-items must not be negative, got {config.cosine_max_items}")
+    for name in ("uniform_negatives_share", "overfit_drop"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise MovierecError(f"{name.replace('_', '-')} must be between 0 and 1, got {getattr(config, name)}")

@@ -161,9 +161,11 @@ class _Stepper:
         self.plan = plan or plan_for(config, self.users_with_positives.shape[0], positives.n_cols, positives.nnz)
         self.pair_users, pair_items = positives.to_pairs()
         self.pair_items = pair_items.astype(np.int64)
-        # Sampled-softmax negatives are drawn by fit popularity (+1: every item can be drawn); log Q corrects it.
+        # Sampled-softmax negatives: a mixture of fit popularity and uniform over the catalogue (see
+        # TrainConfig.uniform_negatives_share); log Q corrects for it.
         counts = np.bincount(positives.indices, minlength=positives.n_cols).astype(np.float64) + 1.0
-        self.sampling_p = counts / counts.sum()
+        uniform = config.uniform_negatives_share
+        self.sampling_p = (1.0 - uniform) * counts / counts.sum() + uniform / positives.n_cols
         self.log_q = torch.from_numpy(np.log(self.sampling_p).astype(np.float32))
 
     def epoch(self, should_stop: Callable[[], bool]) -> float:
@@ -348,6 +350,12 @@ class _Selection:
     def epochs(self) -> int:
         return self.history[-1].epoch if self.history else 0
 
+    def overfitted(self, drop: float) -> bool:
+        """Whether the last validation fell more than ``drop`` (a fraction) below the best one."""
+        validated = [record.valid_recall for record in self.history if record.valid_recall is not None]
+        best = self.best.recall
+        return bool(validated) and best is not None and validated[-1] < best * (1.0 - drop)
+
 
 def select_on_validation(
     split: Split,
@@ -526,7 +534,7 @@ def train_model(
     """
     check_config(config)
     plan = scale_plan(config, split)
-    config = replace(config, dim=plan.dim)
+    config = replace(config, dim=plan.dim, cosine=plan.cosine, lr=plan.lr)
     clock = _Clock(config.time_budget)
     trials: list[SearchTrial] = []
     chosen: tuple[TrainConfig, GraphRecommender, Tensor, _Selection] | None = None
@@ -549,7 +557,10 @@ def train_model(
     kept_config, model, fit_graph, selection = chosen
     refit: tuple[EpochRecord, ...] | None = None
     stop_reason = selection.stop_reason
-    if kept_config.refit and coordinator.agree(selection.best.recall is not None) and split.valid.nnz:
+    overfitted = coordinator.agree(selection.overfitted(kept_config.overfit_drop))
+    if overfitted:
+        stop_reason += f"; no refit: validation fell more than {kept_config.overfit_drop:.0%} below its best"
+    elif kept_config.refit and coordinator.agree(selection.best.recall is not None) and split.valid.nnz:
         refit = refit_on_train(
             split, kept_config, model, selection, clock, plan, progress=progress, coordinator=coordinator
         )

@@ -92,7 +92,7 @@ def register(commands: Any) -> None:
     train.add_argument(
         "--score",
         choices=("dot", "cosine"),
-        help="score = dot product or cosine of the final embeddings (fast: cosine, paper: dot)",
+        help="score = dot product or cosine of the final embeddings (fast: cosine, dot past 8,192 items; paper: dot)",
     )
     train.add_argument(
         "--refit",
