@@ -35,7 +35,8 @@ training seed; ``--merge`` keeps the datasets of the existing results that
 this run does not repeat. ``--set NAME=VALUE`` (repeatable) is for sweeps
 (``benchmarks/results/sweeps.md``): only ours is trained, with those
 ``TrainConfig`` fields changed, its validation and test scores are printed,
-and the results files are left alone (they describe the defaults).
+and the results files are left alone (they describe the defaults);
+``--ensemble`` adds the score of the seeds' models averaged.
 """
 
 from __future__ import annotations
@@ -176,7 +177,13 @@ def parse_setting(text: str) -> tuple[str, Any]:
         raise SystemExit(f"--set {name}: {value!r} is not a {kind.__name__}") from None
 
 
-def run_ours(split: Split, seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_ours(
+    split: Split,
+    seeds: Sequence[int],
+    overrides: dict[str, Any] | None = None,
+    vectors: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Ours for each seed; each run's served (user, item) vectors are appended to ``vectors`` when given."""
     from movierec.trainer.config import TrainConfig
     from movierec.trainer.train import train_model
 
@@ -184,6 +191,8 @@ def run_ours(split: Split, seeds: Sequence[int], overrides: dict[str, Any] | Non
     for seed in seeds:
         started = time.perf_counter()
         result = train_model(split, replace(TrainConfig(), **(overrides or {}), seed=seed), progress=False)
+        if vectors is not None:
+            vectors.append((result.user_vectors, result.item_vectors))
         metrics = evaluate_vectors(result.user_vectors, result.item_vectors, split.train, split.test)
         runs.append(
             {
@@ -368,6 +377,9 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="a sweep: train only ours with this TrainConfig field changed (repeatable); writes no results",
     )
+    parser.add_argument(
+        "--ensemble", action="store_true", help="with --set: also score the seeds' models averaged (mean score)"
+    )
     args = parser.parse_args()
     if args.data is None:
         raise SystemExit("no --data and no MovieLens-1M copy found")
@@ -384,7 +396,14 @@ def main() -> int:
         for variant in (v for v in VARIANTS if v.name in names):
             split = make_split(variant.build(base), min_rating=variant.min_rating, method=variant.method)
             print(f"[generalise] {variant.name} with {overrides}: {describe(split)}", flush=True)
-            run_ours(split, seeds, overrides)
+            members: list[tuple[np.ndarray, np.ndarray]] = []
+            run_ours(split, seeds, overrides, members if args.ensemble else None)
+            if args.ensemble:
+                # Vectors side by side, scaled by 1/sqrt(n): the score is the members' mean score (mean cosine).
+                scale = 1.0 / np.sqrt(len(members))
+                users, items = (np.hstack([member[part] for member in members]) * scale for part in (0, 1))
+                metrics = evaluate_vectors(users, items, split.train, split.test)
+                print(f"    ensemble of seeds {list(seeds)}: {test_scores(metrics)}", flush=True)
         return 0
     previous = args.out / f"{RESULTS_NAME}.json"
     kept = json.loads(previous.read_text())["datasets"] if args.merge and previous.is_file() else []
