@@ -125,7 +125,10 @@ class TrainConfig:
     # Catalogues up to this many items get the full softmax; larger ones a sampled softmax over
     # sampled_negatives items shared by the step, drawn by fit popularity, with the logQ correction.
     full_softmax_max_items: int = 8_192
-    sampled_negatives: int = 4_096
+    # The step's logits are users x negatives, a cost that grows with the users rather than the edges: at
+    # 100k users 4,096 made the epoch 1.8x linear; 2,048 reached the same validation Recall@20 at a lower
+    # cost (sweeps.md, section 7; scale.md).
+    sampled_negatives: int = 2_048
     # Catalogues with more items than this are scored by dot products, whatever ``cosine`` says. On 100k
     # synthetic users x 20k items the cosine model learned slowly (validation Recall@20 0.059 after 240 s, a
     # third of popularity's) where the dot product passed popularity within 40 s; a full softmax showed the
