@@ -226,7 +226,7 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
     ]
     table: list[tuple[str, Any]] = [
         ("ratings", lambda r: f"{r['ratings']:,}"),
-        ("machine's 1-minute load when the set began", lambda r: f"{r.get('load_before', result['load_before'])}"),
+        ("1-minute load when the row's run began", lambda r: f"{r.get('load_before', result['load_before'])}"),
         ("users x items", lambda r: f"{r['scale']['users']:,} x {r['scale']['items']:,}"),
         ("fit positives", lambda r: f"{r['fit_positives']:,}"),
         (
@@ -320,9 +320,9 @@ def _commands(result: dict[str, Any]) -> str:
 
 
 def _score(scale: dict[str, Any]) -> str:
-    """The score rule's choice (rows from before it existed were all cosine at lr 0.03)."""
+    """The score rule's choice (rows from before the rule existed were trained with cosine scores at lr 0.03)."""
     if "cosine" not in scale:
-        return ""
+        return ", cosine (lr 0.03)"
     return f", {'cosine' if scale['cosine'] else 'dot product'} (lr {scale['lr']:g})"
 
 
@@ -336,6 +336,7 @@ def plot(path: Path, sets: dict[str, dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = list(sets)
     fig, (cost, accuracy) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -351,6 +352,7 @@ def plot(path: Path, sets: dict[str, dict[str, Any]]) -> None:
         cost.loglog(xs, xs * slope, "--", color="gray", label="linear from synth-1m")
         cost.loglog(xs, xs * slope * LINEAR_TARGET, ":", color="gray", label=f"{LINEAR_TARGET}x linear")
         cost.legend(fontsize=8)
+    cost.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # log-axis minor labels overlap
     cost.set_xlabel("fit positives")
     cost.set_ylabel("seconds per training epoch")
     cost.set_title("Cost per epoch against data size")
@@ -401,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         earlier = json.loads(previous.read_text())
         for name, row in earlier["sets"].items():
             row.setdefault("command", earlier["command"])
+            row.setdefault("load_before", earlier["load_before"])
             result["sets"][name] = row
     for name in wanted:
         load = round(os.getloadavg()[0], 2)
