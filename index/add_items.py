@@ -129,7 +129,9 @@ def add_items(index_root: Path, movies: NewMovies, *, progress: bool = False) ->
             carried.update({p.name: p for p in features.write(_fresh(stage / "features"))})
         write_model_bundle(merged, stage / "model", attachments=carried)
         params = dict(meta.params) if meta.kind == "hnsw" else {}
-        version = build_index(stage / "model", index_root, kind=meta.kind, progress=progress, **params)
+        version = build_index(
+            stage / "model", index_root, kind=meta.kind, progress=progress, based_on=current, **params
+        )
     return AddedItems(version, len(movies.item_ids), features.source)
 
 
@@ -206,7 +208,13 @@ def refresh_items(index_root: Path, new_events: SeenEvents | None, *, progress: 
         write_model_bundle(refreshed, Path(scratch) / "model", attachments=carried)
         params = dict(meta.params) if meta.kind == "hnsw" else {}
         version = build_index(
-            Path(scratch) / "model", index_root, kind=meta.kind, progress=progress, new_events=new_events, **params
+            Path(scratch) / "model",
+            index_root,
+            kind=meta.kind,
+            progress=progress,
+            new_events=new_events,
+            based_on=current,
+            **params,
         )
     past_cap = [item for item, n in zip(ids, users, strict=True) if n > MAX_INTERACTIONS]
     return RefreshedItems(version, blended, past_cap)

@@ -51,6 +51,13 @@ def _index_params(kind: str, options: dict[str, Any]) -> HnswParams:
     return HnswParams.from_options(options)
 
 
+class _AnyCurrent:
+    """The default of ``build_index(based_on=...)``: build whatever the current version is."""
+
+
+ANY_CURRENT = _AnyCurrent()
+
+
 def build_index(
     model_dir: Path,
     index_root: Path,
@@ -60,6 +67,7 @@ def build_index(
     progress: bool = False,
     new_events: SeenEvents | None = None,
     ranked_depth: int = DEFAULT_DEPTH,
+    based_on: Path | _AnyCurrent | None = ANY_CURRENT,
     **hnsw_params: Any,
 ) -> Path:
     """Write ``index_root/vNNNN`` from the model bundle at ``model_dir``; return the new version's path.
@@ -75,6 +83,11 @@ def build_index(
     A flat version also stores the first ``ranked_depth`` places of every user's ranking
     (:mod:`movierec.index.ranked`; fewer under its memory cap; 0: none), ranked against the seen sets with
     every compacted event merged in, exactly as a server loading the version sees them.
+
+    ``based_on`` is for callers that made ``model_dir`` from the current version (``add-items``,
+    ``refresh-items``, ``rebuild``'s carried movies): the version they read (None: there was none). If
+    another command moved CURRENT since, nothing is written and a BundleError says so, instead of the new
+    version silently dropping what that command added.
     """
     if ranked_depth < 0:
         raise ValueError(f"ranked_depth must be >= 0, got {ranked_depth}")
@@ -84,6 +97,7 @@ def build_index(
     index_root = Path(index_root)
     with build_lock(index_root):
         store = VersionedStore(index_root)
+        _check_still_current(store, based_on)
         events = _current_events(store)
         if new_events is not None:
             events = events.extended(new_events)
@@ -94,6 +108,20 @@ def build_index(
         if make_current:
             store.set_current(version)
     return final
+
+
+def _check_still_current(store: VersionedStore, based_on: Path | _AnyCurrent | None) -> None:
+    """Refuse a build made from a version that is no longer current (see ``build_index``'s ``based_on``)."""
+    if isinstance(based_on, _AnyCurrent):
+        return
+    current = store.current()
+    read, now = (version.name if version is not None else "none" for version in (based_on, current))
+    if read != now:
+        raise BundleError(
+            f"the current version changed while this command worked (it read {read}, now {now}): "
+            "nothing was written; run it again",
+            path=store.root,
+        )
 
 
 def _current_events(store: VersionedStore) -> CompactedEvents:
@@ -236,7 +264,8 @@ def rebuild_index(
     if kind is None:
         kind, hnsw_params = _current_settings(Path(index_root), hnsw_params)
     with tempfile.TemporaryDirectory(prefix="movierec-rebuild-") as scratch:
-        model_dir = carried_bundle(VersionedStore(index_root).current(), model_dir, Path(scratch))
+        current = VersionedStore(index_root).current()
+        model_dir = carried_bundle(current, model_dir, Path(scratch))
         return build_index(
             model_dir,
             index_root,
@@ -245,6 +274,7 @@ def rebuild_index(
             progress=progress,
             new_events=new_events,
             ranked_depth=ranked_depth,
+            based_on=current,
             **hnsw_params,
         )
 

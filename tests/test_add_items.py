@@ -319,3 +319,60 @@ def test_rebuild_from_a_graphsage_bundle_carries_added_movies_through_its_own_to
     np.testing.assert_allclose(model.item_vectors[row], retrained.vectors([["Horror"]], [2024])[0], rtol=1e-6)
     assert model.config["added_items"][-1]["vectors_from"] == "graphsage"
     assert "item_tower_w0.npy" in (model.manifest.files if model.manifest else {})  # the tower travels on
+
+
+def test_add_items_refuses_when_another_command_moved_current_meanwhile(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A build that lands between add-items reading CURRENT and writing its version: refused, nothing lost."""
+    from movierec.index import add_items as add_items_module
+
+    real_merge = add_items_module.merged_bundle
+
+    def merge_while_another_build_lands(*args: object, **kwargs: object) -> ModelBundle:
+        build_index(tmp_path / "model", store)  # the other command: v0002 becomes CURRENT
+        return real_merge(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(add_items_module, "merged_bundle", merge_while_another_build_lands)
+    movies = write_movies(tmp_path / "movies.dat", [(NEW_ID, "Night Terror (2024)", "Horror")])
+    assert main(["index", "add-items", "--index", str(store), "--movies", str(movies)]) != 0
+    assert "the current version changed while this command worked (it read v0001, now v0002)" in capsys.readouterr().err
+    assert VersionedStore(store).versions() == ["v0001", "v0002"]
+    assert VersionedStore(store).current_version() == "v0002"
+    monkeypatch.setattr(add_items_module, "merged_bundle", real_merge)
+    assert main(["index", "add-items", "--index", str(store), "--movies", str(movies)]) == 0  # run again: it works
+    assert NEW_ID in open_index(store).model.item_ids.tolist()
+
+
+def test_rebuild_refuses_to_drop_movies_added_while_it_worked(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from movierec.index import add_items as add_items_module
+
+    real_carry = add_items_module.carried_bundle
+    movies = write_movies(tmp_path / "movies.dat", [(NEW_ID, "Night Terror (2024)", "Horror")])
+
+    def carry_while_add_items_lands(*args: object, **kwargs: object) -> Path:
+        assert main(["index", "add-items", "--index", str(store), "--movies", str(movies)]) == 0  # v0002
+        return real_carry(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(add_items_module, "carried_bundle", carry_while_add_items_lands)
+    write_model_bundle(_retrained(taste_bundle()), tmp_path / "models" / "new")
+    capsys.readouterr()
+    assert main(["index", "rebuild", "--models", str(tmp_path / "models"), "--out", str(store)]) != 0
+    assert "it read v0001, now v0002" in capsys.readouterr().err
+    assert VersionedStore(store).current_version() == "v0002"
+    assert NEW_ID in open_index(store).model.item_ids.tolist()  # the added movie is still served
+
+
+def test_a_build_based_on_a_stale_version_writes_nothing(tmp_path: Path, store: Path) -> None:
+    from movierec.errors import BundleError
+
+    stale = VersionedStore(store).current()
+    build_index(tmp_path / "model", store)
+    with pytest.raises(BundleError, match="it read v0001, now v0002"):
+        build_index(tmp_path / "model", store, based_on=stale)
+    with pytest.raises(BundleError, match="it read none, now v0002"):
+        build_index(tmp_path / "model", store, based_on=None)
+    assert VersionedStore(store).versions() == ["v0001", "v0002"]
+    assert build_index(tmp_path / "model", store, based_on=VersionedStore(store).current()).name == "v0003"
