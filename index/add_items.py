@@ -130,7 +130,13 @@ def add_items(index_root: Path, movies: NewMovies, *, progress: bool = False) ->
         write_model_bundle(merged, stage / "model", attachments=carried)
         params = dict(meta.params) if meta.kind == "hnsw" else {}
         version = build_index(
-            stage / "model", index_root, kind=meta.kind, progress=progress, based_on=current, **params
+            stage / "model",
+            index_root,
+            kind=meta.kind,
+            progress=progress,
+            based_on=current,
+            source=Path(meta.source_model_path),
+            **params,
         )
     return AddedItems(version, len(movies.item_ids), features.source)
 
@@ -214,6 +220,7 @@ def refresh_items(index_root: Path, new_events: SeenEvents | None, *, progress: 
             progress=progress,
             new_events=new_events,
             based_on=current,
+            source=Path(meta.source_model_path),
             **params,
         )
     past_cap = [item for item, n in zip(ids, users, strict=True) if n > MAX_INTERACTIONS]

@@ -68,6 +68,7 @@ def build_index(
     new_events: SeenEvents | None = None,
     ranked_depth: int = DEFAULT_DEPTH,
     based_on: Path | _AnyCurrent | None = ANY_CURRENT,
+    source: Path | None = None,
     **hnsw_params: Any,
 ) -> Path:
     """Write ``index_root/vNNNN`` from the model bundle at ``model_dir``; return the new version's path.
@@ -87,7 +88,8 @@ def build_index(
     ``based_on`` is for callers that made ``model_dir`` from the current version (``add-items``,
     ``refresh-items``, ``rebuild``'s carried movies): the version they read (None: there was none). If
     another command moved CURRENT since, nothing is written and a BundleError says so, instead of the new
-    version silently dropping what that command added.
+    version silently dropping what that command added. ``source`` is the bundle recorded as the version's
+    ``source_model.path`` (and so the name in its model version) when ``model_dir`` is a staged copy of it.
     """
     if ranked_depth < 0:
         raise ValueError(f"ranked_depth must be >= 0, got {ranked_depth}")
@@ -104,7 +106,7 @@ def build_index(
         version = store.next_version()
         final = store.path(version)
         with staged_directory(final) as stage:
-            _write_version(model_dir, stage, kind, params, events, progress, ranked_depth)
+            _write_version(model_dir, stage, kind, params, events, progress, ranked_depth, source or model_dir)
         if make_current:
             store.set_current(version)
     return final
@@ -146,6 +148,7 @@ def _write_version(
     events: CompactedEvents,
     progress: bool,
     ranked_depth: int,
+    source: Path,
 ) -> None:
     with progress_bar(total=5, desc="index build", unit="step", enabled=progress, leave=False) as steps:
         steps.set_postfix_str("copy + verify model")
@@ -167,7 +170,7 @@ def _write_version(
         ranked = _write_ranked(stage, model, events, ranked_depth if kind == "flat" else 0, progress)
         steps.update()
         steps.set_postfix_str("checksum")
-        write_manifest(stage, INDEX_KIND, _index_meta(model_dir, stage, model, kind, params, events, ranked))
+        write_manifest(stage, INDEX_KIND, _index_meta(source, stage, model, kind, params, events, ranked))
         steps.update()
 
 
@@ -265,9 +268,8 @@ def rebuild_index(
         kind, hnsw_params = _current_settings(Path(index_root), hnsw_params)
     with tempfile.TemporaryDirectory(prefix="movierec-rebuild-") as scratch:
         current = VersionedStore(index_root).current()
-        model_dir = carried_bundle(current, model_dir, Path(scratch))
         return build_index(
-            model_dir,
+            carried_bundle(current, model_dir, Path(scratch)),
             index_root,
             kind=kind,
             make_current=make_current,
@@ -275,6 +277,7 @@ def rebuild_index(
             new_events=new_events,
             ranked_depth=ranked_depth,
             based_on=current,
+            source=model_dir,
             **hnsw_params,
         )
 

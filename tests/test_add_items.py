@@ -341,7 +341,10 @@ def test_add_items_refuses_when_another_command_moved_current_meanwhile(
     assert VersionedStore(store).current_version() == "v0002"
     monkeypatch.setattr(add_items_module, "merged_bundle", real_merge)
     assert main(["index", "add-items", "--index", str(store), "--movies", str(movies)]) == 0  # run again: it works
-    assert NEW_ID in open_index(store).model.item_ids.tolist()
+    added = open_index(store)
+    assert NEW_ID in added.model.item_ids.tolist()
+    # The version names the trained bundle it grew from, not the command's scratch copy of it.
+    assert added.meta.source_model_path == str((tmp_path / "model").resolve())
 
 
 def test_rebuild_refuses_to_drop_movies_added_while_it_worked(
