@@ -114,7 +114,7 @@ class SharedFileLog:
     wrapper adds is a background thread that calls
     :meth:`InteractionLog.refresh` every :data:`DEFAULT_FILE_POLL_S`, so an
     event recorded by any other process is excluded here within one poll (with
-    nothing new, one indexed range read: microseconds). Start-up is the log's
+    no other process's commit since, one pragma read: microseconds). Start-up is the log's
     own batched replay, once.
     """
 

@@ -169,6 +169,7 @@ class InteractionLog:
         self._last_offset = 0
         self._read_through = 0  # every event at or below it has been read from the file (replay, refresh)
         self._forgotten_through = 0  # the file's truncation point this instance's views already reflect
+        self._file_version: int | None = None  # PRAGMA data_version when refresh last read the file
         self._calls_since_purge = 0
         try:
             with self._write_lock:
@@ -419,8 +420,9 @@ class InteractionLog:
         """Apply the events other processes appended to the file since this instance last read it; how many.
 
         For several processes serving from one file (``recctl serve --workers``):
-        a follower calls it every few milliseconds; with nothing new it is one
-        indexed range read and one single-row read. Events this instance
+        a follower calls it every few milliseconds; when no other connection
+        has committed since the last call it is one pragma read (SQLite's
+        ``data_version``), else one indexed range read and one single-row read. Events this instance
         recorded itself come back too and change nothing (an item keeps its
         highest-offset event). Events another process truncated away (it
         compacted them into a version every retained one builds on) are
@@ -429,12 +431,18 @@ class InteractionLog:
         """
         with self._write_lock:
             try:
+                # SQLite bumps data_version when another connection commits; this connection's own writes are
+                # already in the views. Unchanged: nothing to read (most polls, for a server alone on a file).
+                version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+                if version == self._file_version:
+                    return 0
                 offsets, users, items, ratings = _read_columns(self._conn, self._read_through)
                 if offsets.size:
                     self._views.update(folded_views(self._views, offsets, users, items, ratings, self.like_threshold))
                 self._forget_truncated_locked()
             except sqlite3.Error as exc:
                 raise InteractionLogError(f"could not read new interactions ({exc})", path=self.path) from None
+            self._file_version = version  # read before the rows: a commit after it is seen by the next poll
             if not offsets.size:
                 return 0
             self._read_through = int(offsets[-1])

@@ -435,6 +435,28 @@ def test_refresh_applies_other_processes_events_once_and_keeps_each_items_newest
         assert second.extra_seen(2).tolist() == [30] and second.last_offset == first.last_offset
 
 
+def test_refresh_reads_the_file_only_after_another_connection_committed(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server alone on its file polls it every 20 ms: with no other writer, a poll reads no rows at all."""
+    from movierec.server import interaction_log as log_module
+
+    reads: list[int] = []
+    real_read = log_module._read_columns
+    monkeypatch.setattr(log_module, "_read_columns", lambda conn, after: reads.append(after) or real_read(conn, after))
+    with InteractionLog(log_path) as alone, InteractionLog(log_path) as other:
+        alone.refresh()
+        reads.clear()
+        alone.record(1, [10])  # its own write: already in its views
+        assert [alone.refresh() for _ in range(5)] == [0] * 5 and reads == []
+        other.record(2, [20])
+        reads.clear()
+        assert alone.refresh() == 2 and len(reads) == 1  # its own event comes back beside the other's
+        assert alone.extra_seen(2).tolist() == [20]
+        other.truncate_through(other.last_offset)  # a commit too: the truncation is forgotten here
+        assert alone.refresh() == 0 and alone.extra_seen(2).tolist() == []
+
+
 def test_a_truncation_by_another_process_is_forgotten_here_and_frees_the_per_user_cap(log_path: Path) -> None:
     """Worker A truncates the shared file; worker B (its own handle) forgets those events on its next refresh, or
     when it asks to truncate through a point the file is already past, so B's cap counts only live events."""
