@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -443,7 +444,12 @@ def test_refresh_reads_the_file_only_after_another_connection_committed(
 
     reads: list[int] = []
     real_read = log_module._read_columns
-    monkeypatch.setattr(log_module, "_read_columns", lambda conn, after: reads.append(after) or real_read(conn, after))
+
+    def counted_read(conn: sqlite3.Connection, after: int) -> Any:
+        reads.append(after)
+        return real_read(conn, after)
+
+    monkeypatch.setattr(log_module, "_read_columns", counted_read)
     with InteractionLog(log_path) as alone, InteractionLog(log_path) as other:
         alone.refresh()
         reads.clear()
