@@ -90,7 +90,7 @@ class TrainConfig:
     # Evaluations without a gain before the selection phase stops (4 x 2 = 8 epochs past the last gain).
     patience: int = 4
     # When the selection's last validation is more than this fraction below its best, the epochs after the
-    # best overfit (seen on large sparse data: dot-product Recall@20 fell by a third within 20 epochs), so
+    # best overfit (seen on large sparse data: dot-product Recall@20 fell from 0.166 to 0.053 in 22 epochs), so
     # there is no refit and the best validated parameters are kept. A plateau's noise stays well inside it
     # (ML-1M's seeds end within 1 % of their best).
     overfit_drop: float = 0.05
@@ -130,9 +130,10 @@ class TrainConfig:
     # cost (sweeps.md, section 7; scale.md).
     sampled_negatives: int = 2_048
     # Catalogues with more items than this are scored by dot products, whatever ``cosine`` says. On 100k
-    # synthetic users x 20k items the cosine model learned slowly (validation Recall@20 0.059 after 240 s, a
-    # third of popularity's) where the dot product passed popularity within 40 s; a full softmax showed the
-    # same two curves, so the sampling is not the cause (benchmarks/results/sweeps.md, section 7).
+    # synthetic users x 20k items the cosine model learned slowly (validation Recall@20 0.059 after 240 s, 40 %
+    # of popularity's) where the dot product passed popularity within 40 s; a full softmax showed the
+    # same dot-product curve as the sampled one, so the sampling is not the cause (benchmarks/results/
+    # sweeps.md, section 7).
     cosine_max_items: int = 8_192
     # Adam learning rate (at most) for dot-product scores: with lr 3e-2 the dot-product model overfit within a
     # few epochs there (validation Recall@20 peaked at 0.166 on epoch 4, then fell), with 1e-2 it was still
