@@ -16,31 +16,6 @@ from movierec.clients.cli.output import print_json, print_table
 from movierec.errors import MovierecError
 from movierec.paths import default_ml1m_dir
 
-METRIC_ORDER = (
-    "recall@10",
-    "recall@20",
-    "ndcg@10",
-    "ndcg@20",
-    "precision@10",
-    "precision@20",
-    "seed_recall@10",
-    "seed_recall@20",
-    *(
-        f"{name}@{k}"
-        for name in (
-            "coverage",
-            "novelty",
-            "average_popularity",
-            "gini_index",
-            "tail_percentage",
-            "intra_list_diversity",
-        )
-        for k in (10, 20)
-    ),
-    "users_evaluated",
-)
-
-
 # Flags that override one TrainConfig field: (flag, field, type, metavar, meaning).
 RECIPE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
     ("--epochs", "epochs", int, "N", "maximum selection epochs (early stopping usually ends sooner)"),
@@ -310,8 +285,13 @@ def _evaluate_cold_items(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
+    # The evaluator's own metric names (numpy only: loaded here, not at every recctl start).
+    from movierec.trainer.evaluate import BEYOND_ACCURACY_NAMES, METRIC_NAMES
+
+    order = [f"{name}@{k}" for name in (*METRIC_NAMES, *BEYOND_ACCURACY_NAMES) for k in (10, 20)]
     # intra_list_diversity is absent when no item has a genre (a ratings file without movie metadata).
-    print_table(("metric", "value"), [(name, metrics[name]) for name in METRIC_ORDER if name in metrics])
+    rows = [(name, metrics[name]) for name in (*order, "users_evaluated") if name in metrics]
+    print_table(("metric", "value"), rows)
     protocol = metrics.get("protocol", {})
     if protocol:
         print(
