@@ -359,28 +359,38 @@ class CpuWindow:
         }
 
 
+def closed_loop(
+    call: Callable[..., Any], items: Sequence[Any], seconds: float, cpu: CpuWindow, *, empty_is_error: bool = False
+) -> tuple[list[int], int, dict[str, Any]]:
+    """One call in flight, back to back, after a short warm-up: each call's round-trip nanoseconds, the failed
+    calls (an RpcError, or an empty answer with ``empty_is_error``) and the server's CPU over the window."""
+    warm_until = time.perf_counter() + min(0.5, seconds / 4)
+    n = 0
+    while time.perf_counter() < warm_until:
+        call(items[n % len(items)], timeout=5)
+        n += 1
+    latencies: list[int] = []
+    errors = 0
+    cpu.start()
+    end = time.perf_counter() + seconds
+    while (now := time.perf_counter_ns()) < end * 1e9:
+        try:
+            answer = call(items[len(latencies) % len(items)], timeout=5)
+            errors += empty_is_error and not answer
+        except grpc.RpcError:
+            errors += 1
+        latencies.append(time.perf_counter_ns() - now)
+    return latencies, errors, cpu.stop(len(latencies))
+
+
 def measure_unary(
     target: str, requests: Sequence[pb.RecommendRequest], seconds: float, cpu: CpuWindow
 ) -> dict[str, Any]:
     """One call in flight, back to back, from a blocking stub: latency is the whole round trip."""
     with grpc.insecure_channel(target) as channel:
-        call = pb_grpc.RecommenderServiceStub(channel).Recommend
-        warm_until = time.perf_counter() + min(0.5, seconds / 4)
-        n = 0
-        while time.perf_counter() < warm_until:
-            call(requests[n % len(requests)], timeout=5)
-            n += 1
-        latencies: list[int] = []
-        errors = 0
-        cpu.start()
-        end = time.perf_counter() + seconds
-        while (now := time.perf_counter_ns()) < end * 1e9:
-            try:
-                call(requests[len(latencies) % len(requests)], timeout=5)
-            except grpc.RpcError:
-                errors += 1
-            latencies.append(time.perf_counter_ns() - now)
-        usage = cpu.stop(len(latencies))
+        latencies, errors, usage = closed_loop(
+            pb_grpc.RecommenderServiceStub(channel).Recommend, requests, seconds, cpu
+        )
     millis = np.asarray(latencies, dtype=np.float64) / 1e6
     return {
         "calls": len(latencies),
@@ -501,22 +511,7 @@ def measure_raw_unary(target: str, payloads: Sequence[bytes], seconds: float, cp
     with grpc.insecure_channel(target) as channel:
         # no serialisers: bytes in, bytes out
         call = channel.unary_unary(f"/{SERVICE}/Recommend", request_serializer=None, response_deserializer=None)
-        warm_until = time.perf_counter() + min(0.5, seconds / 4)
-        n = 0
-        while time.perf_counter() < warm_until:
-            call(payloads[n % len(payloads)], timeout=5)
-            n += 1
-        latencies: list[int] = []
-        errors = 0
-        cpu.start()
-        end = time.perf_counter() + seconds
-        while (now := time.perf_counter_ns()) < end * 1e9:
-            try:
-                errors += not call(payloads[len(latencies) % len(payloads)], timeout=5)
-            except grpc.RpcError:
-                errors += 1
-            latencies.append(time.perf_counter_ns() - now)
-        usage = cpu.stop(len(latencies))
+        latencies, errors, usage = closed_loop(call, payloads, seconds, cpu, empty_is_error=True)
     return {"calls": len(latencies), "errors": errors, "latencies_ns": latencies, **usage}
 
 
