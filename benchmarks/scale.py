@@ -311,9 +311,9 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
 
 def _commands(result: dict[str, Any]) -> str:
     """The command(s) that made the rows (a --merge run keeps earlier rows and their commands)."""
-    made: dict[str, list[str]] = {row.get("command", result["command"]): [] for row in result["sets"].values()}
+    made: dict[str, list[str]] = {}
     for name, row in result["sets"].items():
-        made[row.get("command", result["command"])].append(name)
+        made.setdefault(row.get("command", result["command"]), []).append(name)
     if len(made) == 1:
         return f"`{next(iter(made))}`"
     return "; ".join(f"`{command}` ({', '.join(names)})" for command, names in made.items())

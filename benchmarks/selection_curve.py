@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = make_split(load_dataset(args.data), min_rating=4.0, seed=42)
     config = replace(TrainConfig(), time_budget=args.budget, patience=10**6, **dict(args.set))
     plan = training.scale_plan(config, split)
-    config = replace(config, dim=plan.dim, cosine=plan.cosine, lr=plan.lr)
+    config = plan.applied_to(config)
     print(f"loaded in {time.perf_counter() - started:.1f} s; {plan.describe()}; changes {dict(args.set)}")
     valid = training.validation_sample(split.valid, plan.valid_users, config.seed)
     print(f"popularity valid R@20 {popularity_recall(split, valid):.4f}")

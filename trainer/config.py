@@ -199,6 +199,10 @@ class ScalePlan:
     lr: float  # Adam learning rate (dot products: at most dot_lr)
     valid_users: int  # ceiling on validation users ranked per evaluation
 
+    def applied_to(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with the fields these rules set (dim, score, learning rate): what a run trains with."""
+        return replace(config, dim=self.dim, cosine=self.cosine, lr=self.lr)
+
     def describe(self) -> str:
         softmax = "full softmax" if self.negatives == 0 else f"sampled softmax ({self.negatives} negatives, logQ)"
         score = "cosine" if self.cosine else "dot-product"

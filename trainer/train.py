@@ -528,13 +528,14 @@ def train_model(
     stopping — they are known positives at serving time and are masked in the
     test evaluation like every other training item.
 
-    The scale rules (:func:`scale_plan`) may lower ``dim``; the returned
-    config holds the dim trained with. With a ``coordinator`` of several
+    The scale rules (:func:`scale_plan`) may lower ``dim`` and, for large
+    catalogues, switch to dot-product scores at a lower learning rate; the
+    returned config holds what was trained with. With a ``coordinator`` of several
     processes, each runs this same function on the same data and seed.
     """
     check_config(config)
     plan = scale_plan(config, split)
-    config = replace(config, dim=plan.dim, cosine=plan.cosine, lr=plan.lr)
+    config = plan.applied_to(config)
     clock = _Clock(config.time_budget)
     trials: list[SearchTrial] = []
     chosen: tuple[TrainConfig, GraphRecommender, Tensor, _Selection] | None = None
