@@ -360,14 +360,15 @@ class CpuWindow:
 
 
 def closed_loop(
-    call: Callable[..., Any], items: Sequence[Any], seconds: float, cpu: CpuWindow, *, empty_is_error: bool = False
+    call: Callable[[int], bool], seconds: float, cpu: CpuWindow, failures: tuple[type[BaseException], ...]
 ) -> tuple[list[int], int, dict[str, Any]]:
-    """One call in flight, back to back, after a short warm-up: each call's round-trip nanoseconds, the failed
-    calls (an RpcError, or an empty answer with ``empty_is_error``) and the server's CPU over the window."""
+    """One call in flight, back to back, after a short warm-up: ``call(i)`` sends the i-th request and says whether
+    the answer was good. Returns each call's round-trip nanoseconds, the failed calls (a bad answer or one of
+    ``failures`` raised) and the server's CPU over the measured window."""
     warm_until = time.perf_counter() + min(0.5, seconds / 4)
     n = 0
     while time.perf_counter() < warm_until:
-        call(items[n % len(items)], timeout=5)
+        call(n)
         n += 1
     latencies: list[int] = []
     errors = 0
@@ -375,22 +376,15 @@ def closed_loop(
     end = time.perf_counter() + seconds
     while (now := time.perf_counter_ns()) < end * 1e9:
         try:
-            answer = call(items[len(latencies) % len(items)], timeout=5)
-            errors += empty_is_error and not answer
-        except grpc.RpcError:
+            errors += not call(len(latencies))
+        except failures:
             errors += 1
         latencies.append(time.perf_counter_ns() - now)
     return latencies, errors, cpu.stop(len(latencies))
 
 
-def measure_unary(
-    target: str, requests: Sequence[pb.RecommendRequest], seconds: float, cpu: CpuWindow
-) -> dict[str, Any]:
-    """One call in flight, back to back, from a blocking stub: latency is the whole round trip."""
-    with grpc.insecure_channel(target) as channel:
-        latencies, errors, usage = closed_loop(
-            pb_grpc.RecommenderServiceStub(channel).Recommend, requests, seconds, cpu
-        )
+def latency_summary(latencies: Sequence[int], errors: int, usage: dict[str, Any]) -> dict[str, Any]:
+    """A closed loop's calls, errors, p50/p99 in milliseconds and the server's CPU."""
     millis = np.asarray(latencies, dtype=np.float64) / 1e6
     return {
         "calls": len(latencies),
@@ -399,6 +393,20 @@ def measure_unary(
         "p99_ms": float(np.percentile(millis, 99)),
         **usage,
     }
+
+
+def measure_unary(
+    target: str, requests: Sequence[pb.RecommendRequest], seconds: float, cpu: CpuWindow
+) -> dict[str, Any]:
+    """One call in flight, back to back, from a blocking stub: latency is the whole round trip."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel).Recommend
+
+        def call(i: int) -> bool:  # an answer that arrives is good: only an RpcError fails
+            stub(requests[i % len(requests)], timeout=5)
+            return True
+
+        return latency_summary(*closed_loop(call, seconds, cpu, (grpc.RpcError,)))
 
 
 async def measure_stream(
@@ -479,30 +487,7 @@ def measure_http(
             status, content = post(bodies[i % len(bodies)])
             return status == 200 and len(json.loads(content)["items"]) == K
 
-        warm_until = time.perf_counter() + min(0.5, seconds / 4)
-        n = 0
-        while time.perf_counter() < warm_until:
-            call(n)
-            n += 1
-        latencies: list[int] = []
-        errors = 0
-        cpu.start()
-        end = time.perf_counter() + seconds
-        while (now := time.perf_counter_ns()) < end * 1e9:
-            try:
-                errors += not call(len(latencies))
-            except (OSError, httpx.HTTPError, http.client.HTTPException):
-                errors += 1
-            latencies.append(time.perf_counter_ns() - now)
-        usage = cpu.stop(len(latencies))
-    millis = np.asarray(latencies, dtype=np.float64) / 1e6
-    return {
-        "calls": len(latencies),
-        "errors": errors,
-        "p50_ms": float(np.percentile(millis, 50)),
-        "p99_ms": float(np.percentile(millis, 99)),
-        **usage,
-    }
+        return latency_summary(*closed_loop(call, seconds, cpu, (OSError, httpx.HTTPError, http.client.HTTPException)))
 
 
 def measure_raw_unary(target: str, payloads: Sequence[bytes], seconds: float, cpu: CpuWindow) -> dict[str, Any]:
@@ -510,8 +495,12 @@ def measure_raw_unary(target: str, payloads: Sequence[bytes], seconds: float, cp
     (no protobuf work on this side), from a plain grpcio sync channel."""
     with grpc.insecure_channel(target) as channel:
         # no serialisers: bytes in, bytes out
-        call = channel.unary_unary(f"/{SERVICE}/Recommend", request_serializer=None, response_deserializer=None)
-        latencies, errors, usage = closed_loop(call, payloads, seconds, cpu, empty_is_error=True)
+        send = channel.unary_unary(f"/{SERVICE}/Recommend", request_serializer=None, response_deserializer=None)
+
+        def call(i: int) -> bool:  # an empty answer counts as a failure
+            return bool(send(payloads[i % len(payloads)], timeout=5))
+
+        latencies, errors, usage = closed_loop(call, seconds, cpu, (grpc.RpcError,))
     return {"calls": len(latencies), "errors": errors, "latencies_ns": latencies, **usage}
 
 
