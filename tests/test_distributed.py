@@ -29,15 +29,25 @@ from movierec.trainer.train import SOLO, Coordinator, _Stepper
 RECCTL = [sys.executable, "-m", "movierec.clients.cli.main"]
 
 
-def _one_step(config: TrainConfig, coordinator: Coordinator) -> torch.Tensor:
-    """Parameters after one plain SGD step (lr 1) on the whole tiny fit slice as one batch."""
+def _one_step(config: TrainConfig, coordinator: Coordinator, weighted: bool = False) -> torch.Tensor:
+    """Parameters after one plain SGD step (lr 1) on the whole tiny fit slice as one batch.
+
+    ``weighted``: with unequal per-positive loss weights (as recency gives), fixed by a seed.
+    """
     split = tiny_split()
+    weights = np.random.default_rng(3).uniform(0.05, 1.0, split.fit.nnz).astype(np.float32) if weighted else None
     torch.manual_seed(0)
     model = LightGCN(split.n_users, split.n_items, 8, 2)
     coordinator.adopt(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     stepper = _Stepper(
-        config, split.fit, model, normalized_adjacency(split.fit), optimizer=optimizer, coordinator=coordinator
+        config,
+        split.fit,
+        model,
+        normalized_adjacency(split.fit),
+        optimizer=optimizer,
+        coordinator=coordinator,
+        weights=weights,
     )
     assert len(stepper._batches()) == 1
     stepper.rng = np.random.default_rng(7)  # the batch order and negatives _batches() just consumed, again
@@ -45,26 +55,27 @@ def _one_step(config: TrainConfig, coordinator: Coordinator) -> torch.Tensor:
     return model.embedding.weight.detach().clone()
 
 
-def _step_worker(rank: int, world: int, port: int, config: TrainConfig, out: str) -> None:
+def _step_worker(rank: int, world: int, port: int, config: TrainConfig, out: str, weighted: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         coordinator = GlooCoordinator()
-        weights = _one_step(config, coordinator)
+        weights = _one_step(config, coordinator, weighted)
         assert coordinator.steps == 1 and coordinator.allreduce_seconds > 0
         torch.save(weights, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sampled", [False, True])
-def test_one_step_of_two_workers_equals_one_step_of_one_process(tmp_path: Path, sampled: bool) -> None:
-    """Each worker takes half the batch's users; the all-reduced gradient is the whole batch's."""
+@pytest.mark.parametrize(("sampled", "weighted"), [(False, False), (True, False), (False, True)])
+def test_one_step_of_two_workers_equals_one_step_of_one_process(tmp_path: Path, sampled: bool, weighted: bool) -> None:
+    """Each worker takes half the batch's users; the all-reduced gradient is the whole batch's (also when the
+    positives carry unequal loss weights: each worker's share is its weight, not its count of positives)."""
     extra = {"full_softmax_max_items": 10, "sampled_negatives": 16} if sampled else {}
     config = resolve_config("fast", dim=8, layers=2, batch_size=N_USERS, weight_decay=1e-2, **extra)
-    alone = _one_step(config, SOLO)
+    alone = _one_step(config, SOLO, weighted)
     out = str(tmp_path / "weights")
-    spawn(_step_worker, args=(2, free_loopback_port(), config, out), nprocs=2)  # type: ignore[no-untyped-call]
+    spawn(_step_worker, args=(2, free_loopback_port(), config, out, weighted), nprocs=2)  # type: ignore[no-untyped-call]
     first, second = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     assert torch.equal(first, second)  # every worker holds the same parameters after the step
     torch.manual_seed(0)

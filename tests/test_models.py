@@ -12,7 +12,7 @@ from movierec.trainer.losses import bpr_loss, ego_l2, softmax_loss
 from movierec.trainer.models.graph import bipartite_edge_index, normalized_adjacency
 from movierec.trainer.models.lightgcn import LightGCN, StockLightGCN
 from movierec.trainer.models.ngcf import NGCF
-from movierec.trainer.sampling import NegativeSampler, rows_to_pairs
+from movierec.trainer.sampling import NegativeSampler, row_entries
 
 # users 0..2, items 0..3: user 0 likes {0, 1}, user 1 likes {1}, user 2 likes {2, 3}
 POSITIVES = CSR.from_pairs([0, 0, 1, 2, 2], [0, 1, 1, 2, 3], n_rows=3, n_cols=4)
@@ -132,7 +132,8 @@ def test_a_user_with_every_item_positive_is_refused() -> None:
         NegativeSampler(full).sample(np.array([0]), np.random.default_rng(0))
 
 
-def test_rows_to_pairs_lists_the_entries_of_the_chosen_rows() -> None:
-    local, items = rows_to_pairs(POSITIVES, np.array([2, 0], dtype=np.int64))
+def test_row_entries_lists_the_entries_of_the_chosen_rows() -> None:
+    local, entries = row_entries(POSITIVES, np.array([2, 0], dtype=np.int64))
     assert local.tolist() == [0, 0, 1, 1]
-    assert items.tolist() == [2, 3, 0, 1]
+    assert POSITIVES.indices[entries].tolist() == [2, 3, 0, 1]
+    assert entries.tolist() == [POSITIVES.indptr[2], POSITIVES.indptr[2] + 1, 0, 1]

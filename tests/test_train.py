@@ -256,7 +256,7 @@ def test_unknown_preset_is_refused() -> None:
 
 # The tiny data is small enough for the small-data search; the tests that are not about it turn it off.
 TINY_TRAIN = ["--dim", "8", "--layers", "2", "--epochs", "6", "--eval-every", "2", "--batch-size", "32"]
-TINY_TRAIN += ["--search-max-positives", "0"]
+TINY_TRAIN += ["--search-max-positives", "0", "--recency-trial", "0"]
 
 
 def test_cli_trains_a_readable_bundle_and_evaluate_recomputes_its_metrics(

@@ -7,7 +7,8 @@
   ``-Σ_{i∈P_u} log softmax_j(e_u·e_j / τ)_i``, averaged over the positives of the
   batch. Every item is a negative for every user at once, which is affordable
   when the catalogue is a few thousand items, and it optimises the whole
-  ranking rather than one sampled pair.
+  ranking rather than one sampled pair. With per-positive weights ``w`` (recency,
+  ``movierec.trainer.recency``) the average is weighted: ``Σ w·loss / Σ w``.
 * L2 on the *ego* (layer-0) embeddings of the rows a batch touches, as in the
   LightGCN paper: ``λ · ½ (‖E⁰_users‖² + ‖E⁰_items‖²) / batch``.
 """
@@ -25,7 +26,14 @@ def bpr_loss(users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
     return F.softplus(-margin).mean()
 
 
-def softmax_loss(users: Tensor, items: Tensor, pair_rows: Tensor, pair_items: Tensor, temperature: float) -> Tensor:
+def softmax_loss(
+    users: Tensor,
+    items: Tensor,
+    pair_rows: Tensor,
+    pair_items: Tensor,
+    temperature: float,
+    weights: Tensor | None = None,
+) -> Tensor:
     """Full-softmax loss of a user batch against all items.
 
     ``users`` [B, d] and ``items`` [n_items, d] are final embeddings; the
@@ -36,7 +44,14 @@ def softmax_loss(users: Tensor, items: Tensor, pair_rows: Tensor, pair_items: Te
     logits = users @ items.T / temperature
     log_normaliser = torch.logsumexp(logits, dim=1)
     positive_logits = logits[pair_rows, pair_items]
-    return (log_normaliser[pair_rows] - positive_logits).mean()
+    return weighted_mean(log_normaliser[pair_rows] - positive_logits, weights)
+
+
+def weighted_mean(terms: Tensor, weights: Tensor | None) -> Tensor:
+    """The plain mean of per-positive loss terms, or their ``weights``-weighted mean."""
+    if weights is None:
+        return terms.mean()
+    return (terms * weights).sum() / weights.sum()
 
 
 def ego_l2(user_ego: Tensor, item_ego: Tensor, batch_size: int) -> Tensor:

@@ -46,10 +46,10 @@ class NegativeSampler:
         return negatives
 
 
-def rows_to_pairs(csr: CSR, rows: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(position of the row within ``rows``, item) for every stored entry of the given rows."""
+def row_entries(csr: CSR, rows: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(position of the row within ``rows``, index into ``csr.indices``) for every stored entry of the given rows."""
     starts = csr.indptr[rows]
     lengths = csr.indptr[rows + 1] - starts
     local_rows = np.repeat(np.arange(rows.shape[0], dtype=np.int64), lengths)
     positions = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
-    return local_rows, csr.indices[positions].astype(np.int64)
+    return local_rows, positions

@@ -36,12 +36,13 @@ from movierec.bundle.csr import CSR
 from movierec.trainer.config import ScalePlan, TrainConfig, check_config, plan_for
 from movierec.trainer.data.split import Split
 from movierec.trainer.evaluate import evaluate_vectors
-from movierec.trainer.losses import bpr_loss, softmax_loss
+from movierec.trainer.losses import bpr_loss, softmax_loss, weighted_mean
 from movierec.trainer.models.base import GraphRecommender
 from movierec.trainer.models.graph import bipartite_edge_index, normalized_adjacency
 from movierec.trainer.models.lightgcn import LightGCN, StockLightGCN
 from movierec.trainer.models.ngcf import NGCF
-from movierec.trainer.sampling import NegativeSampler, rows_to_pairs
+from movierec.trainer.recency import has_time_order, recency_weights
+from movierec.trainer.sampling import NegativeSampler, row_entries
 
 VALID_METRIC = "recall@20"
 SELECT, REFIT = "select", "refit"
@@ -148,8 +149,11 @@ class _Stepper:
         optimizer: torch.optim.Optimizer | None = None,
         seed: int | None = None,
         coordinator: Coordinator = SOLO,
+        weights: npt.NDArray[np.float32] | None = None,
     ) -> None:
         self.config = config
+        # Per-positive loss weights aligned with positives.indices (recency); None: every positive counts alike.
+        self.weights = weights
         self.coordinator = coordinator
         self.positives = positives
         self.model = model
@@ -207,8 +211,10 @@ class _Stepper:
         users_final, items_final = scoring_vectors(*self.model.propagate(self.graph), cosine=self.config.cosine)
         if self.config.loss == "softmax":
             shard = batch[self.coordinator.rank :: world]
-            local_rows, items = rows_to_pairs(self.positives, shard)
-            share = local_rows.shape[0] * world / max(1, int(self.positives.row_lengths()[batch].sum()))
+            local_rows, entries = row_entries(self.positives, shard)
+            items = self.positives.indices[entries].astype(np.int64)
+            weights = None if self.weights is None else torch.from_numpy(self.weights[entries])
+            share = self._mass(shard) * world / max(self._mass(batch), 1e-12)
             users = torch.from_numpy(shard)
             if negatives is None:
                 loss = softmax_loss(
@@ -217,6 +223,7 @@ class _Stepper:
                     torch.from_numpy(local_rows),
                     torch.from_numpy(items),
                     self.config.temperature,
+                    weights,
                 )
             else:
                 loss = sampled_softmax_loss(
@@ -227,6 +234,7 @@ class _Stepper:
                     negatives,
                     self.log_q,
                     self.config.temperature,
+                    weights,
                 )
             loss = loss * share if local_rows.shape[0] else users_final.sum() * 0.0
             user_ego, item_ego = self.model.ego(users, torch.arange(self.positives.n_cols))
@@ -245,6 +253,12 @@ class _Stepper:
         total: Tensor = loss + self.config.weight_decay * l2
         return total
 
+    def _mass(self, rows: npt.NDArray[np.int64]) -> float:
+        """What the softmax loss averages over for these users: their positives' count, or their total weight."""
+        if self.weights is None:
+            return float(self.positives.row_lengths()[rows].sum())
+        return float(self.weights[row_entries(self.positives, rows)[1]].sum())
+
     def _shared_negatives(self) -> Tensor | None:
         """The step's sampled-softmax negatives (None: full softmax), by fit popularity."""
         if self.config.loss != "softmax" or not self.plan.negatives:
@@ -261,6 +275,7 @@ def sampled_softmax_loss(
     negatives: Tensor,
     log_q: Tensor,
     temperature: float,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """The full softmax loss (losses.softmax_loss) with its normaliser estimated from shared negatives.
 
@@ -268,11 +283,12 @@ def sampled_softmax_loss(
     per item); ``Σ_j exp(s_uj) ≈ (1/M) Σ_m exp(s_u,n_m) / Q(n_m)`` is unbiased,
     so the log-normaliser is ``logsumexp_m(s_u,n_m − log Q(n_m)) − log M`` (the
     logQ correction). Memory and time are users × M, not users × catalogue.
+    ``weights`` weigh the positives' terms as in losses.softmax_loss.
     """
     logits = users @ items[negatives].T / temperature - log_q[negatives]
     log_normaliser = torch.logsumexp(logits, dim=1) - math.log(negatives.shape[0])
     positive_logits = (users[pair_rows] * items[pair_items]).sum(dim=1) / temperature
-    return (log_normaliser[pair_rows] - positive_logits).mean()
+    return weighted_mean(log_normaliser[pair_rows] - positive_logits, weights)
 
 
 def scoring_vectors(users: Tensor, items: Tensor, *, cosine: bool) -> tuple[Tensor, Tensor]:
@@ -373,7 +389,8 @@ def select_on_validation(
 
     With several processes only the leader validates; every stop decision is the leader's.
     """
-    stepper = _Stepper(config, split.fit, model, graph, plan, coordinator=coordinator)
+    weights = recency_weights(split, split.fit, config.recency)
+    stepper = _Stepper(config, split.fit, model, graph, plan, coordinator=coordinator, weights=weights)
     best = _BestSoFar(model, config.min_gain)
     history: list[EpochRecord] = []
     valid = validation_sample(split.valid, plan.valid_users, config.seed)
@@ -476,6 +493,7 @@ def refit_on_train(
         optimizer=selection.optimizer,
         seed=config.seed + 1,
         coordinator=coordinator,
+        weights=recency_weights(split, split.train, config.recency),
     )
     for group in stepper.optimizer.param_groups:
         group["lr"] = config.lr
@@ -503,11 +521,27 @@ def _overrides(config: TrainConfig, base: TrainConfig) -> dict[str, Any]:
 
 
 def candidate_configs(config: TrainConfig, split: Split) -> list[TrainConfig]:
-    """The recipe itself, then each ``search_space`` alternative when the fit slice is small enough to search."""
-    small = 0 < split.fit.nnz <= config.search_max_positives
-    if not small or not split.valid.nnz:
+    """The recipe itself, then each ``search_space`` alternative when the fit slice is small enough to search,
+    then the recipe with recency weights when the positives have times and the trial applies (``recency_trial``)."""
+    if not split.valid.nnz:
         return [config]
-    return [config] + [replace(config, **dict(alternative)) for alternative in config.search_space]
+    candidates = [config]
+    if 0 < split.fit.nnz <= config.search_max_positives:
+        candidates += [replace(config, **dict(alternative)) for alternative in config.search_space]
+    if recency_trial_applies(config, split):
+        candidates.append(replace(config, recency=config.recency_trial))
+    return candidates
+
+
+def recency_trial_applies(config: TrainConfig, split: Split) -> bool:
+    """Whether the selection also runs with recency weights: a recipe without them whose data has a time order."""
+    return (
+        config.recency == 0
+        and config.recency_trial > 0
+        and config.loss == "softmax"
+        and 0 < split.fit.nnz <= config.recency_max_positives
+        and has_time_order(split)
+    )
 
 
 def scale_plan(config: TrainConfig, split: Split) -> ScalePlan:

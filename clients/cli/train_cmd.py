@@ -35,6 +35,14 @@ RECIPE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
         "N",
         "try the search space's settings on validation when the fit slice has at most N positives (0: never)",
     ),
+    ("--recency", "recency", float, "B", "weight each positive exp(B (r - 1)), r its rank in the user's history"),
+    (
+        "--recency-trial",
+        "recency_trial",
+        float,
+        "B",
+        "with timestamps, also select with --recency B and keep what validates better (0: never)",
+    ),
 )
 
 
@@ -138,6 +146,8 @@ def _train(args: argparse.Namespace) -> int:
             patience=args.patience,
             min_gain=args.min_gain,
             search_max_positives=args.search_max_positives,
+            recency=args.recency,
+            recency_trial=args.recency_trial,
             eval_every=args.eval_every,
             seed=args.seed,
             time_budget=args.time_budget,
@@ -209,7 +219,7 @@ def closing_lines(training: dict[str, Any]) -> list[str]:
             f"{_describe(trial['overrides'])}: {trial['best_valid_recall']:.4f} in {trial['epochs']} epochs"
             for trial in training["search"]
         )
-        lines.append(f"search on validation (small data): {tried}")
+        lines.append(f"search on validation: {tried}")
     lines += [
         f"selection: {training['selection_epochs']} epochs on fit, best validation Recall@20 "
         f"{training['best_valid_recall@20']:.4f} at epoch {training['best_epoch']} "

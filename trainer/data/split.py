@@ -17,7 +17,9 @@ Counts are rounded to the nearest whole number, halves up, in both methods; so
 in the temporal split a user with very few positives may have none held out.
 
 ``seen`` is every item a user rated at all (whatever the rating): serving
-never recommends those.
+never recommends those. ``train_times`` (when the table has a time column) is
+the timestamp of each train positive, aligned with ``train.indices``: training
+may weight recent positives more (``movierec.trainer.recency``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class Split:
     valid: CSR
     test: CSR
     protocol: dict[str, Any]
+    # Timestamp of each train positive, aligned with train.indices (a user's repeated rating of an item: its
+    # latest); None when the table has no time column.
+    train_times: npt.NDArray[np.int64] | None = None
 
     @property
     def n_users(self) -> int:
@@ -81,10 +86,10 @@ def make_split(
             f"only {users.size} positive rating(s) >= {min_rating:g}: too few to split (lower --min-rating?)",
             path=ds.ratings_file or ds.path,
         )
+    times = r.timestamps[positive][order].astype(np.int64)
     if method == "random":
         is_test, is_valid = _random_masks(users.size, seed, test_fraction, valid_fraction)
     else:
-        times = r.timestamps[positive][order]
         is_test, is_valid = _temporal_masks(users, items, times, test_fraction, valid_fraction)
     is_train = ~is_test
     is_fit = is_train & ~is_valid
@@ -107,6 +112,9 @@ def make_split(
         fit=part(is_fit),
         valid=part(is_valid),
         test=part(is_test),
+        train_times=_latest_per_pair(users[is_train], items[is_train], times[is_train], n_items)
+        if ds.has_timestamps
+        else None,
         protocol={
             "split": method,
             "seed": seed,
@@ -167,6 +175,22 @@ def _temporal_masks(
     is_test[order] = rank_from_end < per_row_test
     is_valid[order] = (rank_from_end >= per_row_test) & (rank_from_end < per_row_test + per_row_valid)
     return is_test, is_valid
+
+
+def _latest_per_pair(
+    users: npt.NDArray[np.int64], items: npt.NDArray[np.int64], times: npt.NDArray[np.int64], n_items: int
+) -> npt.NDArray[np.int64]:
+    """The latest time of each distinct (user, item) pair, in (user, item) order: aligned with the CSR of the pairs.
+
+    The pairs arrive sorted by (user, item) (``make_split`` sorts them), so a
+    repeated pair is a run of equal keys and CSR.from_pairs keeps one entry for it.
+    """
+    if not users.size:
+        return np.zeros(0, dtype=np.int64)
+    keys = users * n_items + items
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    latest: npt.NDArray[np.int64] = np.maximum.reduceat(times, starts)
+    return latest
 
 
 def _rounded(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.int64]:
