@@ -12,6 +12,8 @@ may bring:
 * ``ml1m-temporal``: all of ML-1M with the temporal split (each user's latest positives are test).
 * ``ml1m-min3``: all of ML-1M with ratings >= 3 as positives (more, noisier positives).
 * ``synthetic``: ``recctl data synth`` output (power-law activity and popularity, latent tastes).
+* ``synthetic-wide``: the generator at ml-latest-small's counts (610 users, 9,742 movies, 100,836
+  ratings): few users and a wide catalogue of mostly rarely rated movies.
 
 Per dataset: the same split for every model (positives rating >= 4 unless
 noted, random 80/20 with seed 42, 10 % of train as validation); then
@@ -125,12 +127,17 @@ def renamed(name: str) -> Callable[[Dataset], Dataset]:
     return lambda dataset: replace(dataset, name=name)
 
 
-def synthetic(_: Dataset) -> Dataset:
-    from movierec.trainer.data.synth import generate
+def generated(name: str, users: int, items: int, ratings: int, seed: int) -> Callable[[Dataset], Dataset]:
+    """A dataset of ``recctl data synth``'s generator (ML-1M is not used)."""
 
-    with tempfile.TemporaryDirectory(prefix="movierec-synth-") as folder:
-        generate(folder, users=3000, items=2000, ratings=150_000, seed=7, progress=False)
-        return replace(load_dataset(folder), name="synthetic")
+    def build(_: Dataset) -> Dataset:
+        from movierec.trainer.data.synth import generate
+
+        with tempfile.TemporaryDirectory(prefix="movierec-synth-") as folder:
+            generate(folder, users=users, items=items, ratings=ratings, seed=seed, progress=False)
+            return replace(load_dataset(folder), name=name)
+
+    return build
 
 
 VARIANTS = [
@@ -140,7 +147,16 @@ VARIANTS = [
     Variant("ml1m-rare-items", "movies with <= 100 ratings plus the 100 most-rated", rare_items_and_head),
     Variant("ml1m-temporal", "all of ML-1M, temporal split", renamed("ml1m-temporal"), method="temporal"),
     Variant("ml1m-min3", "all of ML-1M, ratings >= 3 are positives", renamed("ml1m-min3"), min_rating=3.0),
-    Variant("synthetic", "recctl data synth: 3,000 users, 2,000 movies, 150,000 ratings, seed 7", synthetic),
+    Variant(
+        "synthetic",
+        "recctl data synth: 3,000 users, 2,000 movies, 150,000 ratings, seed 7",
+        generated("synthetic", 3000, 2000, 150_000, 7),
+    ),
+    Variant(
+        "synthetic-wide",
+        "recctl data synth at ml-latest-small's counts: 610 users, 9,742 movies, 100,836 ratings, seed 11",
+        generated("synthetic-wide", 610, 9742, 100_836, 11),
+    ),
 ]
 
 

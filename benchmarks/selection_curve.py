@@ -1,5 +1,5 @@
 """The validation curve of one selection phase within a time budget, beside popularity: the sweep behind the
-large-catalogue rules (``cosine_max_items``, ``dot_lr``, ``uniform_negatives_share``; sweeps.md, section 7).
+large-data rules (``dot_min_users``, ``dot_lr``, ``uniform_negatives_share``; sweeps.md, section 7).
 
 Loads a ratings folder, makes the standard split (positives rating >= 4, random 80/20 with seed 42, 10 % of
 train as validation), applies ``TrainConfig()`` with the given ``--set`` changes and its scale rules, then runs

@@ -18,7 +18,7 @@ from movierec.trainer.data.split import Split
 from movierec.trainer.losses import softmax_loss
 from movierec.trainer.models.graph import normalized_adjacency
 from movierec.trainer.models.lightgcn import LightGCN
-from movierec.trainer.train import _Stepper, sampled_softmax_loss, train_model, validation_sample
+from movierec.trainer.train import _Stepper, candidate_configs, sampled_softmax_loss, train_model, validation_sample
 
 
 def test_ml1m_sized_data_keeps_the_recipe() -> None:
@@ -38,17 +38,36 @@ def test_large_data_steps_are_bounded_and_the_softmax_sampled(users: int) -> Non
     assert plan.users_per_epoch == min(users, plan.batch_users * plan.steps_per_epoch)
     assert plan.negatives == config.sampled_negatives
     assert plan.dim == config.large_dim
-    assert not plan.cosine and plan.lr == config.dot_lr  # past cosine_max_items: dot products at dot_lr
+    assert not plan.cosine and plan.lr == config.dot_lr  # past dot_min_users: dot products at dot_lr
     assert "sampled softmax" in plan.describe() and "dot-product scores" in plan.describe()
 
 
-def test_the_score_rule_follows_the_catalogue_size_and_never_turns_cosine_on() -> None:
+def test_the_score_rule_follows_the_user_count_and_never_turns_cosine_on() -> None:
     config = TrainConfig()
-    assert plan_for(config, 6040, config.cosine_max_items, 400_000).cosine
-    assert not plan_for(config, 6040, config.cosine_max_items + 1, 400_000).cosine
+    assert plan_for(config, config.dot_min_users, 100_000, 400_000).cosine
+    assert not plan_for(config, config.dot_min_users + 1, 3_000, 400_000).cosine
     dot = plan_for(replace(config, cosine=False), 6040, 100, 400_000)
     assert not dot.cosine and dot.lr == config.lr  # a dot-product recipe of one's own keeps its rate
     assert plan_for(replace(config, lr=0.001), 6040, 100_000, 400_000).lr == 0.001  # dot_lr is a ceiling
+
+
+def test_few_users_with_a_wide_catalogue_keep_the_full_softmax_and_the_cosine() -> None:
+    """ml-latest-small's shape (610 users, 9,742 movies): a step's logits are cheap, and the cosine ranked better."""
+    config = TrainConfig()
+    wide = plan_for(config, 610, 9_742, 40_000)
+    assert wide.negatives == 0 and wide.cosine and wide.lr == config.lr
+    assert plan_for(config, 5_000, 9_742, 400_000).negatives == config.sampled_negatives  # 1,024 x 9,742 per step
+
+
+def test_between_the_score_thresholds_validation_chooses_the_score() -> None:
+    split = tiny_split()
+    users = int(np.count_nonzero(split.fit.row_lengths()))
+    config = resolve_config("fast", search_max_positives=0, recency_trial=0.0)
+    banded = replace(config, cosine_max_users=users - 1, dot_min_users=users)
+    scores = [(candidate.cosine, candidate.lr) for candidate in candidate_configs(banded, split)]
+    assert scores == [(True, config.lr), (False, config.dot_lr)]
+    for outside in (replace(config, cosine_max_users=users), replace(config, cosine=False)):
+        assert len(candidate_configs(outside, split)) == 1
 
 
 def test_sampled_negatives_mix_uniform_draws_so_every_item_is_drawn() -> None:

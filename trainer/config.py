@@ -30,11 +30,14 @@ LOSSES = ("softmax", "bpr")
 PROPAGATIONS = ("csr", "edge_index")
 INFERENCE_GRAPHS = ("fit", "train")
 # What the fast recipe's small-data search tries beside its own values (see TrainConfig.search_space):
-# with them, a 2 x 2 grid over temperature {0.15, 0.2} and layers {3, 2}.
+# with them, a 2 x 2 grid over temperature {0.15, 0.2} and layers {3, 2}, and the grid's usual winner on
+# small sparse data (temperature 0.2, 2 layers) with ten times the L2: on a catalogue of mostly rarely rated
+# movies (ml-latest-small's shape) it validated best and lifted test NDCG@20 by 0.0045 (sweeps.md, section 9).
 SEARCH_SPACE: tuple[tuple[tuple[str, Any], ...], ...] = (
     (("temperature", 0.2),),
     (("layers", 2),),
     (("temperature", 0.2), ("layers", 2)),
+    (("temperature", 0.2), ("layers", 2), ("weight_decay", 1e-3)),
 )
 
 
@@ -110,8 +113,8 @@ class TrainConfig:
     recency: float = 0.0
     # When the train positives have timestamps, the selection runs once more with recency = this and validation
     # keeps the better (0: never). On ML-1M with each user's latest positives held out it lifted validation
-    # Recall@20 from 0.183 to 0.251; on the random split validation turned it down (0.159 vs 0.280) after 10
-    # epochs. 6 validated level with 8 and above 4 there (0.252, 0.251, 0.247; sweeps.md, section 8).
+    # Recall@20 from 0.183 to 0.252; on ML-1M's random split validation turns it down (0.173 vs 0.280, a trial
+    # of 16-18 epochs). Strengths compared on validation: benchmarks/results/sweeps.md, section 8.
     recency_trial: float = 6.0
     # ... when the fit slice has at most this many positives: the trial is one more selection run, minutes
     # each past this size (the large_positives scale). 0: never.
@@ -135,18 +138,25 @@ class TrainConfig:
     # this many users, an epoch is a fresh random sample of that many users.
     max_batch_users: int = 16_384
     # Catalogues up to this many items get the full softmax; larger ones a sampled softmax over
-    # sampled_negatives items shared by the step, drawn by fit popularity, with the logQ correction.
+    # sampled_negatives items shared by the step, drawn by fit popularity, with the logQ correction, unless
+    # a step's logits (its users x the catalogue) are no more than batch_size x this: few users with a wide
+    # catalogue (ml-latest-small's shape: 610 users, 9,742 movies) keep the full softmax, which is cheap there
+    # and ranked better (sweeps.md, section 9).
     full_softmax_max_items: int = 8_192
     # The step's logits are users x negatives, a cost that grows with the users rather than the edges: at
     # 100k users 4,096 made the epoch 1.8x linear; 2,048 reached the same validation Recall@20 at a lower
     # cost (sweeps.md, section 7; scale.md).
     sampled_negatives: int = 2_048
-    # Catalogues with more items than this are scored by dot products, whatever ``cosine`` says. On 100k
+    # Data with more users than dot_min_users is scored by dot products, whatever ``cosine`` says. On 100k
     # synthetic users x 20k items the cosine model learned slowly (validation Recall@20 0.059 after 240 s, 40 %
     # of popularity's) where the dot product passed popularity within 40 s; a full softmax showed the
-    # same dot-product curve as the sampled one, so the sampling is not the cause (benchmarks/results/
-    # sweeps.md, section 7).
-    cosine_max_items: int = 8_192
+    # same dot-product curve as the sampled one, so the sampling is not the cause (sweeps.md, section 7).
+    # What decides is the users, not the catalogue: at 30,000 users the dot product led with 7,938 and
+    # 9,877 items alike, at 6,000 users (ML-1M's size) and at 610 users with 8,357 items the cosine did
+    # (sections 7b, 9). Up to cosine_max_users the recipe's score stands; in between, validation chooses
+    # (one more selection run, with dot products at dot_lr).
+    cosine_max_users: int = 8_192
+    dot_min_users: int = 32_768
     # Adam learning rate (at most) for dot-product scores: with lr 3e-2 the dot-product model overfit within a
     # few epochs there (validation Recall@20 peaked at 0.166 on epoch 4, then fell), with 1e-2 it was still
     # rising at 0.181 on epoch 12 (sweeps.md, section 7).
@@ -231,7 +241,7 @@ class ScalePlan:
 def plan_for(config: TrainConfig, users: int, items: int, fit_positives: int) -> ScalePlan:
     """Apply the scale rules of ``config`` to the counts of a fit slice (see the fields' comments)."""
     dim = min(config.dim, config.large_dim) if fit_positives > config.large_positives else config.dim
-    cosine = config.cosine and items <= config.cosine_max_items
+    cosine = config.cosine and users <= config.dot_min_users
     # A rule for the scores it changed: the paper's dot-product recipe keeps its own rate.
     lr = min(config.lr, config.dot_lr) if config.cosine and not cosine else config.lr
     if config.loss != "softmax":  # the paper's BPR recipe keeps its pairs-per-step epoch (a reference)
@@ -243,7 +253,8 @@ def plan_for(config: TrainConfig, users: int, items: int, fit_positives: int) ->
     if users > batch * config.max_steps_per_epoch:
         batch = min(-(-users // config.max_steps_per_epoch), max(config.max_batch_users, config.batch_size))
     steps = max(1, min(-(-users // batch), config.max_steps_per_epoch))
-    negatives = config.sampled_negatives if items > config.full_softmax_max_items else 0
+    cheap = min(users, batch) * items <= config.batch_size * config.full_softmax_max_items
+    negatives = 0 if items <= config.full_softmax_max_items or cheap else config.sampled_negatives
     return ScalePlan(
         users,
         items,
@@ -259,10 +270,16 @@ def plan_for(config: TrainConfig, users: int, items: int, fit_positives: int) ->
     )
 
 
+# Settings earlier versions recorded in bundles and this one no longer has (their rule changed): a bundle's
+# config.json may still name them, and retraining from it ignores them.
+RETIRED_SETTINGS = ("cosine_max_items",)
+
+
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset with every non-None override applied, validated."""
     if preset not in PRESETS:
         raise MovierecError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    overrides = {name: value for name, value in overrides.items() if name not in RETIRED_SETTINGS}
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(overrides) - known
     if unknown:
@@ -321,8 +338,10 @@ def check_config(config: TrainConfig) -> None:
         raise MovierecError(f"layers must be >= 0, got {config.layers}")
     if config.weight_decay < 0 or config.time_budget < 0 or config.min_gain < 0 or config.search_max_positives < 0:
         raise MovierecError("weight-decay, min-gain, time-budget and search-max-positives must not be negative")
-    if config.cosine_max_items < 0:
-        raise MovierecError(f"cosine-max-items must not be negative, got {config.cosine_max_items}")
+    if not 0 <= config.cosine_max_users <= config.dot_min_users:
+        raise MovierecError(
+            f"need 0 <= cosine-max-users <= dot-min-users, got {config.cosine_max_users} and {config.dot_min_users}"
+        )
     for name in ("uniform_negatives_share", "overfit_drop"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise MovierecError(f"{name.replace('_', '-')} must be between 0 and 1, got {getattr(config, name)}")

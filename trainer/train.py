@@ -6,8 +6,10 @@
    without a gain of more than ``min_gain`` (relative) in Recall@20, or at the
    epoch ceiling or the time budget. The best validated parameters are kept.
    On small data (``search_max_positives``) the selection is repeated for
-   each alternative of ``search_space`` and the best validation Recall@20
-   decides which settings go on to the refit.
+   each alternative of ``search_space``, and when the positives have
+   timestamps once more with recency weights (``recency_trial``,
+   ``movierec.trainer.recency``); the best validation Recall@20 decides which
+   settings go on to the refit.
 2. *Refit* (``TrainConfig.refit``): the same model and optimiser keep
    training, now on all of train (fit + valid edges), for ``refit_fraction``
    of the selection's epochs while the learning rate is annealed to zero.
@@ -522,12 +524,16 @@ def _overrides(config: TrainConfig, base: TrainConfig) -> dict[str, Any]:
 
 def candidate_configs(config: TrainConfig, split: Split) -> list[TrainConfig]:
     """The recipe itself, then each ``search_space`` alternative when the fit slice is small enough to search,
-    then the recipe with recency weights when the positives have times and the trial applies (``recency_trial``)."""
+    then dot-product scores when the user count is between the score rules' thresholds (``cosine_max_users``,
+    ``dot_min_users``), then the recipe with recency weights when the positives have times (``recency_trial``)."""
     if not split.valid.nnz:
         return [config]
     candidates = [config]
     if 0 < split.fit.nnz <= config.search_max_positives:
         candidates += [replace(config, **dict(alternative)) for alternative in config.search_space]
+    users = int(np.count_nonzero(split.fit.row_lengths()))
+    if config.cosine and config.cosine_max_users < users <= config.dot_min_users:
+        candidates.append(replace(config, cosine=False, lr=min(config.lr, config.dot_lr)))
     if recency_trial_applies(config, split):
         candidates.append(replace(config, recency=config.recency_trial))
     return candidates
