@@ -240,7 +240,8 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
         ("s / epoch (training steps)", lambda r: f"{r['seconds_per_epoch']}"),
         ("s / epoch per M fit positives", lambda r: f"{r['seconds_per_epoch'] / r['fit_positives'] * 1e6:.1f}"),
         ("epoch / s of the plateau", lambda r: f"{r['plateau_epoch']} / {r['plateau_s']:.0f}"),
-        ("epochs run (selection + refit)", lambda r: f"{r['epochs_run']} ({r['selection_epochs']} + refit)"),
+        # every epoch trained: each selection run (a validation trial is one more), then the refit
+        ("epochs run (the kept selection's)", lambda r: f"{r['epochs_run']} ({r['selection_epochs']})"),
         ("**training wall (s)**, whole process", lambda r: f"**{r['train_wall_s']:.0f}**"),
         ("**peak RSS (GiB)**", lambda r: f"**{r['peak_rss_mb'] / 1024:.2f}**"),
         ("test R@20 / NDCG@20: ours", lambda r: f"{r['recall@20']:.4f} / {r['ndcg@20']:.4f}"),

@@ -75,7 +75,8 @@ def register(commands: Any) -> None:
     train.add_argument(
         "--score",
         choices=("dot", "cosine"),
-        help="score = dot product or cosine of the final embeddings (fast: cosine, dot past 8,192 items; paper: dot)",
+        help="score = dot product or cosine of the final embeddings (fast: cosine up to 8,192 users, dot past "
+        "32,768, validation's choice between; paper: dot)",
     )
     train.add_argument(
         "--refit",
