@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from movierec.bundle import CSR
+from movierec.bundle import CSR, read_model_bundle
 from movierec.clients.cli.main import main
 from movierec.trainer.config import TrainConfig, resolve_config
 from movierec.trainer.data import Dataset, Ratings, make_split
@@ -150,3 +150,45 @@ def test_recctl_refuses_recency_it_cannot_use(tmp_path: Path, capsys: pytest.Cap
         assert main(["train", "--data", str(data), "--out", str(tmp_path / "bundle"), *flags]) != 0
         assert message in capsys.readouterr().err
         assert not (tmp_path / "bundle").exists()
+
+
+def _write_csv(dataset: Dataset, folder: Path, *, with_times: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    r = dataset.ratings
+    header = "userId,movieId,rating,timestamp" if with_times else "userId,movieId,rating"
+    rows = [
+        f"{u},{i},{rating:g}" + (f",{t}" if with_times else "")
+        for u, i, rating, t in zip(r.users, r.items, r.ratings, r.timestamps, strict=True)
+    ]
+    (folder / "ratings.csv").write_text("\n".join([header, *rows]) + "\n")
+    return folder
+
+
+def test_recctl_train_split_temporal_holds_out_the_latest_and_keeps_recency(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = _write_csv(drifting_dataset(), tmp_path / "data"), tmp_path / "bundle"
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()]
+    command = ["train", "--data", str(data), "--out", str(out), "--split", "temporal", *flags]
+    assert main([*command, "--search-max-positives", "0", "--json"]) == 0
+    capsys.readouterr()
+    bundle = read_model_bundle(out)
+    assert bundle.config["protocol"]["split"] == "temporal"
+    assert bundle.config["train"]["recency"] == TrainConfig().recency_trial
+    # every held-out positive is at least as late as every training positive of its user
+    r = drifting_dataset().ratings
+    times = {(int(u), int(i)): int(t) for u, i, t in zip(r.users, r.items, r.timestamps, strict=True)}
+    for row in range(bundle.test.n_rows):
+        user = int(bundle.user_ids[row])
+        train_latest = max(times[(user, int(bundle.item_ids[i]))] for i in bundle.train.row(row))
+        assert all(times[(user, int(bundle.item_ids[i]))] >= train_latest for i in bundle.test.row(row))
+
+
+def test_recctl_train_refuses_a_temporal_split_without_timestamps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_csv(drifting_dataset(), tmp_path / "data", with_times=False)
+    out = tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), "--split", "temporal"]) == 1
+    assert "a temporal split needs timestamps" in capsys.readouterr().err
+    assert not out.exists()

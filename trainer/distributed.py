@@ -114,6 +114,7 @@ class TrainJob:
     min_rating: float
     force: bool
     progress: bool
+    split_method: str = "random"
 
 
 def threads_per_worker(local_workers: int) -> int:
@@ -132,6 +133,7 @@ def run_worker(job: TrainJob) -> dict[str, Any]:
         job.config,
         data_format=job.data_format,
         min_rating=job.min_rating,
+        split_method=job.split_method,
         force=job.force,
         progress=job.progress,
         coordinator=coordinator,

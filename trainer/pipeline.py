@@ -97,6 +97,7 @@ def train_bundle(
     *,
     data_format: str | None = None,
     min_rating: float = 4.0,
+    split_method: str = "random",
     force: bool = False,
     progress: bool = True,
     coordinator: Coordinator = SOLO,
@@ -107,19 +108,28 @@ def train_bundle(
     is staged and renamed into place, so a failure or Ctrl-C leaves ``out`` as it was.
     With several training processes (``movierec.trainer.distributed``) every
     one trains; only the leader evaluates on test and writes (the others return {}).
+    ``split_method`` is the evaluation split's (``movierec.trainer.data.split``):
+    "temporal" holds out each user's latest positives, the question a service answers.
     """
     if isinstance(config, SageConfig):  # GraphSAGE: its own settings and loop, the same split, evaluator and bundle
         from movierec.trainer.sage_train import train_sage_bundle
 
         return train_sage_bundle(
-            data, out, config, data_format=data_format, min_rating=min_rating, force=force, progress=progress
+            data,
+            out,
+            config,
+            data_format=data_format,
+            min_rating=min_rating,
+            split_method=split_method,
+            force=force,
+            progress=progress,
         )
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and not force:
         raise BundleError("already exists (pass --force to replace it)", path=out)
     dataset = load_dataset(Path(data), data_format)
-    split = make_split(dataset, min_rating=min_rating, seed=SPLIT_SEED)
+    split = make_split(dataset, min_rating=min_rating, seed=SPLIT_SEED, method=split_method)
     result = train_model(split, config, progress=progress and coordinator.leader, coordinator=coordinator)
     if not coordinator.leader:
         return {}

@@ -174,6 +174,7 @@ def train_sage_bundle(
     *,
     data_format: str | None = None,
     min_rating: float = 4.0,
+    split_method: str = "random",
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -183,7 +184,7 @@ def train_sage_bundle(
     if out.exists() and not force:
         raise BundleError("already exists (pass --force to replace it)", path=out)
     dataset = load_dataset(Path(data), data_format)
-    split = make_split(dataset, min_rating=min_rating, seed=SPLIT_SEED)
+    split = make_split(dataset, min_rating=min_rating, seed=SPLIT_SEED, method=split_method)
     items = item_metadata(dataset, split.item_ids)
     features = node_features(dataset, items, split.user_ids)
     result = train_sage(split, features, config, progress=progress)

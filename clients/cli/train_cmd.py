@@ -92,6 +92,13 @@ def register(commands: Any) -> None:
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long, keep the best")
     train.add_argument("--min-rating", type=float, default=4.0, metavar="R", help="positives: rating >= R")
     train.add_argument(
+        "--split",
+        choices=("random", "temporal"),
+        default="random",
+        help="evaluation split: random 80/20 of the positives (default), or each user's latest 20 %% held out "
+        "(the future; needs timestamps)",
+    )
+    train.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -190,6 +197,7 @@ def _train_alone(args: argparse.Namespace, data: Path, config: Any) -> dict[str,
         config,
         data_format=args.fmt,
         min_rating=args.min_rating,
+        split_method=args.split,
         force=args.force,
         progress=not args.json,
     )
@@ -200,7 +208,7 @@ def _train_with_workers(args: argparse.Namespace, data: Path, config: Any) -> di
 
     if args.out.exists() and not args.force:  # before any process starts
         raise MovierecError(f"{args.out}: already exists (pass --force to replace it)")
-    job = TrainJob(data, args.out, config, args.fmt, args.min_rating, args.force, not args.json)
+    job = TrainJob(data, args.out, config, args.fmt, args.min_rating, args.force, not args.json, args.split)
     if launched_by_torchrun():
         return train_under_torchrun(job, args.workers)
     return train_spawned(job, args.workers)
