@@ -6,10 +6,11 @@
    without a gain of more than ``min_gain`` (relative) in Recall@20, or at the
    epoch ceiling or the time budget. The best validated parameters are kept.
    On small data (``search_max_positives``) the selection is repeated for
-   each alternative of ``search_space``, and when the positives have
-   timestamps once more with recency weights (``recency_trial``,
-   ``movierec.trainer.recency``); the best validation Recall@20 decides which
-   settings go on to the refit.
+   each alternative of ``search_space``; between the score rules' user
+   counts once more with dot-product scores (``cosine_max_users``,
+   ``dot_min_users``); and when the positives have timestamps once more with
+   recency weights (``recency_trial``, ``movierec.trainer.recency``). The best
+   validation Recall@20 decides which settings go on to the refit.
 2. *Refit* (``TrainConfig.refit``): the same model and optimiser keep
    training, now on all of train (fit + valid edges), for ``refit_fraction``
    of the selection's epochs while the learning rate is annealed to zero.
