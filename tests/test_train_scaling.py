@@ -13,6 +13,7 @@ from test_train import N_ITEMS, N_USERS, TINY_TRAIN, tiny_split, write_ratings
 from movierec.bundle import read_model_bundle
 from movierec.bundle.csr import CSR
 from movierec.clients.cli.main import main
+from movierec.errors import MovierecError
 from movierec.trainer.config import TrainConfig, plan_for, resolve_config
 from movierec.trainer.data.split import Split
 from movierec.trainer.losses import softmax_loss
@@ -201,3 +202,10 @@ def test_recctl_train_prints_the_rules_and_the_bundle_records_them(
     scale = read_model_bundle(out).config["scale"]
     assert scale["steps_per_epoch"] == 3 and scale["batch_users"] == 32 and scale["negatives"] == 0
     assert rules == [f"scale rules: {scale['rules']}"] and "3 steps of 32 per epoch, full softmax" in rules[0]
+
+
+def test_a_bundle_config_naming_a_retired_setting_still_resolves() -> None:
+    """Bundles trained before the score rule went by users recorded ``cosine_max_items``; retraining ignores it."""
+    assert resolve_config("fast", cosine_max_items=8_192) == resolve_config("fast")
+    with pytest.raises(MovierecError, match="unknown training setting"):
+        resolve_config("fast", cosine_max_itemz=8_192)
