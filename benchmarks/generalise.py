@@ -284,20 +284,32 @@ def _kept(run: dict[str, Any]) -> str:
     return ", ".join(f"{name} {value}" for name, value in best["overrides"].items()) or "the defaults"
 
 
+def compared(ours: float, rival: float) -> str:
+    """ "ahead", "level" (the same to the 4 decimals the results carry) or "behind"."""
+    if abs(ours - rival) < 5e-5:
+        return "level"
+    return "ahead" if ours > rival else "behind"
+
+
 def standing(payload: dict[str, Any]) -> list[str]:
     """Where ours stands against EASE and iALS over the suite, counted per dataset and metric (means)."""
     lines = []
     for rival in ("EASE", "iALS"):
-        behind = []
+        ahead = 0
+        not_ahead: dict[str, list[str]] = {"level": [], "behind": []}
         for result in payload["datasets"]:
             ours, other = result["rows"]["ours"]["summary"], result["rows"][rival]["summary"]
-            lost = [metric for metric in METRICS if ours[metric]["mean"] <= other[metric]["mean"]]
-            if lost:
-                behind.append(f"{result['name']} ({'/'.join(lost)})")
+            states = {metric: compared(ours[metric]["mean"], other[metric]["mean"]) for metric in METRICS}
+            ahead += all(state == "ahead" for state in states.values())
+            for state, names in not_ahead.items():
+                metrics = [metric for metric, got in states.items() if got == state]
+                if metrics:
+                    names.append(f"{result['name']} ({'/'.join(metrics)})")
         total = len(payload["datasets"])
         lines.append(
-            f"- Against {rival}: ahead on both metrics on {total - len(behind)} of {total} datasets"
-            + (f"; behind on {', '.join(behind)}." if behind else ".")
+            f"- Against {rival}: ahead on both metrics on {ahead} of {total} datasets"
+            + "".join(f"; {state} on {', '.join(names)}" for state, names in not_ahead.items() if names)
+            + "."
         )
     return lines
 
@@ -314,10 +326,15 @@ def verdict(results: dict[str, Any]) -> str:
     for rival_name, rival in (("EASE", ease), ("iALS", ials)):
         deltas = [ours[metric]["mean"] - rival[metric]["mean"] for metric in METRICS]
         worst = [ours[metric]["min"] - rival[metric]["max"] for metric in METRICS]
+        states = [compared(ours[m]["mean"], rival[m]["mean"]) for m in METRICS]
         status = (
             "ahead"
-            if min(deltas) > 0
-            else "behind on " + "/".join(metric for metric, delta in zip(METRICS, deltas, strict=True) if delta <= 0)
+            if set(states) == {"ahead"}
+            else "; ".join(
+                f"{state} on " + "/".join(m for m, s in zip(METRICS, states, strict=True) if s == state)
+                for state in ("level", "behind")
+                if state in states
+            )
         )
         parts.append(
             f"vs {rival_name} {deltas[0]:+.4f} / {deltas[1]:+.4f} ({status}; worst seed vs best {rival_name} "
@@ -396,7 +413,11 @@ def main() -> int:
     parser.add_argument(
         "--ensemble", action="store_true", help="with --set: also score the seeds' models averaged (mean score)"
     )
+    parser.add_argument("--render", action="store_true", help="rewrite generalise.md from generalise.json only")
     args = parser.parse_args()
+    if args.render:
+        write_markdown(json.loads((args.out / f"{RESULTS_NAME}.json").read_text()), args.out / f"{RESULTS_NAME}.md")
+        return 0
     if args.data is None:
         raise SystemExit("no --data and no MovieLens-1M copy found")
     names = [name for name in args.datasets.split(",") if name]

@@ -82,6 +82,15 @@ def test_the_verdict_names_the_metric_we_trail_on() -> None:
     assert "vs iALS +0.0200 / +0.0300 (ahead" in text
 
 
+def test_a_tie_to_the_results_precision_is_level_not_behind() -> None:
+    rows = {"ours": _summary(0.30, 0.1701), "EASE": _summary(0.29, 0.1701), "iALS": _summary(0.31, 0.1700)}
+    tied = {"name": "tie", "rows": rows}
+    assert "(level on ndcg@20" in generalise.verdict(tied)
+    lines = generalise.standing({"datasets": [tied]})
+    assert lines[0] == "- Against EASE: ahead on both metrics on 0 of 1 datasets; level on tie (ndcg@20)."
+    assert lines[1] == "- Against iALS: ahead on both metrics on 0 of 1 datasets; behind on tie (recall@20)."
+
+
 def test_a_sweep_setting_takes_the_type_of_the_field() -> None:
     assert generalise.parse_setting("temperature=0.12") == ("temperature", 0.12)
     assert generalise.parse_setting("layers=2") == ("layers", 2)
