@@ -94,6 +94,22 @@ def test_ease_matches_the_per_column_constrained_ridge_solution() -> None:
     np.testing.assert_allclose(peer.score(rows), x[rows] @ peer.weights, rtol=1e-5, atol=1e-6)
 
 
+def test_weighted_histories_score_with_the_weights_and_leave_b_unchanged() -> None:
+    """EASE + recency (generalise.py): B from the plain positives, a user's scores from the weighted history."""
+    positives = random_positives(40, 9, density=0.35, seed=1)
+    weights = np.random.default_rng(2).uniform(0.1, 1.0, positives.nnz).astype(np.float32)
+    plain, weighted = Ease(l2=3.0), Ease(l2=3.0)
+    plain.fit(TrainingData(positives))
+    weighted.fit(TrainingData(positives, weights=weights))
+    np.testing.assert_array_equal(plain.weights, weighted.weights)
+    history = np.zeros((40, 9), dtype=np.float32)
+    rows, items = positives.to_pairs()
+    history[rows, items] = weights
+    users = np.array([0, 5, 7], dtype=np.int64)
+    np.testing.assert_allclose(weighted.score(users), history[users] @ plain.weights, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(weighted.score(users), plain.score(users))
+
+
 def test_ease_rejects_a_non_positive_l2() -> None:
     with pytest.raises(ValueError, match="l2"):
         Ease(l2=0.0)

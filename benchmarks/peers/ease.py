@@ -16,7 +16,9 @@ class Ease:
     with ``P = (XᵀX + λI)⁻¹``, so fitting is one dense inversion of an
     items x items matrix (3706² on MovieLens-1M: about a second). EASE is the
     strongest simple baseline on this data, which is why the LightGCN target is
-    set against it.
+    set against it. With ``TrainingData.weights`` a user's history row ``x_u``
+    carries them (recency weights: the time-aware reference of
+    ``benchmarks/generalise.py``); ``B`` is fitted on the plain positives either way.
     """
 
     def __init__(self, l2: float = 500.0) -> None:
@@ -34,7 +36,12 @@ class Ease:
         weights = -precision / np.diag(precision)
         weights[np.diag_indices_from(weights)] = 0.0
         self._weights = weights.astype(np.float32)
-        self._user_items = x
+        positives = data.positives
+        self._user_items = (
+            x
+            if data.weights is None
+            else sp.csr_matrix((data.weights, positives.indices, positives.indptr), shape=x.shape)
+        )
 
     def score(self, user_rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         weights = require_fitted(self._weights)
