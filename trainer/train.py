@@ -532,7 +532,7 @@ def candidate_configs(config: TrainConfig, split: Split) -> list[TrainConfig]:
     candidates = [config]
     if 0 < split.fit.nnz <= config.search_max_positives:
         candidates += [replace(config, **dict(alternative)) for alternative in config.search_space]
-    users = int(np.count_nonzero(split.fit.row_lengths()))
+    users = scale_plan(config, split).users
     if config.cosine and config.cosine_max_users < users <= config.dot_min_users:
         candidates.append(replace(config, cosine=False, lr=min(config.lr, config.dot_lr)))
     if recency_trial_applies(config, split):
