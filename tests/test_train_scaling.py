@@ -69,6 +69,10 @@ def test_between_the_score_thresholds_validation_chooses_the_score() -> None:
     assert scores == [(True, config.lr), (False, config.dot_lr)]
     for outside in (replace(config, cosine_max_users=users), replace(config, cosine=False)):
         assert len(candidate_configs(outside, split)) == 1
+    banded_plan = plan_for(config, config.cosine_max_users + 1, 3_000, 400_000)
+    assert banded_plan.cosine and banded_plan.dot_trial and "dot products also tried" in banded_plan.describe()
+    for users_outside in (config.cosine_max_users, config.dot_min_users + 1):
+        assert not plan_for(config, users_outside, 3_000, 400_000).dot_trial
 
 
 def test_sampled_negatives_mix_uniform_draws_so_every_item_is_drawn() -> None:

@@ -221,6 +221,8 @@ class ScalePlan:
     cosine: bool  # score = cosine of the final embeddings (else their dot product)
     lr: float  # Adam learning rate (dot products: at most dot_lr)
     valid_users: int  # ceiling on validation users ranked per evaluation
+    # Cosine scores, but between cosine_max_users and dot_min_users: validation also tries dot products at dot_lr.
+    dot_trial: bool = False
 
     def applied_to(self, config: TrainConfig) -> TrainConfig:
         """``config`` with the fields these rules set (dim, score, learning rate): what a run trains with."""
@@ -229,11 +231,12 @@ class ScalePlan:
     def describe(self) -> str:
         softmax = "full softmax" if self.negatives == 0 else f"sampled softmax ({self.negatives} negatives, logQ)"
         score = "cosine" if self.cosine else "dot-product"
+        trial = "; dot products also tried on validation" if self.dot_trial else ""
         sample = "" if self.users_per_epoch >= self.users else f", a sample of {self.users_per_epoch:,} users"
         return (
             f"{self.users:,} users x {self.items:,} items, {self.fit_positives:,} fit positives: dim {self.dim}, "
             f"{self.steps_per_epoch} steps of {self.batch_users:,} per epoch{sample}, {softmax}, "
-            f"{score} scores (lr {self.lr:g}), "
+            f"{score} scores (lr {self.lr:g}{trial}), "
             f"validation on <= {self.valid_users:,} users"
         )
 
@@ -242,12 +245,24 @@ def plan_for(config: TrainConfig, users: int, items: int, fit_positives: int) ->
     """Apply the scale rules of ``config`` to the counts of a fit slice (see the fields' comments)."""
     dim = min(config.dim, config.large_dim) if fit_positives > config.large_positives else config.dim
     cosine = config.cosine and users <= config.dot_min_users
+    dot_trial = cosine and users > config.cosine_max_users  # the users between the two thresholds
     # A rule for the scores it changed: the paper's dot-product recipe keeps its own rate.
     lr = min(config.lr, config.dot_lr) if config.cosine and not cosine else config.lr
     if config.loss != "softmax":  # the paper's BPR recipe keeps its pairs-per-step epoch (a reference)
         steps = max(1, -(-fit_positives // config.batch_size))
         return ScalePlan(
-            users, items, fit_positives, dim, config.batch_size, steps, users, 0, cosine, lr, config.max_valid_users
+            users,
+            items,
+            fit_positives,
+            dim,
+            config.batch_size,
+            steps,
+            users,
+            0,
+            cosine,
+            lr,
+            config.max_valid_users,
+            dot_trial,
         )
     batch = config.batch_size
     if users > batch * config.max_steps_per_epoch:
@@ -267,6 +282,7 @@ def plan_for(config: TrainConfig, users: int, items: int, fit_positives: int) ->
         cosine,
         lr,
         config.max_valid_users,
+        dot_trial,
     )
 
 

@@ -525,15 +525,14 @@ def _overrides(config: TrainConfig, base: TrainConfig) -> dict[str, Any]:
 
 def candidate_configs(config: TrainConfig, split: Split) -> list[TrainConfig]:
     """The recipe itself, then each ``search_space`` alternative when the fit slice is small enough to search,
-    then dot-product scores when the user count is between the score rules' thresholds (``cosine_max_users``,
-    ``dot_min_users``), then the recipe with recency weights when the positives have times (``recency_trial``)."""
+    then dot-product scores when the scale rules leave the score to validation (``ScalePlan.dot_trial``),
+    then the recipe with recency weights when the positives have times (``recency_trial``)."""
     if not split.valid.nnz:
         return [config]
     candidates = [config]
     if 0 < split.fit.nnz <= config.search_max_positives:
         candidates += [replace(config, **dict(alternative)) for alternative in config.search_space]
-    users = scale_plan(config, split).users
-    if config.cosine and config.cosine_max_users < users <= config.dot_min_users:
+    if scale_plan(config, split).dot_trial:
         candidates.append(replace(config, cosine=False, lr=min(config.lr, config.dot_lr)))
     if recency_trial_applies(config, split):
         candidates.append(replace(config, recency=config.recency_trial))
@@ -569,8 +568,8 @@ def train_model(
     stopping — they are known positives at serving time and are masked in the
     test evaluation like every other training item.
 
-    The scale rules (:func:`scale_plan`) may lower ``dim`` and, for large
-    catalogues, switch to dot-product scores at a lower learning rate; the
+    The scale rules (:func:`scale_plan`) may lower ``dim`` and, for many
+    users, switch to dot-product scores at a lower learning rate; the
     returned config holds what was trained with. With a ``coordinator`` of several
     processes, each runs this same function on the same data and seed.
     """
