@@ -246,19 +246,31 @@ def run_peer(
 
 
 def run_recency_ease(grid: Sequence[dict[str, Any]], split: Split) -> dict[str, Any]:
-    """EASE over recency-weighted histories: each strength's λ grid on validation, the best pair refitted on train."""
+    """EASE over recency-weighted histories: strength and λ chosen together on validation, then refitted on train.
+
+    ``B`` does not depend on the weights, so each λ is fitted once and read with every strength's weights.
+    """
     from movierec.trainer.recency import recency_weights
 
     started = time.perf_counter()
-    tuned = []
-    for strength in RECENCY_STRENGTHS:
-        fit_data = TrainingData(split.fit, weights=recency_weights(split, split.fit, strength))
-        search = grid_search(Ease, grid, fit_data, split.valid)
-        best = max(search.trials, key=lambda trial: trial.valid_metrics["recall@20"])
-        tuned.append((best.valid_metrics["recall@20"], strength, dict(best.params)))
-    _, strength, params = max(tuned, key=lambda entry: entry[0])
-    peer = Ease(**params)
-    peer.fit(TrainingData(split.train, weights=recency_weights(split, split.train, strength)))
+    fit_weights = {strength: recency_weights(split, split.fit, strength) for strength in RECENCY_STRENGTHS}
+    best_per_strength: dict[float, tuple[float, dict[str, Any]]] = {}
+    for params in grid:
+        fitted = Ease(**params)
+        fitted.fit(TrainingData(split.fit))
+        for strength, weights in fit_weights.items():
+            assert weights is not None  # the split has timestamps (a temporal one)
+            peer = fitted.reading(split.fit, weights)
+            recall = evaluate_ranking(peer.score, split.fit, split.valid)["recall@20"]
+            if strength not in best_per_strength or recall > best_per_strength[strength][0]:
+                best_per_strength[strength] = (recall, dict(params))
+    strength = max(RECENCY_STRENGTHS, key=lambda s: best_per_strength[s][0])
+    params = best_per_strength[strength][1]
+    fitted = Ease(**params)
+    fitted.fit(TrainingData(split.train))
+    train_weights = recency_weights(split, split.train, strength)
+    assert train_weights is not None
+    peer = fitted.reading(split.train, train_weights)
     runs = [{"seed": None, "test": test_scores(evaluate_ranking(peer.score, split.train, split.test))}]
     return {"params": {**params, "recency": strength}, "runs": runs, "seconds": round(time.perf_counter() - started, 1)}
 

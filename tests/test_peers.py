@@ -98,9 +98,9 @@ def test_weighted_histories_score_with_the_weights_and_leave_b_unchanged() -> No
     """EASE + recency (generalise.py): B from the plain positives, a user's scores from the weighted history."""
     positives = random_positives(40, 9, density=0.35, seed=1)
     weights = np.random.default_rng(2).uniform(0.1, 1.0, positives.nnz).astype(np.float32)
-    plain, weighted = Ease(l2=3.0), Ease(l2=3.0)
+    plain = Ease(l2=3.0)
     plain.fit(TrainingData(positives))
-    weighted.fit(TrainingData(positives, weights=weights))
+    weighted = plain.reading(positives, weights)
     np.testing.assert_array_equal(plain.weights, weighted.weights)
     history = np.zeros((40, 9), dtype=np.float32)
     rows, items = positives.to_pairs()

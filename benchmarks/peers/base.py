@@ -39,9 +39,6 @@ class TrainingData:
 
     positives: CSR
     ratings: ExplicitRatings | None = None
-    # Per-positive weights aligned with positives.indices (recency, movierec.trainer.recency), for the peers
-    # that read a user's history weighted (EASE); None: every positive weighs 1.
-    weights: npt.NDArray[np.float32] | None = None
 
     @property
     def n_users(self) -> int:

@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from movierec.bundle.csr import CSR
 from peers.base import TrainingData, positives_matrix, require_fitted
 
 
@@ -16,9 +17,8 @@ class Ease:
     with ``P = (XᵀX + λI)⁻¹``, so fitting is one dense inversion of an
     items x items matrix (3706² on MovieLens-1M: about a second). EASE is the
     strongest simple baseline on this data, which is why the LightGCN target is
-    set against it. With ``TrainingData.weights`` a user's history row ``x_u``
-    carries them (recency weights: the time-aware reference of
-    ``benchmarks/generalise.py``); ``B`` is fitted on the plain positives either way.
+    set against it. :meth:`reading` gives the fitted ``B`` weighted user histories
+    (the time-aware reference of ``benchmarks/generalise.py``).
     """
 
     def __init__(self, l2: float = 500.0) -> None:
@@ -36,12 +36,19 @@ class Ease:
         weights = -precision / np.diag(precision)
         weights[np.diag_indices_from(weights)] = 0.0
         self._weights = weights.astype(np.float32)
-        positives = data.positives
-        self._user_items = (
-            x
-            if data.weights is None
-            else sp.csr_matrix((data.weights, positives.indices, positives.indptr), shape=x.shape)
+        self._user_items = x
+
+    def reading(self, positives: CSR, weights: npt.NDArray[np.float32]) -> Ease:
+        """This fitted ``B`` scoring from histories whose entries carry ``weights`` (aligned with ``positives``).
+
+        ``B`` does not depend on how a history is weighted, so one fit serves every weighting.
+        """
+        peer = Ease(self.l2)
+        peer._weights = self.weights
+        peer._user_items = sp.csr_matrix(
+            (weights, positives.indices, positives.indptr), shape=(positives.n_rows, positives.n_cols)
         )
+        return peer
 
     def score(self, user_rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         weights = require_fitted(self._weights)
