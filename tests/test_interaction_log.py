@@ -292,13 +292,30 @@ def _copy_crashed_log(log_path: Path, folder: Path) -> Path:
     return copy
 
 
+def _end_of_last_commit(wal: Path) -> int:
+    """Byte offset where the WAL's last committed transaction ends (SQLite's WAL format: a 32-byte header with the
+    page size at bytes 8-12, then frames of a 24-byte header and one page; a commit frame's bytes 4-8 are non-zero).
+
+    The killed writer may have left frames of a transaction it never committed after it.
+    """
+    data = wal.read_bytes()
+    frame = 24 + int.from_bytes(data[8:12], "big")
+    ends = [
+        start + frame
+        for start in range(32, len(data) - frame + 1, frame)
+        if int.from_bytes(data[start + 4 : start + 8], "big") != 0
+    ]
+    assert ends, "the WAL holds no committed transaction"
+    return ends[-1]
+
+
 def test_a_torn_wal_tail_drops_only_the_torn_transaction(log_path: Path, tmp_path: Path) -> None:
     acks = _kill_writer_after(log_path, acknowledged=30)
     assert Path(f"{log_path}-wal").stat().st_size > 0, "the killed writer should leave its WAL un-checkpointed"
     intact = _copy_crashed_log(log_path, tmp_path / "intact")
     torn = _copy_crashed_log(log_path, tmp_path / "torn")
-    with open(f"{torn}-wal", "r+b") as handle:  # tear the newest frame, as a power cut mid-write would
-        handle.truncate(Path(f"{torn}-wal").stat().st_size - 100)
+    with open(f"{torn}-wal", "r+b") as handle:  # tear the newest commit's last frame, as a power cut mid-write would
+        handle.truncate(_end_of_last_commit(Path(f"{torn}-wal")) - 100)
     with InteractionLog(intact) as log:
         committed = log.export().item_ids.tolist()
     assert committed[: len(acks)] == [item for _, item in acks]
