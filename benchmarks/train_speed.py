@@ -96,7 +96,10 @@ def run_variant(name: str, data: Path, budget: float, result_file: Path) -> None
         "selection_epochs": result.selection_epochs,
         "refit_epochs": result.refit_epochs,
         # every selection run when validation compared several (the kept one among them)
-        "trials": [{"overrides": t.overrides, "valid": t.best_valid_recall, "epochs": t.epochs} for t in result.search],
+        "trials": [
+            {"overrides": t.overrides, "valid": t.best_valid_recall, "epochs": t.epochs, "cut": t.cut}
+            for t in result.search
+        ],
         "test": {k: test[k] for k in ("recall@20", "ndcg@20", "recall@10", "ndcg@10")},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

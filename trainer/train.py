@@ -10,7 +10,9 @@
    counts once more with dot-product scores (``cosine_max_users``,
    ``dot_min_users``); and when the positives have timestamps once more with
    recency weights (``recency_trial``, ``movierec.trainer.recency``). The best
-   validation Recall@20 decides which settings go on to the refit.
+   validation Recall@20 decides which settings go on to the refit. A run
+   after the first stops early once it falls clearly behind the leading run's
+   pace (``trial_cut``): it could no longer be kept.
 2. *Refit* (``TrainConfig.refit``): the same model and optimiser keep
    training, now on all of train (fit + valid edges), for ``refit_fraction``
    of the selection's epochs while the learning rate is annealed to zero.
@@ -48,6 +50,7 @@ from movierec.trainer.recency import has_time_order, recency_weights
 from movierec.trainer.sampling import NegativeSampler, row_entries
 
 VALID_METRIC = "recall@20"
+CUT_REASON = "fell behind the leading run"
 SELECT, REFIT = "select", "refit"
 
 
@@ -67,6 +70,8 @@ class SearchTrial:
     overrides: dict[str, Any]  # the fields that differ from the requested recipe ({} for the recipe itself)
     best_valid_recall: float
     epochs: int
+    cut: bool = False  # stopped early for falling behind the leading run (``TrainConfig.trial_cut``)
+    curve: tuple[tuple[int, float], ...] = ()  # (epoch, validation Recall@20) at each validation of the run
 
 
 @dataclass(frozen=True)
@@ -359,6 +364,23 @@ class _BestSoFar:
 
 
 @dataclass(frozen=True)
+class _Pace:
+    """The leading selection run's best validation Recall@20 by each epoch: what a later run is measured against."""
+
+    history: tuple[EpochRecord, ...]
+
+    def by(self, epoch: int) -> float:
+        reached = [r.valid_recall for r in self.history if r.epoch <= epoch and r.valid_recall is not None]
+        return max(reached, default=0.0)
+
+    def left_behind(self, config: TrainConfig, epoch: int, best: float) -> bool:
+        """Whether a run whose best by ``epoch`` is ``best`` trails this pace by more than ``config.trial_cut``."""
+        if config.trial_cut <= 0 or epoch < config.trial_cut_after:
+            return False
+        return best < self.by(epoch) * (1 - config.trial_cut)
+
+
+@dataclass(frozen=True)
 class _Selection:
     best: _BestSoFar
     history: tuple[EpochRecord, ...]
@@ -387,9 +409,11 @@ def select_on_validation(
     progress: bool,
     label: str = "",
     coordinator: Coordinator = SOLO,
+    pace: _Pace | None = None,
 ) -> _Selection:
     """Phase 1: train on fit, validate every ``eval_every`` epochs, stop at the plateau (module docstring).
 
+    With a ``pace`` (a run after the first), also stop once validation falls behind it (``TrainConfig.trial_cut``).
     With several processes only the leader validates; every stop decision is the leader's.
     """
     weights = recency_weights(split, split.fit, config.recency)
@@ -427,6 +451,10 @@ def select_on_validation(
             history.append(EpochRecord(epoch, clock.elapsed(), loss, recall))
             bar.update(1)
             bar.set_postfix(_postfix(loss, best.recall))
+            behind = pace is not None and recall is not None and pace.left_behind(config, epoch, best.recall or 0.0)
+            if coordinator.agree(behind):
+                stop_reason = f"{CUT_REASON} at epoch {epoch}"
+                break
             if coordinator.agree(best.evaluations_without_gain >= config.patience):
                 stop_reason = f"no validation gain in {config.patience} evaluations"
                 break
@@ -589,9 +617,20 @@ def train_model(
         overrides = _overrides(candidate, config)
         label = "".join(f", {name} {value}" for name, value in overrides.items())
         selection = select_on_validation(
-            split, candidate, model, fit_graph, clock, plan, progress=progress, label=label, coordinator=coordinator
+            split,
+            candidate,
+            model,
+            fit_graph,
+            clock,
+            plan,
+            progress=progress,
+            label=label,
+            coordinator=coordinator,
+            pace=None if chosen is None else _Pace(chosen[3].history),
         )
-        trials.append(SearchTrial(overrides, selection.best.recall or 0.0, selection.epochs))
+        cut = selection.stop_reason.startswith(CUT_REASON)
+        curve = tuple((r.epoch, r.valid_recall) for r in selection.history if r.valid_recall is not None)
+        trials.append(SearchTrial(overrides, selection.best.recall or 0.0, selection.epochs, cut, curve))
         if chosen is None or coordinator.agree((selection.best.recall or 0.0) > (chosen[3].best.recall or 0.0)):
             chosen = (candidate, model, fit_graph, selection)
     assert chosen is not None  # candidate_configs always yields the recipe itself

@@ -43,6 +43,14 @@ RECIPE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
         "B",
         "with timestamps, also select with --recency B and keep what validates better (0: never)",
     ),
+    (
+        "--trial-cut",
+        "trial_cut",
+        float,
+        "F",
+        "stop a selection run after the first once it validates more than this fraction behind the leading "
+        "run at the same epoch (0: never)",
+    ),
 )
 
 
@@ -214,6 +222,7 @@ def closing_lines(training: dict[str, Any]) -> list[str]:
     if training.get("search"):
         tried = "; ".join(
             f"{_describe(trial['overrides'])}: {trial['best_valid_recall']:.4f} in {trial['epochs']} epochs"
+            + (" (stopped: behind the leading run)" if trial.get("cut") else "")
             for trial in training["search"]
         )
         lines.append(f"search on validation: {tried}")
