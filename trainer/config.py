@@ -121,11 +121,11 @@ class TrainConfig:
     recency_max_positives: int = 2_000_000
     # A selection run after the first (a search alternative, a score or recency trial) stops as soon as one of
     # its validations, from epoch trial_cut_after on, finds its best Recall@20 more than this fraction below what
-    # the leading run had reached by the same epoch: it can no longer be kept, so its remaining epochs bought
-    # nothing (on ML-1M's random split the recency trial sat ~40 % behind from its first validations and ran
-    # 18 epochs; on 30,000 synthetic users, 64). Curves of runs that went on to win stayed within 8 % of the
-    # leader's from epoch 8 on; earlier, a slow starter was 18 % behind at epoch 2 (sweeps.md, section 10).
-    # 0: every run goes to its own plateau.
+    # the leading run had reached by the same epoch: such a run is not going to be kept, and its remaining epochs
+    # would buy nothing (recency trials on random splits trailed by 26-35 % from epoch 8 and ran 16-18 epochs, 64 on
+    # 30,000 synthetic users). Runs that went on to overtake the leader trailed it by up to 7.9 % from epoch
+    # 8 on (5 % would have cut one), and by up to 17 % before. On all 16 generalise.md runs the kept model is
+    # the one chosen without cuts (sweeps.md, section 10). 0: every run goes to its own plateau.
     trial_cut: float = 0.1
     trial_cut_after: int = 8
     # Seconds after which training stops and keeps what it has (0 = no budget).
