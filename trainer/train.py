@@ -12,7 +12,7 @@
    recency weights (``recency_trial``, ``movierec.trainer.recency``). The best
    validation Recall@20 decides which settings go on to the refit. A run
    after the first stops early once it falls clearly behind the leading run's
-   pace (``trial_cut``): it could no longer be kept.
+   pace (``trial_cut``): such a run is not going to be kept.
 2. *Refit* (``TrainConfig.refit``): the same model and optimiser keep
    training, now on all of train (fit + valid edges), for ``refit_fraction``
    of the selection's epochs while the learning rate is annealed to zero.
