@@ -113,8 +113,8 @@ class TrainConfig:
     recency: float = 0.0
     # When the train positives have timestamps, the selection runs once more with recency = this and validation
     # keeps the better (0: never). On ML-1M with each user's latest positives held out it lifted validation
-    # Recall@20 from 0.183 to 0.252; on ML-1M's random split validation turns it down (0.173 vs 0.280, a trial
-    # of 16-18 epochs). Strengths compared on validation: benchmarks/results/sweeps.md, section 8.
+    # Recall@20 from 0.183 to 0.252; on ML-1M's random split validation turns it down (0.173 vs 0.280; trial_cut
+    # stops the trial at epoch 8). Strengths compared on validation: benchmarks/results/sweeps.md, section 8.
     recency_trial: float = 6.0
     # ... when the fit slice has at most this many positives: the trial is one more selection run, minutes
     # each past this size (the large_positives scale). 0: never.
