@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from test_train import tiny_split
 from movierec.clients.cli.train_cmd import closing_lines
 from movierec.errors import MovierecError
 from movierec.trainer.config import TrainConfig, resolve_config
-from movierec.trainer.train import EpochRecord, _Pace, train_model
+from movierec.trainer.plot import plot_training_curve, runs_not_kept
+from movierec.trainer.train import EpochRecord, SearchTrial, _Pace, train_model
 
 
 def pace_of(points: list[tuple[int, float | None]]) -> _Pace:
@@ -86,3 +88,19 @@ def test_the_closing_lines_say_which_trial_was_cut() -> None:
     (line,) = [line for line in closing_lines(training) if line.startswith("search on validation")]
     assert "recency 6.0: 0.1000 in 8 epochs (stopped: behind the leading run)" in line
     assert "the recipe's own settings: 0.3000 in 20 epochs;" in line
+
+
+def test_the_curve_plot_draws_every_run_but_the_kept_one(tmp_path: Path) -> None:
+    """The kept run is the first with the best validation recall (a later run must do strictly better)."""
+    trials = [
+        SearchTrial({}, 0.30, 10, curve=((2, 0.2), (4, 0.3))),
+        SearchTrial({"layers": 2}, 0.31, 10, curve=((2, 0.25), (4, 0.31))),
+        SearchTrial({"temperature": 0.2}, 0.31, 10, curve=((2, 0.21), (4, 0.31))),  # a tie is not kept
+        SearchTrial({"recency": 6.0}, 0.10, 8, cut=True, curve=((2, 0.1), (8, 0.1))),
+    ]
+    assert [trial.overrides for trial in runs_not_kept(trials)] == [{}, {"temperature": 0.2}, {"recency": 6.0}]
+    assert runs_not_kept([]) == []
+    history = [EpochRecord(epoch, float(epoch), 5.0 - epoch / 10, recall) for epoch, recall in trials[1].curve]
+    path = tmp_path / "curve.png"
+    plot_training_curve(history, 4, path, "with trials", trials=trials)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

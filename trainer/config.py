@@ -300,6 +300,11 @@ def plan_for(config: TrainConfig, users: int, items: int, fit_positives: int) ->
 RETIRED_SETTINGS = ("cosine_max_items",)
 
 
+def describe_overrides(overrides: dict[str, Any]) -> str:
+    """A selection run's settings in words, as ``recctl train`` prints them and the training curve labels them."""
+    return ", ".join(f"{name} {value}" for name, value in overrides.items()) or "the recipe's own settings"
+
+
 def resolve_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset with every non-None override applied, validated."""
     if preset not in PRESETS:

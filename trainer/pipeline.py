@@ -153,7 +153,7 @@ def train_bundle(
     with tempfile.TemporaryDirectory(prefix="movierec-train-") as scratch:
         curve = Path(scratch) / CURVE_NAME
         title = f"{config.model} ({config.preset} preset) on {dataset.name}"
-        plot_training_curve(result.history, result.best_epoch, curve, title, test=metrics)
+        plot_training_curve(result.history, result.best_epoch, curve, title, test=metrics, trials=result.search)
         write_model_bundle(bundle, out, force=force, attachments={CURVE_NAME: curve})
     summary = {key: value for key, value in metrics.items() if key != "training"}
     summary["training"] = {k: v for k, v in metrics["training"].items() if k != "history"}

@@ -1,4 +1,5 @@
-"""The training-curve PNG attached to every bundle: loss and validation Recall@20 per epoch, refit shaded."""
+"""The training-curve PNG attached to every bundle: loss and validation Recall@20 per epoch, refit shaded,
+and the validation curves of the selection runs that were not kept (search alternatives, trials)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from movierec.trainer.train import REFIT, EpochRecord
+from movierec.trainer.config import describe_overrides
+from movierec.trainer.train import REFIT, EpochRecord, SearchTrial
 
 
 def loss_axis_limits(losses: Sequence[float]) -> tuple[float, float]:
@@ -28,6 +30,15 @@ def loss_axis_limits(losses: Sequence[float]) -> tuple[float, float]:
     return low - margin, high + margin
 
 
+def runs_not_kept(trials: Sequence[SearchTrial]) -> list[SearchTrial]:
+    """The selection runs other than the kept one: the first with the best validation Recall@20, as
+    :func:`movierec.trainer.train.train_model` chooses (a later run must do strictly better to be kept)."""
+    if not trials:
+        return []
+    kept = max(range(len(trials)), key=lambda index: (trials[index].best_valid_recall, -index))
+    return [trial for index, trial in enumerate(trials) if index != kept]
+
+
 def plot_training_curve(
     history: Sequence[EpochRecord],
     best_epoch: int,
@@ -35,11 +46,15 @@ def plot_training_curve(
     title: str,
     *,
     test: Mapping[str, Any] | None = None,
+    trials: Sequence[SearchTrial] = (),
 ) -> None:
     """Loss (left axis) and validation Recall@20 (right axis) against epochs.
 
     The kept validation epoch is marked, the refit on all of train is shaded,
     and the final test Recall/NDCG@20 (when given) is written on the plot.
+    With ``trials`` (the search's runs), the runs not kept are drawn thin and
+    grey beside the kept one, a cross where a run was cut for trailing, so
+    the plot shows what the kept settings won against and what was stopped early.
     """
     import matplotlib
 
@@ -70,8 +85,18 @@ def plot_training_curve(
         color="tab:orange",
         marker="o",
         markersize=3,
-        label="validation Recall@20",
+        label="validation Recall@20" + (" (the kept run)" if trials else ""),
     )
+    for trial in runs_not_kept(trials):
+        if trial.curve:
+            epochs_run, recalls = zip(*trial.curve, strict=True)
+            recall_axis.plot(epochs_run, recalls, color="grey", linewidth=0.8, alpha=0.6)
+            end = (epochs_run[-1], recalls[-1])
+            if trial.cut:
+                recall_axis.plot(*end, color="grey", marker="x", markersize=6)
+            recall_axis.annotate(describe_overrides(trial.overrides), end, fontsize=6, color="grey")
+    if trials:
+        recall_axis.plot([], [], color="grey", linewidth=0.8, label="validation runs not kept (x: cut for trailing)")
     recall_axis.set_ylabel("validation Recall@20", color="tab:orange")
     if best_epoch > 0:
         recall_axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)

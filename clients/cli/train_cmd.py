@@ -210,18 +210,16 @@ def _train_with_workers(args: argparse.Namespace, data: Path, config: Any) -> di
     return train_spawned(job, args.workers)
 
 
-def _describe(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{name} {value}" for name, value in overrides.items()) or "the recipe's own settings"
-
-
 def closing_lines(training: dict[str, Any]) -> list[str]:
     """What happened during training, in the order it happened, for the closing summary."""
+    from movierec.trainer.config import describe_overrides
+
     lines = []
     if training.get("scale"):
         lines.append(f"scale rules: {training['scale']['rules']}")
     if training.get("search"):
         tried = "; ".join(
-            f"{_describe(trial['overrides'])}: {trial['best_valid_recall']:.4f} in {trial['epochs']} epochs"
+            f"{describe_overrides(trial['overrides'])}: {trial['best_valid_recall']:.4f} in {trial['epochs']} epochs"
             + (" (stopped: behind the leading run)" if trial.get("cut") else "")
             for trial in training["search"]
         )
