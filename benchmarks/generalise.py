@@ -314,6 +314,13 @@ def run_variant(variant: Variant, base: Dataset, seeds: Sequence[int], quick: bo
     }
 
 
+def _cuts(runs: list[dict[str, Any]]) -> str:
+    """How many selection runs after each seed's first were cut for trailing (``TrainConfig.trial_cut``), if any."""
+    later = [trial for run in runs for trial in run.get("search", [])[1:]]
+    cut = sum(1 for trial in later if trial.get("cut"))
+    return f"; {cut} of the {len(later)} later selection runs cut for trailing" if cut else ""
+
+
 def _kept(run: dict[str, Any]) -> str:
     """The settings the small-data search kept in one run (the trial with the best validation recall)."""
     best = max(run["search"], key=lambda trial: trial["best_valid_recall"])
@@ -425,6 +432,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
             f"iALS {rows['iALS']['params']}; ours' epochs (selection, refit) {[run['epochs'] for run in ours]}, "
             f"seconds {[run['seconds'] for run in ours]}"
             + (f"; the search kept {[_kept(run) for run in ours]}" if ours[0].get("search") else "")
+            + _cuts(ours)
             + "."
         )
         if "EASE + recency" in rows:

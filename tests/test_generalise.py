@@ -98,3 +98,14 @@ def test_a_sweep_setting_takes_the_type_of_the_field() -> None:
     for bad in ("layers", "colour=red", "layers=two", "search_space=x"):
         with pytest.raises(SystemExit):
             generalise.parse_setting(bad)
+
+
+def test_the_report_counts_the_later_runs_cut_for_trailing() -> None:
+    first = {"overrides": {}, "cut": False}
+    runs = [
+        {"search": [first, {"overrides": {"layers": 2}, "cut": False}, {"overrides": {"recency": 6.0}, "cut": True}]},
+        {"search": [first, {"overrides": {"layers": 2}, "cut": True}, {"overrides": {"recency": 6.0}, "cut": True}]},
+    ]
+    assert generalise._cuts(runs) == "; 3 of the 4 later selection runs cut for trailing"
+    assert generalise._cuts([{"search": [first, {"overrides": {"layers": 2}, "cut": False}]}]) == ""
+    assert generalise._cuts([{"search": []}]) == ""  # no search: nothing to count
