@@ -104,3 +104,27 @@ def test_the_curve_plot_draws_every_run_but_the_kept_one(tmp_path: Path) -> None
     path = tmp_path / "curve.png"
     plot_training_curve(history, 4, path, "with trials", trials=trials)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_refit_does_not_depend_on_how_long_the_runs_not_kept_trained() -> None:
+    """NGCF's dropout draws from torch's generator in the refit too: the refit seeds it itself, so a trial
+    cut early (fewer draws before the refit) leaves the kept model's refit exactly as without the cut."""
+    config = resolve_config(
+        "fast",
+        model="ngcf",
+        dim=8,
+        layers=1,
+        lr=0.05,
+        batch_size=32,
+        epochs=12,
+        eval_every=1,
+        patience=12,
+        trial_cut_after=3,
+        search_space=((("lr", 1e-7),),),
+        recency_trial=0.0,
+    )
+    split = tiny_split()
+    cut = train_model(split, config, progress=False)
+    uncut = train_model(split, replace(config, trial_cut=0.0), progress=False)
+    assert [trial.cut for trial in cut.search] == [False, True] and cut.refitted
+    np.testing.assert_array_equal(cut.item_vectors, uncut.item_vectors)

@@ -515,6 +515,9 @@ def refit_on_train(
     validated parameters instead.
     """
     epochs = refit_epochs_for(config, selection.epochs)
+    # The refit's own draws (NGCF's dropout) start from its settings' seed, not from wherever the selection
+    # runs after the kept one left torch's generator: a trial cut early must not change the kept model.
+    torch.manual_seed(config.seed + 1)
     stepper = _Stepper(
         config,
         split.train,
