@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from movierec.clients.cli.train_cmd import closing_lines
 from movierec.errors import MovierecError
 from movierec.trainer.config import TrainConfig, resolve_config
 from movierec.trainer.plot import plot_training_curve, runs_not_kept
-from movierec.trainer.train import EpochRecord, SearchTrial, _Pace, train_model
+from movierec.trainer.train import EpochRecord, SearchTrial, TrainResult, _Pace, train_model
 
 
 def pace_of(points: list[tuple[int, float | None]]) -> _Pace:
@@ -40,25 +41,32 @@ def test_an_impossible_cut_setting_is_refused(name: str, value: float) -> None:
         resolve_config("fast", **{name: value})
 
 
-def test_a_hopeless_trial_is_cut_and_the_choice_is_the_same_as_without_the_cut() -> None:
-    """An alternative at a learning rate too small to learn trails from the start: it stops at the grace
-    epoch instead of running out its patience, and the kept model is bit-for-bit the one chosen without cuts."""
+def with_and_without_cut(epochs: int, **settings: Any) -> tuple[TrainConfig, TrainResult, TrainResult]:
+    """Tiny data, the recipe plus one alternative at a learning rate too small to learn, trained with cuts
+    (from epoch 3) and without; patience never stops a run before ``epochs``."""
     config = resolve_config(
         "fast",
         dim=8,
         layers=1,
         lr=0.05,
         batch_size=32,
-        epochs=30,
+        epochs=epochs,
         eval_every=1,
-        patience=30,
+        patience=epochs,
         trial_cut_after=3,
         search_space=((("lr", 1e-7),),),
         recency_trial=0.0,
+        **settings,
     )
     split = tiny_split()
     cut = train_model(split, config, progress=False)
-    uncut = train_model(split, replace(config, trial_cut=0.0), progress=False)
+    return config, cut, train_model(split, replace(config, trial_cut=0.0), progress=False)
+
+
+def test_a_hopeless_trial_is_cut_and_the_choice_is_the_same_as_without_the_cut() -> None:
+    """An alternative at a learning rate too small to learn trails from the start: it stops at the grace
+    epoch instead of running out its patience, and the kept model is bit-for-bit the one chosen without cuts."""
+    config, cut, uncut = with_and_without_cut(epochs=30)
     assert [trial.cut for trial in cut.search] == [False, True]
     assert [trial.cut for trial in uncut.search] == [False, False]
     assert cut.search[1].epochs == 3 < uncut.search[1].epochs == 30
@@ -109,22 +117,6 @@ def test_the_curve_plot_draws_every_run_but_the_kept_one(tmp_path: Path) -> None
 def test_the_refit_does_not_depend_on_how_long_the_runs_not_kept_trained() -> None:
     """NGCF's dropout draws from torch's generator in the refit too: the refit seeds it itself, so a trial
     cut early (fewer draws before the refit) leaves the kept model's refit exactly as without the cut."""
-    config = resolve_config(
-        "fast",
-        model="ngcf",
-        dim=8,
-        layers=1,
-        lr=0.05,
-        batch_size=32,
-        epochs=12,
-        eval_every=1,
-        patience=12,
-        trial_cut_after=3,
-        search_space=((("lr", 1e-7),),),
-        recency_trial=0.0,
-    )
-    split = tiny_split()
-    cut = train_model(split, config, progress=False)
-    uncut = train_model(split, replace(config, trial_cut=0.0), progress=False)
+    _, cut, uncut = with_and_without_cut(epochs=12, model="ngcf")
     assert [trial.cut for trial in cut.search] == [False, True] and cut.refitted
     np.testing.assert_array_equal(cut.item_vectors, uncut.item_vectors)
