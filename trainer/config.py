@@ -123,9 +123,11 @@ class TrainConfig:
     # its validations, from epoch trial_cut_after on, finds its best Recall@20 more than this fraction below what
     # the leading run had reached by the same epoch: such a run is not going to be kept, and its remaining epochs
     # would buy nothing (recency trials on random splits trailed by 26-35 % from epoch 8 and ran 16-18 epochs, 64 on
-    # 30,000 synthetic users). Runs that went on to overtake the leader trailed it by up to 7.9 % from epoch
-    # 8 on (5 % would have cut one), and by up to 17 % before. On all 16 generalise.md runs the kept model is
-    # the one chosen without cuts (sweeps.md, section 10). 0: every run goes to its own plateau.
+    # 30,000 synthetic users). On the curves measured, runs that went on to overtake the leader trailed it by
+    # up to 7.9 % from epoch 8 on (5 % would have cut one) and by up to 17 % before; a scratch run found one
+    # that trailed by just over 10 % and overtook by under 1 %, so a cut can cost a run that would have won
+    # narrowly. On all 16 generalise.md runs the kept model is the one chosen without cuts (sweeps.md,
+    # section 10). 0: every run goes to its own plateau.
     trial_cut: float = 0.1
     trial_cut_after: int = 8
     # Seconds after which training stops and keeps what it has (0 = no budget).
