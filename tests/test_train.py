@@ -209,6 +209,8 @@ def test_small_data_searches_the_space_on_validation_and_keeps_the_best() -> Non
     assert [trial.overrides for trial in result.search] == [{}, *(dict(alt) for alt in config.search_space)]
     best = max(result.search, key=lambda trial: trial.best_valid_recall)
     assert result.best_valid_recall == best.best_valid_recall
+    # the first run with the best validation recall is kept (a tie does not replace it), and marked so
+    assert [trial.kept for trial in result.search] == [trial is best for trial in result.search]
     assert result.config == replace(config, **best.overrides)
     single = train_model(split, replace(config, search_max_positives=split.fit.nnz - 1), progress=False)
     assert single.search == () and single.config == replace(config, search_max_positives=split.fit.nnz - 1)

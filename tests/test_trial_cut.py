@@ -13,7 +13,7 @@ from test_train import tiny_split
 from movierec.clients.cli.train_cmd import closing_lines
 from movierec.errors import MovierecError
 from movierec.trainer.config import TrainConfig, resolve_config
-from movierec.trainer.plot import plot_training_curve, runs_not_kept
+from movierec.trainer.plot import plot_training_curve
 from movierec.trainer.train import EpochRecord, SearchTrial, TrainResult, _Pace, train_model
 
 
@@ -69,6 +69,7 @@ def test_a_hopeless_trial_is_cut_and_the_choice_is_the_same_as_without_the_cut()
     config, cut, uncut = with_and_without_cut(epochs=30)
     assert [trial.cut for trial in cut.search] == [False, True]
     assert [trial.cut for trial in uncut.search] == [False, False]
+    assert [trial.kept for trial in cut.search] == [True, False] == [trial.kept for trial in uncut.search]
     assert cut.search[1].epochs == 3 < uncut.search[1].epochs == 30
     assert [epoch for epoch, _ in cut.search[1].curve] == [1, 2, 3]  # what validation saw before the cut
     assert cut.search[0].curve == uncut.search[0].curve and len(cut.search[0].curve) == 30
@@ -98,16 +99,13 @@ def test_the_closing_lines_say_which_trial_was_cut() -> None:
     assert "the recipe's own settings: 0.3000 in 20 epochs;" in line
 
 
-def test_the_curve_plot_draws_every_run_but_the_kept_one(tmp_path: Path) -> None:
-    """The kept run is the first with the best validation recall (a later run must do strictly better)."""
+def test_the_curve_plot_draws_the_runs_not_kept_beside_the_kept_one(tmp_path: Path) -> None:
     trials = [
         SearchTrial({}, 0.30, 10, curve=((2, 0.2), (4, 0.3))),
-        SearchTrial({"layers": 2}, 0.31, 10, curve=((2, 0.25), (4, 0.31))),
-        SearchTrial({"temperature": 0.2}, 0.31, 10, curve=((2, 0.21), (4, 0.31))),  # a tie is not kept
+        SearchTrial({"layers": 2}, 0.31, 10, curve=((2, 0.25), (4, 0.31)), kept=True),
+        SearchTrial({"temperature": 0.2}, 0.31, 10, curve=((2, 0.21), (4, 0.31))),
         SearchTrial({"recency": 6.0}, 0.10, 8, cut=True, curve=((2, 0.1), (8, 0.1))),
     ]
-    assert [trial.overrides for trial in runs_not_kept(trials)] == [{}, {"temperature": 0.2}, {"recency": 6.0}]
-    assert runs_not_kept([]) == []
     history = [EpochRecord(epoch, float(epoch), 5.0 - epoch / 10, recall) for epoch, recall in trials[1].curve]
     path = tmp_path / "curve.png"
     plot_training_curve(history, 4, path, "with trials", trials=trials)

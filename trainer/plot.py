@@ -30,15 +30,6 @@ def loss_axis_limits(losses: Sequence[float]) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def runs_not_kept(trials: Sequence[SearchTrial]) -> list[SearchTrial]:
-    """The selection runs other than the kept one: the first with the best validation Recall@20, as
-    :func:`movierec.trainer.train.train_model` chooses (a later run must do strictly better to be kept)."""
-    if not trials:
-        return []
-    kept = max(range(len(trials)), key=lambda index: (trials[index].best_valid_recall, -index))
-    return [trial for index, trial in enumerate(trials) if index != kept]
-
-
 def plot_training_curve(
     history: Sequence[EpochRecord],
     best_epoch: int,
@@ -87,8 +78,8 @@ def plot_training_curve(
         markersize=3,
         label="validation Recall@20" + (" (the kept run)" if trials else ""),
     )
-    for trial in runs_not_kept(trials):
-        if trial.curve:
+    for trial in trials:
+        if trial.curve and not trial.kept:
             epochs_run, recalls = zip(*trial.curve, strict=True)
             recall_axis.plot(epochs_run, recalls, color="grey", linewidth=0.8, alpha=0.6)
             end = (epochs_run[-1], recalls[-1])

@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from movierec.bundle.csr import CSR
-from movierec.trainer.config import ScalePlan, TrainConfig, check_config, plan_for
+from movierec.trainer.config import ScalePlan, TrainConfig, check_config, describe_overrides, plan_for
 from movierec.trainer.data.split import Split
 from movierec.trainer.evaluate import evaluate_vectors
 from movierec.trainer.losses import bpr_loss, softmax_loss, weighted_mean
@@ -50,7 +50,6 @@ from movierec.trainer.recency import has_time_order, recency_weights
 from movierec.trainer.sampling import NegativeSampler, row_entries
 
 VALID_METRIC = "recall@20"
-CUT_REASON = "fell behind the leading run"
 SELECT, REFIT = "select", "refit"
 
 
@@ -72,6 +71,7 @@ class SearchTrial:
     epochs: int
     cut: bool = False  # stopped early for falling behind the leading run (``TrainConfig.trial_cut``)
     curve: tuple[tuple[int, float], ...] = ()  # (epoch, validation Recall@20) at each validation of the run
+    kept: bool = False  # the run whose settings went on to the refit
 
 
 @dataclass(frozen=True)
@@ -386,6 +386,7 @@ class _Selection:
     history: tuple[EpochRecord, ...]
     stop_reason: str
     optimizer: torch.optim.Optimizer
+    cut: bool = False  # stopped for trailing the leading run's pace
 
     @property
     def epochs(self) -> int:
@@ -431,6 +432,7 @@ def select_on_validation(
         return recall
 
     stop_reason = "epoch limit"
+    cut = False
     # A mid-epoch stop needs every process to stop at the same step: alone, the budget may cut an epoch.
     mid_epoch_stop = clock.out_of_time if coordinator.world == 1 else lambda: False
     with progress_bar(config.epochs, f"train {config.model}{label}", enabled=progress) as bar:
@@ -453,7 +455,7 @@ def select_on_validation(
             bar.set_postfix(_postfix(loss, best.recall))
             behind = pace is not None and recall is not None and pace.left_behind(config, epoch, best.recall or 0.0)
             if coordinator.agree(behind):
-                stop_reason = f"{CUT_REASON} at epoch {epoch}"
+                stop_reason, cut = f"fell behind the leading run at epoch {epoch}", True
                 break
             if coordinator.agree(best.evaluations_without_gain >= config.patience):
                 stop_reason = f"no validation gain in {config.patience} evaluations"
@@ -461,7 +463,7 @@ def select_on_validation(
             if time_up:
                 stop_reason = "time budget"
                 break
-    return _Selection(best, tuple(history), stop_reason, stepper.optimizer)
+    return _Selection(best, tuple(history), stop_reason, stepper.optimizer, cut)
 
 
 def validation_sample(valid: CSR, max_users: int, seed: int) -> CSR:
@@ -610,6 +612,7 @@ def train_model(
     clock = _Clock(config.time_budget)
     trials: list[SearchTrial] = []
     chosen: tuple[TrainConfig, GraphRecommender, Tensor, _Selection] | None = None
+    kept_trial = 0
     for candidate in candidate_configs(config, split):
         if chosen is not None and coordinator.agree(clock.out_of_time()):
             break
@@ -618,7 +621,7 @@ def train_model(
         coordinator.adopt(model)
         fit_graph = build_graph(candidate, split.fit)
         overrides = _overrides(candidate, config)
-        label = "".join(f", {name} {value}" for name, value in overrides.items())
+        label = f", {describe_overrides(overrides)}" if overrides else ""
         selection = select_on_validation(
             split,
             candidate,
@@ -631,12 +634,12 @@ def train_model(
             coordinator=coordinator,
             pace=None if chosen is None else _Pace(chosen[3].history),
         )
-        cut = selection.stop_reason.startswith(CUT_REASON)
         curve = tuple((r.epoch, r.valid_recall) for r in selection.history if r.valid_recall is not None)
-        trials.append(SearchTrial(overrides, selection.best.recall or 0.0, selection.epochs, cut, curve))
+        trials.append(SearchTrial(overrides, selection.best.recall or 0.0, selection.epochs, selection.cut, curve))
         if chosen is None or coordinator.agree((selection.best.recall or 0.0) > (chosen[3].best.recall or 0.0)):
-            chosen = (candidate, model, fit_graph, selection)
+            chosen, kept_trial = (candidate, model, fit_graph, selection), len(trials) - 1
     assert chosen is not None  # candidate_configs always yields the recipe itself
+    trials[kept_trial] = replace(trials[kept_trial], kept=True)
     kept_config, model, fit_graph, selection = chosen
     refit: tuple[EpochRecord, ...] | None = None
     stop_reason = selection.stop_reason
